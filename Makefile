@@ -1,0 +1,38 @@
+# `make bench`: install, run the default sweep, write the HTML report.   `make test`: install, run the tests.
+# torch is installed first and pinned: torch==2.13.0 is a CPU wheel on local disk, while a bare "torch"
+# requirement would pull a multi-GB CUDA build.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: install test test-slow bench lint format clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: install
+	$(VENV)/bin/ruff check lamina_bench reference_impl tests
+	$(VENV)/bin/ruff format --check lamina_bench reference_impl tests
+	$(PY) -m pytest -q -m "not slow"
+
+test-slow: install
+	$(PY) -m pytest -q -m slow
+
+bench: install
+	$(VENV)/bin/lamina-bench run
+
+lint: install
+	$(VENV)/bin/ruff check lamina_bench reference_impl tests
+
+format: install
+	$(VENV)/bin/ruff format lamina_bench reference_impl tests
+	$(VENV)/bin/ruff check --fix lamina_bench reference_impl tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,254 @@
+"""Entry point of the reference implementation: serve a prompt file with either system.
+
+    python -m reference_impl.launch --model-dir DIR --prompts FILE.jsonl [--system homogeneous] [--tp 2]
+
+One process serves everything for `--tp 1`; with `--tp N` it spawns N processes joined by
+torch.distributed (gloo on CPU, NCCL on CUDA) on 127.0.0.1. `lamina-bench generate` calls `generate`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from reference_impl.engine import (
+    Engine,
+    EngineRun,
+    HomogeneousExecutor,
+    Request,
+    SamplingParams,
+    blocks_for_requests,
+)
+from reference_impl.errors import ConfigError
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+SYSTEMS = ("homogeneous",)
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    model_dir: str
+    system: str = "homogeneous"
+    tp: int = 1
+    device: str = "cpu"
+    dtype: str = "fp32"
+    block_size: int = 16
+    num_blocks: int | None = None  # None: enough for every request at once
+    max_batch_size: int | None = None
+    temperature: float = 0.0
+    seed: int = 0
+    ignore_eos: bool = False
+    attention_backend: str = "auto"  # auto | torch | triton
+
+    def __post_init__(self) -> None:
+        if self.system not in SYSTEMS:
+            raise ConfigError(f"unknown system {self.system!r}; valid: {', '.join(SYSTEMS)}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"unknown dtype {self.dtype!r}; valid: {', '.join(DTYPES)}")
+        if self.device not in ("cpu", "cuda"):
+            raise ConfigError(f"unknown device {self.device!r}; valid: cpu, cuda")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("--device cuda asked for, but torch sees no CUDA device; use --device cpu")
+        if self.tp < 1:
+            raise ConfigError(f"--tp must be >= 1, got {self.tp}")
+        if self.device == "cuda" and self.tp > torch.cuda.device_count():
+            raise ConfigError(f"--tp {self.tp} needs {self.tp} GPUs, torch sees {torch.cuda.device_count()}")
+        if self.block_size < 1 or self.block_size & (self.block_size - 1):
+            raise ConfigError(f"--block-size must be a power of two, got {self.block_size}")
+        if self.num_blocks is not None and self.num_blocks < 1:
+            raise ConfigError(f"--num-blocks must be >= 1, got {self.num_blocks}")
+        if self.attention_backend not in ("auto", "torch", "triton"):
+            raise ConfigError(
+                f"unknown attention backend {self.attention_backend!r}; valid: auto, torch, triton"
+            )
+
+
+def read_prompts(path: str | Path) -> list[Request]:
+    """JSONL, one `{"prompt_ids": [...], "max_new_tokens": N}` per line (optional `arrival_step`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"prompt file {path} does not exist")
+    requests = []
+    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+            ids = obj["prompt_ids"]
+            if not isinstance(ids, list) or not all(isinstance(t, int) and t >= 0 for t in ids):
+                raise ValueError("prompt_ids must be a list of non-negative integers")
+            requests.append(
+                Request(
+                    request_id=len(requests),
+                    prompt_ids=tuple(ids),
+                    max_new_tokens=int(obj["max_new_tokens"]),
+                    arrival_step=int(obj.get("arrival_step", 0)),
+                )
+            )
+        except ConfigError as exc:
+            raise ConfigError(f"{path}:{lineno}: {exc}") from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(
+                f'{path}:{lineno}: expected {{"prompt_ids": [ints], "max_new_tokens": N}}, got error {exc!r}'
+            ) from None
+    if not requests:
+        raise ConfigError(f"prompt file {path} holds no prompts")
+    return requests
+
+
+def stop_token_ids(model_dir: str | Path) -> tuple[int, ...]:
+    """The checkpoint's end-of-sequence ids (generation_config.json, else config.json)."""
+    for name in ("generation_config.json", "config.json"):
+        path = Path(model_dir) / name
+        if path.is_file():
+            eos = json.loads(path.read_text()).get("eos_token_id")
+            if eos is not None:
+                return tuple(eos) if isinstance(eos, list) else (int(eos),)
+    return ()
+
+
+def _sampling(cfg: GenerateConfig) -> SamplingParams:
+    stops = () if cfg.ignore_eos else stop_token_ids(cfg.model_dir)
+    return SamplingParams(temperature=cfg.temperature, seed=cfg.seed, stop_token_ids=stops)
+
+
+def _check_vocab(requests: list[Request], vocab_size: int) -> None:
+    for r in requests:
+        bad = [t for t in r.prompt_ids if t >= vocab_size]
+        if bad:
+            raise ConfigError(
+                f"request {r.request_id}: token id {bad[0]} is outside the vocabulary (size {vocab_size})"
+            )
+
+
+def serve_homogeneous(
+    cfg: GenerateConfig, requests: list[Request], tp_rank: int = 0, group=None, device: str | None = None
+) -> EngineRun:
+    """Loads this rank's shard and serves every request; every rank of a TP group calls this."""
+    from reference_impl.model import load_model
+
+    model = load_model(
+        cfg.model_dir,
+        device=device or cfg.device,
+        dtype=DTYPES[cfg.dtype],
+        tp_rank=tp_rank,
+        tp_size=cfg.tp,
+        group=group,
+    )
+    _check_vocab(requests, model.config.vocab_size)
+    num_blocks = cfg.num_blocks or blocks_for_requests(requests, cfg.block_size)
+    executor = HomogeneousExecutor(
+        model, num_blocks=num_blocks, block_size=cfg.block_size, backend=cfg.attention_backend, group=group
+    )
+    return Engine(executor, _sampling(cfg), max_batch_size=cfg.max_batch_size).run(requests)
+
+
+def generate(cfg: GenerateConfig, requests: list[Request]) -> EngineRun:
+    """Serves `requests` with the configured system; spawns TP processes when cfg.tp > 1."""
+    if cfg.tp == 1:
+        return serve_homogeneous(cfg, requests)
+    return _spawn_tp(cfg, requests)
+
+
+# ---- tensor parallelism over local processes -------------------------------------------------------
+
+
+def _tp_worker(rank: int, cfg: GenerateConfig, requests: list[Request], port: int, queue) -> None:
+    from reference_impl.distributed import init_process_group
+
+    try:
+        backend = "nccl" if cfg.device == "cuda" else "gloo"
+        device = f"cuda:{rank}" if cfg.device == "cuda" else "cpu"
+        if cfg.device == "cuda":
+            torch.cuda.set_device(rank)
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // cfg.tp))
+        init_process_group(rank, cfg.tp, port, backend=backend)
+        import torch.distributed as dist
+
+        run = serve_homogeneous(cfg, requests, tp_rank=rank, group=dist.group.WORLD, device=device)
+        if rank == 0:
+            queue.put(("ok", run))
+        dist.destroy_process_group()
+    except ConfigError as exc:
+        queue.put(("config", str(exc)))
+    except BaseException:
+        queue.put(("error", f"rank {rank}: {traceback.format_exc()}"))
+
+
+def _spawn_tp(cfg: GenerateConfig, requests: list[Request]) -> EngineRun:
+    from reference_impl.distributed import free_port
+
+    ctx = torch.multiprocessing.get_context("spawn")
+    queue = ctx.SimpleQueue()
+    port = free_port()
+    procs = [ctx.Process(target=_tp_worker, args=(r, cfg, requests, port, queue)) for r in range(cfg.tp)]
+    for p in procs:
+        p.start()
+    status, payload = queue.get()  # the first message: rank 0's result or the first failure
+    if status != "ok":
+        for p in procs:
+            p.kill()
+    for p in procs:
+        p.join()
+    if status == "config":
+        raise ConfigError(payload)
+    if status == "error":
+        raise RuntimeError(f"tensor-parallel worker failed:\n{payload}")
+    return payload
+
+
+# ---- output ------------------------------------------------------------------------------------------
+
+
+def run_summary(run: EngineRun) -> dict:
+    """Timing summary of a run (measured on this machine), for --json output."""
+    decode_tok_per_s = run.decode_tokens / run.decode_s if run.decode_s > 0 else math.nan
+    return {
+        "source": "measured",
+        "requests": len(run.completions),
+        "generated_tokens": run.generated_tokens,
+        "iterations": len(run.iterations),
+        "wall_s": run.wall_s,
+        "decode_tokens": run.decode_tokens,
+        "decode_s": run.decode_s,
+        "decode_tok_per_s": decode_tok_per_s,
+        "mean_decode_batch": run.mean_decode_batch,
+        "max_waiting": max(it.waiting for it in run.iterations),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m reference_impl.launch", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--model-dir", required=True)
+    parser.add_argument("--prompts", required=True)
+    parser.add_argument("--system", default="homogeneous", choices=SYSTEMS)
+    parser.add_argument("--tp", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="fp32")
+    args = parser.parse_args(argv)
+    try:
+        cfg = GenerateConfig(
+            model_dir=args.model_dir, system=args.system, tp=args.tp, device=args.device, dtype=args.dtype
+        )
+        run = generate(cfg, read_prompts(args.prompts))
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for c in run.completions:
+        print(json.dumps({"prompt_ids": list(c.prompt_ids), "output_ids": list(c.output_ids)}))
+    print(json.dumps({"summary": run_summary(run)}), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
