@@ -13,7 +13,6 @@ import json
 import math
 import os
 import sys
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from reference_impl.errors import ConfigError
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 SYSTEMS = ("homogeneous",)
+TP_TIMEOUT_S = 3600.0  # a whole generation must finish within this (also the collectives' timeout)
 
 
 @dataclass(frozen=True)
@@ -161,48 +161,36 @@ def generate(cfg: GenerateConfig, requests: list[Request]) -> EngineRun:
 # ---- tensor parallelism over local processes -------------------------------------------------------
 
 
-def _tp_worker(rank: int, cfg: GenerateConfig, requests: list[Request], port: int, queue) -> None:
-    from reference_impl.distributed import init_process_group
+def _tp_rank(rank: int, world_size: int, cfg: GenerateConfig, requests: list[Request]):
+    """Body of one tensor-parallel process (run by distributed.run_in_group)."""
+    import torch.distributed as dist
 
+    device = "cpu"
+    if cfg.device == "cuda":
+        torch.cuda.set_device(rank)
+        device = f"cuda:{rank}"
     try:
-        backend = "nccl" if cfg.device == "cuda" else "gloo"
-        device = f"cuda:{rank}" if cfg.device == "cuda" else "cpu"
-        if cfg.device == "cuda":
-            torch.cuda.set_device(rank)
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // cfg.tp))
-        init_process_group(rank, cfg.tp, port, backend=backend)
-        import torch.distributed as dist
-
         run = serve_homogeneous(cfg, requests, tp_rank=rank, group=dist.group.WORLD, device=device)
-        if rank == 0:
-            queue.put(("ok", run))
-        dist.destroy_process_group()
-    except ConfigError as exc:
-        queue.put(("config", str(exc)))
-    except BaseException:
-        queue.put(("error", f"rank {rank}: {traceback.format_exc()}"))
+    except ConfigError as exc:  # every rank hits the same bad input; report it as one line
+        return ("config", str(exc))
+    return ("ok", run if rank == 0 else None)
 
 
 def _spawn_tp(cfg: GenerateConfig, requests: list[Request]) -> EngineRun:
-    from reference_impl.distributed import free_port
+    from reference_impl.distributed import run_in_group
 
-    ctx = torch.multiprocessing.get_context("spawn")
-    queue = ctx.SimpleQueue()
-    port = free_port()
-    procs = [ctx.Process(target=_tp_worker, args=(r, cfg, requests, port, queue)) for r in range(cfg.tp)]
-    for p in procs:
-        p.start()
-    status, payload = queue.get()  # the first message: rank 0's result or the first failure
-    if status != "ok":
-        for p in procs:
-            p.kill()
-    for p in procs:
-        p.join()
-    if status == "config":
-        raise ConfigError(payload)
-    if status == "error":
-        raise RuntimeError(f"tensor-parallel worker failed:\n{payload}")
-    return payload
+    results = run_in_group(
+        _tp_rank,
+        cfg.tp,
+        args=(cfg, requests),
+        backend="nccl" if cfg.device == "cuda" else "gloo",
+        timeout_s=TP_TIMEOUT_S,
+        torch_threads=max(1, (os.cpu_count() or 1) // cfg.tp),
+    )
+    for status, payload in results:
+        if status == "config":
+            raise ConfigError(payload)
+    return results[0][1]
 
 
 # ---- output ------------------------------------------------------------------------------------------

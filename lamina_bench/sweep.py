@@ -1,0 +1,298 @@
+"""Sweep specs: TOML -> validated points -> measured or modeled execution, resumable and shardable.
+
+A spec holds `[[measured]]` blocks (run the reference implementation on the local device) and
+`[[modeled]]` blocks (performance model + trace simulator). Every list-valued knob of a block is
+expanded as a product; each combination is one point, identified by `point_id` (a hash of its
+configuration, so resume, shard and compare match points across runs). Example:
+
+    name = "example"
+    repeats = 3                       # measured repeats per point -> median and 95% CI
+
+    [[measured]]
+    model = "bench-llama-gqa"         # a bench model (random weights, built here) or a HF folder
+    systems = ["homogeneous", "lamina"]
+    batch_sizes = [1, 4, 16]
+    context_lens = [128]              # prompt tokens per request
+    new_tokens = 16                   # decode steps measured per request
+    pipeline_batches = [1, 2]         # lamina only: 1 = no overlap, 2 = ping-pong
+    predict = true                    # also model each point from the local profile (model error)
+
+    [[modeled]]
+    models = ["llama-33b"]
+    traces = ["azure-conv"]
+    systems = ["homogeneous", "lamina"]
+    homogeneous = ["2xH100"]          # mixes for the baseline
+    lamina = [{ compute = "1xH100", attention = "2xH20", pipeline_batches = 2 }]
+
+Unknown keys, unknown names and impossible mixes fail before any work with a one-line error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lamina_bench.errors import UserInputError
+
+SYSTEMS = ("homogeneous", "lamina")
+ARRIVALS = ("saturate", "trace", "poisson")
+
+# key -> (type, default); list-valued keys are expanded. A key given as a scalar is a one-element list.
+_MEASURED_KEYS: dict[str, tuple[type, Any]] = {
+    "model": (str, None),
+    "systems": (list, ["homogeneous", "lamina"]),
+    "batch_sizes": (list, [1, 4]),
+    "context_lens": (list, [64]),
+    "new_tokens": (int, 16),
+    "device": (str, "cpu"),
+    "dtype": (str, "fp32"),
+    "tp": (int, 1),
+    "compute_workers": (int, 1),
+    "attention_workers": (int, 1),
+    "pipeline_batches": (list, [1]),
+    "predict": (bool, True),
+}
+_MODELED_KEYS: dict[str, tuple[type, Any]] = {
+    "models": (list, None),
+    "traces": (list, ["azure-conv"]),
+    "systems": (list, ["homogeneous", "lamina"]),
+    "homogeneous": (list, []),
+    "lamina": (list, []),
+    "requests": (int, 0),  # 0 = the whole trace
+    "arrival": (str, "saturate"),
+    "rate_per_s": (float, 0.0),
+    "dtype": (str, "fp16"),
+}
+_LAMINA_MIX_KEYS = ("compute", "attention", "pipeline_batches")
+_TOP_KEYS = ("name", "repeats", "measured", "modeled")
+
+
+@dataclass(frozen=True)
+class Point:
+    """One configuration to run. `config` holds only JSON scalars, so it hashes and stores as is."""
+
+    mode: str  # "measured" | "modeled"
+    config: Mapping[str, Any]
+    point_id: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "point_id", point_id({"mode": self.mode, **self.config}))
+
+    def label(self) -> str:
+        c = self.config
+        mix = c.get("compute", "") + (f"+{c['attention']}" if c.get("attention") else "")
+        knobs = [c.get("model"), c.get("system"), mix, c.get("trace")]
+        if "batch_size" in c:
+            knobs += [f"B={c['batch_size']}", f"ctx={c['context_len']}"]
+        if c.get("system") == "lamina":
+            knobs.append(f"n={c['pipeline_batches']}")
+        return f"{self.mode}:" + " ".join(str(k) for k in knobs if k)
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    name: str
+    repeats: int
+    points: tuple[Point, ...]
+    raw: Mapping[str, Any]  # the parsed TOML, stored in the manifest
+
+
+def point_id(config: Mapping[str, Any]) -> str:
+    """Stable id of a configuration: sha256 of its canonical JSON (sorted keys), first 16 hex digits."""
+    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"sweep spec {path} does not exist")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise UserInputError(f"sweep spec {path}: not valid TOML ({exc})") from None
+    return parse_spec(raw, origin=str(path))
+
+
+def parse_spec(raw: Mapping[str, Any], origin: str = "spec") -> SweepSpec:
+    _check_keys(raw, _TOP_KEYS, origin)
+    repeats = raw.get("repeats", 1)
+    if not isinstance(repeats, int) or repeats < 1:
+        raise UserInputError(f"{origin}: repeats must be a positive integer, got {repeats!r}")
+    points: list[Point] = []
+    for i, block in enumerate(_blocks(raw, "measured", origin)):
+        points += _measured_points(_with_defaults(block, _MEASURED_KEYS, f"{origin}: [[measured]] #{i + 1}"))
+    for i, block in enumerate(_blocks(raw, "modeled", origin)):
+        points += _modeled_points(_with_defaults(block, _MODELED_KEYS, f"{origin}: [[modeled]] #{i + 1}"))
+    if not points:
+        raise UserInputError(f"{origin}: no points; add a [[measured]] or [[modeled]] block")
+    seen: dict[str, Point] = {}
+    for p in points:
+        seen.setdefault(p.point_id, p)  # the same point listed twice runs once
+    return SweepSpec(
+        name=str(raw.get("name", "sweep")), repeats=repeats, points=tuple(seen.values()), raw=raw
+    )
+
+
+def shard(points: Iterable[Point], index: int, count: int) -> list[Point]:
+    """Points of shard `index` (1-based) of `count`: round robin in spec order, so shards are balanced."""
+    if count < 1 or not 1 <= index <= count:
+        raise UserInputError(f"--shard must be I/N with 1 <= I <= N, got {index}/{count}")
+    return [p for i, p in enumerate(points) if i % count == index - 1]
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    try:
+        index, count = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise UserInputError(f"--shard must look like I/N (e.g. 1/2), got {text!r}") from None
+    shard([], index, count)  # validates
+    return index, count
+
+
+# ---- expansion ------------------------------------------------------------------------------------
+
+
+def _blocks(raw: Mapping[str, Any], key: str, origin: str) -> list[Mapping[str, Any]]:
+    blocks = raw.get(key, [])
+    if not isinstance(blocks, list) or not all(isinstance(b, dict) for b in blocks):
+        raise UserInputError(f"{origin}: '{key}' must be an array of tables ([[{key}]])")
+    return blocks
+
+
+def _check_keys(table: Mapping[str, Any], valid: Iterable[str], where: str) -> None:
+    valid = tuple(valid)
+    for key in table:
+        if key not in valid:
+            raise UserInputError(f"{where}: unknown key '{key}'; valid: {', '.join(valid)}")
+
+
+def _with_defaults(block: Mapping[str, Any], schema: Mapping[str, tuple[type, Any]], where: str) -> dict:
+    _check_keys(block, schema, where)
+    out: dict[str, Any] = {"_where": where}
+    for key, (kind, default) in schema.items():
+        value = block.get(key, default)
+        if value is None:
+            raise UserInputError(f"{where}: '{key}' is required")
+        if kind is list and not isinstance(value, list):
+            value = [value]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise UserInputError(f"{where}: '{key}' must be {kind.__name__}, got {value!r}")
+        if kind is list and not value and key not in ("homogeneous", "lamina"):
+            raise UserInputError(f"{where}: '{key}' must not be empty")
+        out[key] = value
+    return out
+
+
+def _check_systems(systems: list, where: str) -> None:
+    for s in systems:
+        if s not in SYSTEMS:
+            raise UserInputError(f"{where}: unknown system {s!r}; valid: {', '.join(SYSTEMS)}")
+
+
+def _positive_ints(values: list, key: str, where: str) -> None:
+    for v in values:
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise UserInputError(f"{where}: '{key}' entries must be positive integers, got {v!r}")
+
+
+def _measured_points(b: dict) -> list[Point]:
+    from lamina_bench.benchmodels import resolve_local_model
+
+    where = b["_where"]
+    _check_systems(b["systems"], where)
+    for key in ("batch_sizes", "context_lens", "pipeline_batches"):
+        _positive_ints(b[key], key, where)
+    for key in ("new_tokens", "tp", "compute_workers", "attention_workers"):
+        _positive_ints([b[key]], key, where)
+    if b["device"] not in ("cpu", "cuda"):
+        raise UserInputError(f"{where}: device must be cpu or cuda, got {b['device']!r}")
+    if b["dtype"] not in ("fp32", "fp16", "bf16"):
+        raise UserInputError(f"{where}: dtype must be fp32, fp16 or bf16, got {b['dtype']!r}")
+    model = resolve_local_model(b["model"], where)
+    points = []
+    for system, batch, ctx in itertools.product(b["systems"], b["batch_sizes"], b["context_lens"]):
+        depths = b["pipeline_batches"] if system == "lamina" else [1]
+        for depth in depths:
+            config = {
+                "model": model,
+                "system": system,
+                "device": b["device"],
+                "dtype": b["dtype"],
+                "batch_size": batch,
+                "context_len": ctx,
+                "new_tokens": b["new_tokens"],
+                "tp": b["tp"],
+                "compute": f"{b['compute_workers'] if system == 'lamina' else b['tp']}x{b['device']}",
+                "attention": f"{b['attention_workers']}x{b['device']}" if system == "lamina" else "",
+                "pipeline_batches": depth,
+            }
+            points.append(Point("measured", config))
+            if b["predict"]:
+                points.append(Point("modeled", {**config, "predicts": "measured"}))
+    return points
+
+
+def _modeled_points(b: dict) -> list[Point]:
+    from lamina_bench.hardware import parse_mix
+    from lamina_bench.models import get_model
+    from lamina_bench.workloads import TRACES
+
+    where = b["_where"]
+    _check_systems(b["systems"], where)
+    for m in b["models"]:
+        get_model(m)  # UserInputError naming the valid models
+    for t in b["traces"]:
+        if t not in TRACES:
+            raise UserInputError(f"{where}: unknown trace {t!r}; valid: {', '.join(TRACES)}")
+    if b["arrival"] not in ARRIVALS:
+        raise UserInputError(f"{where}: unknown arrival {b['arrival']!r}; valid: {', '.join(ARRIVALS)}")
+    if b["arrival"] == "poisson" and b["rate_per_s"] <= 0:
+        raise UserInputError(f"{where}: arrival = 'poisson' needs rate_per_s > 0")
+    mixes = []
+    if "homogeneous" in b["systems"]:
+        if not b["homogeneous"]:
+            raise UserInputError(
+                f"{where}: system 'homogeneous' needs a 'homogeneous' list of mixes, e.g. [\"4xH100\"]"
+            )
+        mixes += [("homogeneous", str(parse_mix(m)), "", 1) for m in b["homogeneous"]]
+    if "lamina" in b["systems"]:
+        if not b["lamina"]:
+            raise UserInputError(
+                f"{where}: system 'lamina' needs a 'lamina' list like [{{compute = \"1xH100\", attention = \"2xH20\"}}]"
+            )
+        for mix in b["lamina"]:
+            if not isinstance(mix, dict):
+                raise UserInputError(f"{where}: 'lamina' entries must be tables, got {mix!r}")
+            _check_keys(mix, _LAMINA_MIX_KEYS, f"{where}: lamina mix")
+            if "compute" not in mix or "attention" not in mix:
+                raise UserInputError(f"{where}: a lamina mix needs 'compute' and 'attention', got {mix!r}")
+            depth = mix.get("pipeline_batches", 2)
+            _positive_ints([depth], "pipeline_batches", where)
+            mixes.append(("lamina", str(parse_mix(mix["compute"])), str(parse_mix(mix["attention"])), depth))
+    points = []
+    for model, trace, (system, compute, attention, depth) in itertools.product(
+        b["models"], b["traces"], mixes
+    ):
+        config = {
+            "model": model,
+            "system": system,
+            "trace": trace,
+            "compute": compute,
+            "attention": attention,
+            "pipeline_batches": depth,
+            "requests": b["requests"],
+            "arrival": b["arrival"],
+            "rate_per_s": b["rate_per_s"],
+            "dtype": b["dtype"],
+        }
+        points.append(Point("modeled", config))
+    return points
