@@ -96,7 +96,116 @@ def _run_generate(args) -> int:
     return 0
 
 
-_COMMANDS: list = [_add_generate]
+def _fmt(value, scale: float = 1.0, digits: int = 1) -> str:
+    """A number divided by `scale`, or "n/a" for unknown (never a guessed value)."""
+    return "n/a" if value is None else f"{value / scale:,.{digits}f}"
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=True)]
+    lines = [
+        "  ".join(str(x).ljust(w) for x, w in zip(r, widths, strict=True)).rstrip() for r in [headers, *rows]
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _add_models(sub) -> None:
+    p = sub.add_parser("models", help="model catalog with derived sizes")
+    p.add_argument("--dtype", default="fp16", help="dtype for byte sizes: fp32 | fp16 | bf16 | fp8")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_run_models)
+
+
+def _run_models(args) -> int:
+    from dataclasses import asdict
+
+    from lamina_bench import models as m
+
+    m.dtype_bytes(args.dtype)  # validates
+    rows = []
+    for spec in m.list_models():
+        derived = {
+            "params": m.param_count(spec),
+            "weight_bytes": m.weight_bytes(spec, args.dtype),
+            "kv_bytes_per_token": m.kv_bytes_per_token(spec, args.dtype),
+            "dense_flops_per_token": m.dense_flops_per_token(spec),
+            "net_bytes_per_token_per_layer": m.net_bytes_per_token_per_layer(spec, args.dtype),
+        }
+        rows.append((spec, derived))
+    if args.json:
+        print(json.dumps([{**asdict(s), **d, "dtype": args.dtype} for s, d in rows], indent=1))
+        return 0
+    headers = ["model", "layers", "d", "heads/kv", "ffn", "vocab", "params (B)", f"weights GB ({args.dtype})",
+               "KV B/token", "net B/token/layer", "source"]  # fmt: skip
+    body = [
+        [s.name, s.num_layers, s.hidden_size, f"{s.num_heads}/{s.num_kv_heads}", s.intermediate_size, s.vocab_size,
+         _fmt(d["params"], 1e9, 2), _fmt(d["weight_bytes"], 1e9, 1), f"{d['kv_bytes_per_token']:,}",
+         f"{d['net_bytes_per_token_per_layer']:,}", s.source]
+        for s, d in rows
+    ]  # fmt: skip
+    print(_table(headers, body))
+    print("\nAll sizes derived from the configs (GB = 1e9 bytes).")
+    return 0
+
+
+def _add_hardware(sub) -> None:
+    p = sub.add_parser("hardware", help="device catalog (specs, prices, sources) and the local devices")
+    p.add_argument("--devices-file", help="TOML file overriding or adding devices ([devices.NAME] tables)")
+    p.add_argument("--sources", action="store_true", help="print the source and date of every value")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_run_hardware)
+
+
+def _run_hardware(args) -> int:
+    from dataclasses import asdict
+
+    from lamina_bench.hardware import load_catalog, local_devices
+
+    catalog = load_catalog(args.devices_file)
+    local = local_devices(catalog)
+    if args.json:
+        as_json = lambda d: {**asdict(d), "sources": dict(d.sources)}  # noqa: E731
+        print(
+            json.dumps(
+                {"catalog": [as_json(d) for d in catalog.values()], "local": [as_json(d) for d in local]},
+                indent=1,
+            )
+        )
+        return 0
+    headers = [
+        "device",
+        "bf16 TFLOP/s",
+        "memory GB",
+        "bandwidth TB/s",
+        "power W",
+        "link GB/s/dir",
+        "NIC Gb/s",
+        "$/hour",
+    ]
+    for title, devices in (("catalog", list(catalog.values())), ("local devices (detected)", local)):
+        print(f"{title}:")
+        body = [
+            [d.name, _fmt(d.bf16_flops_per_s, 1e12, 0), _fmt(d.memory_bytes, 1e9, 0),
+             _fmt(d.mem_bandwidth_bytes_per_s, 1e12, 2), _fmt(d.power_w, 1, 0), _fmt(d.intra_link_bytes_per_s, 1e9, 0),
+             _fmt(d.nic_gbps, 1, 0), _fmt(d.usd_per_hour, 1, 2)]
+            for d in devices
+        ]  # fmt: skip
+        print(_table(headers, body))
+        print()
+    if args.sources:
+        for d in catalog.values():
+            print(f"{d.name} ({d.full_name}):")
+            for key, src in d.sources.items():
+                print(f"  {key}: {src}")
+    else:
+        print(
+            "Values are dense (no sparsity) vendor figures; prices are on-demand rental. --sources lists each value's source and date."
+        )
+    return 0
+
+
+_COMMANDS: list = [_add_generate, _add_models, _add_hardware]
 
 
 def main(argv: list[str] | None = None) -> int:
