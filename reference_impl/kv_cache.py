@@ -182,7 +182,9 @@ class PagedKVCache:
         length changes. Advances each length by its query_len.
         """
         if len(seq_ids) != len(query_lens) or not seq_ids:
-            raise ValueError(f"need one query_len per sequence, got {len(seq_ids)} ids, {len(query_lens)} lens")
+            raise ValueError(
+                f"need one query_len per sequence, got {len(seq_ids)} ids, {len(query_lens)} lens"
+            )
         if len(set(seq_ids)) != len(seq_ids):
             raise ValueError(f"a sequence appears twice in one batch: {seq_ids}")
         context_lens = [self.length(s) + q for s, q in zip(seq_ids, query_lens, strict=True)]
@@ -190,7 +192,10 @@ class PagedKVCache:
         slots = []
         for s, q, ctx in zip(seq_ids, query_lens, context_lens, strict=True):
             table = self._tables[s]
-            slots.extend(table[t // self.block_size] * self.block_size + t % self.block_size for t in range(ctx - q, ctx))
+            slots.extend(
+                table[t // self.block_size] * self.block_size + t % self.block_size
+                for t in range(ctx - q, ctx)
+            )
             self._lengths[s] = ctx
         return BatchMetadata(
             seq_ids=list(seq_ids),

@@ -27,7 +27,9 @@ def merge_attention(
     return out.to(out1.dtype), lse
 
 
-def merge_attention_many(outs: torch.Tensor, lses: torch.Tensor, dim: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def merge_attention_many(
+    outs: torch.Tensor, lses: torch.Tensor, dim: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Merge partials stacked along `dim` (>= 0): outs (..., S, ..., D), lses the same without D."""
     if dim < 0:
         raise ValueError(f"dim must be >= 0 (counted from the front), got {dim}")

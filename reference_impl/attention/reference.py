@@ -19,7 +19,9 @@ def gather_paged_kv(
     block_size = k_cache.shape[1]
     num_blocks = -(-seq_len // block_size)
     if num_blocks > block_table.shape[0]:
-        raise ValueError(f"seq_len {seq_len} needs {num_blocks} blocks, block table has {block_table.shape[0]}")
+        raise ValueError(
+            f"seq_len {seq_len} needs {num_blocks} blocks, block table has {block_table.shape[0]}"
+        )
     ids = block_table[:num_blocks].long()
     k = k_cache[ids].flatten(0, 1)[:seq_len]  # (seq_len, Hkv, D)
     v = v_cache[ids].flatten(0, 1)[:seq_len]

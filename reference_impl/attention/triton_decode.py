@@ -10,7 +10,9 @@ Two launches (flash-decoding, Dao et al. 2023; online softmax as in triton's 06-
 Supported: block_size a power of two in [16, 256] (one page = one tile of keys; tl.dot needs >= 16),
 any head_dim (padded to a power of two >= 16), any G (the query rows are padded to a power of two
 >= 16 and masked), fp32/fp16/bf16 with q, k and v of one dtype, variable sequence lengths (0 gives
-out 0, lse -inf). Precondition (not checked, that would need a device sync): block_tables[b] holds
+out 0, lse -inf). On a GPU one page of K plus V (2 * block_size * padded head_dim * element bytes)
+must fit in 160 KB of shared memory (e.g. fp32 with block_size 256 and head_dim 128 does not); the
+software-pipeline depth is lowered for large pages. Precondition (not checked, that would need a device sync): block_tables[b] holds
 ceil(seq_lens[b] / block_size) valid block ids.
 
 Numerics: scores and the softmax are fp32. On a GPU, fp16/bf16 operands go to tl.dot as they are
@@ -120,7 +122,7 @@ def _decode_split_kernel(
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        if DOT_FP32:
+        if DOT_FP32:  # noqa: SIM108 (kept parallel to the score dot above)
             pv = tl.dot(p, v.to(tl.float32), input_precision="ieee")
         else:
             pv = tl.dot(p.to(v.dtype), v)
@@ -128,8 +130,11 @@ def _decode_split_kernel(
         m_i = m_new
 
     has_keys = l_i > 0.0
-    lse = tl.where(has_keys, (m_i + tl.log2(l_i)) * 0.6931471805599453, float("-inf"))  # * ln 2: natural log
-    out = acc / tl.where(has_keys, l_i, 1.0)[:, None]
+    l_safe = tl.where(has_keys, l_i, 1.0)  # a split without keys: avoid log2(0) and 0/0
+    lse = tl.where(
+        has_keys, (m_i + tl.log2(l_safe)) * 0.6931471805599453, float("-inf")
+    )  # * ln 2: natural log
+    out = acc / l_safe[:, None]
     out_rows = part_out_ptr + b * stride_ob + heads[:, None] * stride_oh + split * stride_os
     tl.store(out_rows + offs_d[None, :], out, mask=g_mask[:, None] & d_mask[None, :])
     tl.store(part_lse_ptr + b * stride_lb + heads * stride_lh + split, lse, mask=g_mask)
@@ -166,8 +171,9 @@ def _merge_splits_kernel(
         mask=s_mask[:, None] & d_mask[None, :],
         other=0.0,
     )  # (BLOCK_S, BLOCK_D)
-    out = tl.sum(parts * w[:, None], 0) / tl.where(denom > 0.0, denom, 1.0)
-    lse = tl.where(denom > 0.0, m + tl.log(denom), float("-inf"))
+    denom_safe = tl.where(denom > 0.0, denom, 1.0)  # zero-length sequence: out 0, lse -inf
+    out = tl.sum(parts * w[:, None], 0) / denom_safe
+    lse = tl.where(denom > 0.0, m + tl.log(denom_safe), float("-inf"))
     tl.store(out_ptr + b * stride_ob + h * stride_oh + offs_d, out.to(out_ptr.dtype.element_ty), mask=d_mask)
     tl.store(lse_ptr + row, lse)
 
@@ -179,6 +185,22 @@ def is_interpreting() -> bool:
 
 def _pow2_at_least_16(n: int) -> int:
     return max(16, triton.next_power_of_2(n))
+
+
+# Shared memory per block: A100 164 KB, H100/H200 228 KB (NVIDIA tuning guides); keep headroom.
+_SMEM_LIMIT_BYTES = 160_000
+_SMEM_PIPELINE_BYTES = 96_000  # budget for prefetched pages beyond the current one
+
+
+def num_stages_for(block_size: int, block_d: int, elem_bytes: int) -> int:
+    """Software-pipeline depth on a GPU: up to 3 pages of K and V in flight, fewer for big pages."""
+    page_bytes = 2 * block_size * block_d * elem_bytes  # one K and one V tile
+    if page_bytes > _SMEM_LIMIT_BYTES:
+        raise ConfigError(
+            f"one KV page takes {page_bytes} B of shared memory (block_size {block_size} x head_dim "
+            f"{block_d} x {elem_bytes} B x 2), over {_SMEM_LIMIT_BYTES} B: use a smaller block_size or 16-bit"
+        )
+    return max(1, min(3, _SMEM_PIPELINE_BYTES // page_bytes))
 
 
 def default_num_splits(batch: int, num_kv_heads: int, max_blocks: int, device: torch.device) -> int:
@@ -217,7 +239,9 @@ def _validate(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, blo
     if len(devices) != 1:
         raise ConfigError(f"all tensors must be on one device, got {sorted(map(str, devices))}")
     if q.device.type == "cpu" and not is_interpreting():
-        raise ConfigError("CPU tensors need the Triton interpreter: set TRITON_INTERPRET=1 before importing triton")
+        raise ConfigError(
+            "CPU tensors need the Triton interpreter: set TRITON_INTERPRET=1 before importing triton"
+        )
 
 
 def decode_attention_triton(
@@ -264,6 +288,7 @@ def decode_attention_triton(
         part_lse.stride(0), part_lse.stride(1),
         GROUP=group, BLOCK_G=_pow2_at_least_16(group), HEAD_DIM=head_dim, BLOCK_D=block_d,
         BLOCK_SIZE=block_size, DOT_FP32=is_interpreting() or q.dtype == torch.float32,
+        num_stages=num_stages_for(block_size, block_d, q.element_size()) if q.is_cuda else 1,
     )  # fmt: skip
     out = torch.empty((batch, num_q_heads, head_dim), dtype=q.dtype, device=q.device)
     lse = torch.empty((batch, num_q_heads), dtype=torch.float32, device=q.device)
