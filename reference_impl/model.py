@@ -1,0 +1,563 @@
+"""Decoder-only transformers for the Lamina reference implementation: the LLaMA family and OPT.
+
+One module serves both families because they differ in only three places, all chosen from the config:
+positions (rotary embedding vs a learned table), normalisation (RMSNorm vs LayerNorm) and the MLP
+(SwiGLU vs ReLU). Every attention goes through the module-level function `attention`, which the
+converter (converter.py) keeps as one node of a torch.fx graph and cuts the model around.
+
+Tokens are flattened: a step over several sequences is one (T, d) tensor plus the position of each token
+in its own sequence (varlen layout, as in vLLM). The attention context `ctx` knows which token belongs to
+which sequence and owns the KV cache; the model never sees sequence boundaries.
+
+Checkpoints are Hugging Face folders (config.json + safetensors); weights keep HF's layout, including the
+rotate-half RoPE convention HF's conversion scripts produce.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+import torch.distributed as dist
+import torch.fx
+import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
+from torch import nn
+
+from reference_impl.errors import ConfigError
+from reference_impl.parallel import ColumnParallelLinear, RowParallelLinear, shard_range
+
+ARCHS = ("llama", "opt")
+# HF's OPTLearnedPositionalEmbedding looks up row position + 2 (metaseq reserved rows for padding).
+OPT_POSITION_OFFSET = 2
+
+
+class Llama3RopeScaling(NamedTuple):
+    """Llama 3.1 RoPE frequency scaling (`rope_type: llama3` in config.json)."""
+
+    factor: float  # long wavelengths are stretched by this factor (8 for Llama 3.1)
+    low_freq_factor: float  # wavelengths above original_max_position / low_freq_factor are scaled fully
+    high_freq_factor: float  # wavelengths below original_max_position / high_freq_factor are kept
+    original_max_position: int  # context length of pre-training (8192 for Llama 3)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str  # "llama" (LlamaForCausalLM: LLaMA-1/2/3/3.1) | "opt" (OPTForCausalLM, pre-LN)
+    vocab_size: int
+    hidden_size: int  # d
+    intermediate_size: int  # MLP width (OPT: ffn_dim)
+    num_layers: int
+    num_heads: int  # query heads
+    num_kv_heads: int  # key/value heads (== num_heads for MHA; fewer for GQA)
+    head_dim: int  # D
+    max_position: int
+    norm_eps: float
+    rope_theta: float = 10000.0  # llama only
+    rope_scaling: Llama3RopeScaling | None = None  # llama only; None = plain RoPE
+    tie_embeddings: bool = False  # lm_head shares the token embedding matrix
+    bias: bool = False  # q/k/v/o and MLP linears carry biases (OPT: yes; LLaMA: no)
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise ConfigError(f"unsupported arch {self.arch!r}; supported: {', '.join(ARCHS)}")
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_kv_heads < 1 or self.num_heads % self.num_kv_heads != 0:
+            raise ConfigError(
+                f"num_heads {self.num_heads} must be a multiple of num_kv_heads {self.num_kv_heads}"
+            )
+        if self.head_dim < 2 or self.head_dim % 2 != 0:
+            raise ConfigError(f"head_dim must be even and >= 2 (RoPE rotates pairs), got {self.head_dim}")
+        if self.max_position < 1 or self.norm_eps <= 0:
+            raise ConfigError(
+                f"need max_position >= 1 and norm_eps > 0, got {self.max_position}, {self.norm_eps}"
+            )
+        if self.arch == "opt" and (self.rope_scaling is not None or self.num_kv_heads != self.num_heads):
+            raise ConfigError("OPT uses learned positions and multi-head attention: no rope_scaling, no GQA")
+
+    @property
+    def uses_rope(self) -> bool:
+        return self.arch == "llama"
+
+    @property
+    def group_size(self) -> int:
+        """G: query heads per KV head."""
+        return self.num_heads // self.num_kv_heads
+
+    @classmethod
+    def from_hf(cls, cfg: dict[str, Any]) -> ModelConfig:
+        """Build from a Hugging Face config.json dict; ConfigError on anything this module cannot run."""
+        model_type = cfg.get("model_type")
+        if model_type == "llama":
+            return _llama_config(cfg)
+        if model_type == "opt":
+            return _opt_config(cfg)
+        raise ConfigError(
+            f"unsupported model_type {model_type!r} in config.json; supported: {', '.join(ARCHS)}"
+        )
+
+
+def _req(cfg: dict[str, Any], key: str) -> Any:
+    if key not in cfg:
+        raise ConfigError(f"config.json has no {key!r}")
+    return cfg[key]
+
+
+def _rope_params(cfg: dict[str, Any]) -> tuple[float, Llama3RopeScaling | None]:
+    # transformers 5 writes "rope_parameters" (theta inside); older files write "rope_theta" + "rope_scaling"
+    params = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+    theta = float(params.get("rope_theta", cfg.get("rope_theta", 10000.0)))
+    rope_type = params.get("rope_type", params.get("type", "default"))
+    if params.get("partial_rotary_factor", 1.0) != 1.0:
+        raise ConfigError("partial_rotary_factor != 1 is not supported; RoPE must cover the whole head")
+    if rope_type == "default":
+        return theta, None
+    if rope_type != "llama3":
+        raise ConfigError(f"unsupported rope_type {rope_type!r}; supported: default, llama3")
+    try:
+        scaling = Llama3RopeScaling(
+            factor=float(params["factor"]),
+            low_freq_factor=float(params["low_freq_factor"]),
+            high_freq_factor=float(params["high_freq_factor"]),
+            original_max_position=int(params["original_max_position_embeddings"]),
+        )
+    except KeyError as e:
+        raise ConfigError(f"llama3 rope scaling in config.json lacks {e.args[0]!r}") from None
+    if scaling.high_freq_factor <= scaling.low_freq_factor:
+        raise ConfigError(f"llama3 rope scaling needs high_freq_factor > low_freq_factor, got {scaling}")
+    return theta, scaling
+
+
+def _llama_config(cfg: dict[str, Any]) -> ModelConfig:
+    if cfg.get("hidden_act", "silu") != "silu":
+        raise ConfigError(f"unsupported hidden_act {cfg['hidden_act']!r} for llama; supported: silu")
+    attention_bias, mlp_bias = bool(cfg.get("attention_bias", False)), bool(cfg.get("mlp_bias", False))
+    if attention_bias != mlp_bias:
+        raise ConfigError("attention_bias and mlp_bias must be equal (both biased or neither)")
+    num_heads = _req(cfg, "num_attention_heads")
+    theta, scaling = _rope_params(cfg)
+    return ModelConfig(
+        arch="llama",
+        vocab_size=_req(cfg, "vocab_size"),
+        hidden_size=_req(cfg, "hidden_size"),
+        intermediate_size=_req(cfg, "intermediate_size"),
+        num_layers=_req(cfg, "num_hidden_layers"),
+        num_heads=num_heads,
+        num_kv_heads=cfg.get("num_key_value_heads") or num_heads,
+        head_dim=cfg.get("head_dim") or _req(cfg, "hidden_size") // num_heads,
+        max_position=cfg.get("max_position_embeddings", 2048),
+        norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+        rope_theta=theta,
+        rope_scaling=scaling,
+        tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        bias=attention_bias,
+    )
+
+
+def _opt_config(cfg: dict[str, Any]) -> ModelConfig:
+    hidden, num_heads = _req(cfg, "hidden_size"), _req(cfg, "num_attention_heads")
+    if cfg.get("word_embed_proj_dim", hidden) != hidden:
+        raise ConfigError(
+            f"OPT word_embed_proj_dim {cfg['word_embed_proj_dim']} != hidden_size {hidden} "
+            "(project_in/out models such as opt-350m are not supported)"
+        )
+    if not cfg.get("do_layer_norm_before", True) or cfg.get("_remove_final_layer_norm", False):
+        raise ConfigError("only pre-LN OPT (do_layer_norm_before=true, with a final layer norm) is supported")
+    if not cfg.get("layer_norm_elementwise_affine", True):
+        raise ConfigError("OPT layer_norm_elementwise_affine=false is not supported")
+    if cfg.get("activation_function", "relu") != "relu":
+        raise ConfigError(
+            f"unsupported OPT activation_function {cfg['activation_function']!r}; supported: relu"
+        )
+    if hidden % num_heads != 0:
+        raise ConfigError(f"OPT hidden_size {hidden} is not a multiple of num_attention_heads {num_heads}")
+    return ModelConfig(
+        arch="opt",
+        vocab_size=_req(cfg, "vocab_size"),
+        hidden_size=hidden,
+        intermediate_size=_req(cfg, "ffn_dim"),
+        num_layers=_req(cfg, "num_hidden_layers"),
+        num_heads=num_heads,
+        num_kv_heads=num_heads,
+        head_dim=hidden // num_heads,
+        max_position=cfg.get("max_position_embeddings", 2048),
+        norm_eps=1e-5,  # HF OPT uses nn.LayerNorm's default eps; config.json does not carry it
+        tie_embeddings=bool(cfg.get("tie_word_embeddings", True)),
+        bias=bool(cfg.get("enable_bias", True)),
+    )
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int, ctx: Any) -> torch.Tensor:
+    """THE attention call of every layer: the converter cuts the model here, Lamina ships q/k/v away here.
+
+    q (T, Hq, D), k/v (T, Hkv, D): all tokens of the step, flattened over sequences (varlen); k/v are
+    the new tokens' keys and values, which ctx appends to its cache. Scale is D**-0.5. Returns (T, Hq, D).
+    """
+    return ctx.attend(q, k, v, layer)
+
+
+torch.fx.wrap("attention")  # a torch.fx trace keeps `attention` as one call_function leaf
+
+
+# ---------------------------------------------------------------------------------------------- RoPE
+def rope_inv_freq(head_dim: int, theta: float, scaling: Llama3RopeScaling | None) -> torch.Tensor:
+    """Inverse frequencies (D/2,) float32 of rotate-half RoPE (RoFormer, arXiv 2104.09864).
+
+    With Llama-3.1 scaling (Meta's llama-models `apply_scaling`): frequencies whose wavelength exceeds
+    original_max_position / low_freq_factor are divided by `factor`; those shorter than
+    original_max_position / high_freq_factor are kept; in between they are blended linearly in
+    original_max_position / wavelength. Computed in float32 like the reference code.
+    """
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)  # (D/2,)
+    if scaling is None:
+        return inv_freq
+    wavelen = 2 * math.pi / inv_freq
+    low_wavelen = scaling.original_max_position / scaling.low_freq_factor
+    high_wavelen = scaling.original_max_position / scaling.high_freq_factor
+    smooth = (scaling.original_max_position / wavelen - scaling.low_freq_factor) / (
+        scaling.high_freq_factor - scaling.low_freq_factor
+    )
+    blended = (1 - smooth) * inv_freq / scaling.factor + smooth * inv_freq
+    scaled = torch.where(wavelen > low_wavelen, inv_freq / scaling.factor, inv_freq)
+    medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    return torch.where(medium, blended, scaled)
+
+
+def rope_cos_sin(
+    positions: torch.Tensor, inv_freq: torch.Tensor, dtype: torch.dtype
+) -> tuple[torch.Tensor, ...]:
+    """cos, sin (T, D) for arbitrary per-token positions (T,): angles in float32, then cast to `dtype`."""
+    freqs = positions.float()[:, None] * inv_freq[None, :]  # (T, D/2)
+    angles = torch.cat((freqs, freqs), dim=-1)  # (T, D): rotate-half pairs dim i with dim i + D/2
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x (T, H, D) by the angles of cos/sin (T, D)."""
+    x1, x2 = x.chunk(2, dim=-1)  # (T, H, D/2) each
+    rotated = torch.cat((-x2, x1), dim=-1)  # (T, H, D)
+    return x * cos[:, None, :] + rotated * sin[:, None, :]
+
+
+# -------------------------------------------------------------------------------------------- layers
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float, device=None, dtype=None) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # statistics in float32 (as HF and Meta do) so fp16 sums of squares cannot overflow
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+def make_norm(cfg: ModelConfig, device, dtype) -> nn.Module:
+    if cfg.arch == "llama":
+        return RMSNorm(cfg.hidden_size, cfg.norm_eps, device=device, dtype=dtype)
+    return nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps, device=device, dtype=dtype)
+
+
+@dataclass(frozen=True)
+class _TP:
+    """Where this module sits in the tensor-parallel group; passed down to every parallel linear."""
+
+    rank: int
+    size: int
+    group: dist.ProcessGroup | None
+    device: torch.device | str | None
+    dtype: torch.dtype
+
+    def column(self, n_in: int, n_out: int, bias: bool) -> ColumnParallelLinear:
+        return ColumnParallelLinear(
+            n_in, n_out, bias, self.rank, self.size, device=self.device, dtype=self.dtype
+        )
+
+    def row(self, n_in: int, n_out: int, bias: bool) -> RowParallelLinear:
+        return RowParallelLinear(
+            n_in, n_out, bias, self.rank, self.size, self.group, device=self.device, dtype=self.dtype
+        )
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int, tp: _TP) -> None:
+        super().__init__()
+        self.layer = layer
+        self.n_heads, self.n_kv_heads = cfg.num_heads // tp.size, cfg.num_kv_heads // tp.size  # local
+        self.head_dim = cfg.head_dim
+        d, D = cfg.hidden_size, cfg.head_dim
+        # column-parallel: each rank owns whole heads (rows h*D..(h+1)*D of the HF weight are head h)
+        self.wq = tp.column(d, cfg.num_heads * D, cfg.bias)
+        self.wk = tp.column(d, cfg.num_kv_heads * D, cfg.bias)
+        self.wv = tp.column(d, cfg.num_kv_heads * D, cfg.bias)
+        self.wo = tp.row(cfg.num_heads * D, d, cfg.bias)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, ...] | None, ctx: Any) -> torch.Tensor:
+        q = self.wq(x).view(-1, self.n_heads, self.head_dim)  # (T, d) -> (T, Hq/tp, D)
+        k = self.wk(x).view(-1, self.n_kv_heads, self.head_dim)  # (T, Hkv/tp, D)
+        v = self.wv(x).view(-1, self.n_kv_heads, self.head_dim)  # (T, Hkv/tp, D)
+        if rope is not None:
+            cos, sin = rope
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        o = attention(q, k, v, self.layer, ctx)  # (T, Hq/tp, D)
+        return self.wo(o.reshape(-1, self.n_heads * self.head_dim))  # (T, Hq/tp*D) -> (T, d)
+
+
+class SwiGLU(nn.Module):
+    """LLaMA MLP: down(silu(gate(x)) * up(x)) (Shazeer, arXiv 2002.05202)."""
+
+    def __init__(self, cfg: ModelConfig, tp: _TP) -> None:
+        super().__init__()
+        self.w_gate = tp.column(cfg.hidden_size, cfg.intermediate_size, cfg.bias)
+        self.w_up = tp.column(cfg.hidden_size, cfg.intermediate_size, cfg.bias)
+        self.w_down = tp.row(cfg.intermediate_size, cfg.hidden_size, cfg.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w_down(F.silu(self.w_gate(x)) * self.w_up(x))  # (T, d) -> (T, I/tp) -> (T, d)
+
+
+class ReluMLP(nn.Module):
+    """OPT MLP: fc2(relu(fc1(x)))."""
+
+    def __init__(self, cfg: ModelConfig, tp: _TP) -> None:
+        super().__init__()
+        self.fc1 = tp.column(cfg.hidden_size, cfg.intermediate_size, cfg.bias)
+        self.fc2 = tp.row(cfg.intermediate_size, cfg.hidden_size, cfg.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.relu(self.fc1(x)))  # (T, d) -> (T, I/tp) -> (T, d)
+
+
+class Block(nn.Module):
+    """Pre-norm decoder layer: x + attn(norm(x)), then h + mlp(norm(h))."""
+
+    def __init__(self, cfg: ModelConfig, layer: int, tp: _TP) -> None:
+        super().__init__()
+        self.attn_norm = make_norm(cfg, tp.device, tp.dtype)
+        self.attn = Attention(cfg, layer, tp)
+        self.mlp_norm = make_norm(cfg, tp.device, tp.dtype)
+        self.mlp = SwiGLU(cfg, tp) if cfg.arch == "llama" else ReluMLP(cfg, tp)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, ...] | None, ctx: Any) -> torch.Tensor:
+        h = x + self.attn(self.attn_norm(x), rope, ctx)  # (T, d)
+        return h + self.mlp(self.mlp_norm(h))  # (T, d)
+
+
+def check_tp(cfg: ModelConfig, tp_size: int) -> None:
+    """ConfigError unless heads and MLP width split evenly over tp_size ranks."""
+    for name in ("num_heads", "num_kv_heads", "intermediate_size"):
+        if tp_size < 1 or getattr(cfg, name) % tp_size != 0:
+            raise ConfigError(f"{name}={getattr(cfg, name)} is not divisible by tp_size={tp_size}")
+
+
+class DecoderModel(nn.Module):
+    def __init__(
+        self,
+        config: ModelConfig,
+        tp_rank: int = 0,
+        tp_size: int = 1,
+        group: dist.ProcessGroup | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__()
+        check_tp(config, tp_size)
+        self.config, self.tp_rank, self.tp_size = config, tp_rank, tp_size
+        tp = _TP(tp_rank, tp_size, group, device, dtype)
+        d = config.hidden_size
+
+        def table(rows: int) -> nn.Parameter:  # replicated on every rank; filled by the loader
+            return nn.Parameter(torch.empty(rows, d, device=device, dtype=dtype), requires_grad=False)
+
+        self.embed = table(config.vocab_size)  # (V, d)
+        self.pos_embed = None if config.uses_rope else table(config.max_position + OPT_POSITION_OFFSET)
+        inv_freq = (
+            rope_inv_freq(config.head_dim, config.rope_theta, config.rope_scaling)
+            if config.uses_rope
+            else None
+        )
+        # float32 and non-persistent: never cast to the weights' dtype, never looked for in checkpoints
+        self.register_buffer("inv_freq", None if inv_freq is None else inv_freq.to(device), persistent=False)
+        self.layers = nn.ModuleList(Block(config, i, tp) for i in range(config.num_layers))
+        self.norm = make_norm(config, device, dtype)
+        self.lm_head = self.embed if config.tie_embeddings else table(config.vocab_size)  # (V, d)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: Any) -> torch.Tensor:
+        """input_ids (T,) int64, positions (T,) int64 (each token's position in its own sequence), ctx: the
+        attention context (anything with .attend(q, k, v, layer)). Returns hidden states (T, d) after the
+        final norm."""
+        x = F.embedding(input_ids, self.embed)  # (T, d)
+        rope = None
+        if self.pos_embed is not None:
+            x = x + F.embedding(positions + OPT_POSITION_OFFSET, self.pos_embed)  # (T, d)
+        if self.inv_freq is not None:
+            rope = rope_cos_sin(positions, self.inv_freq, x.dtype)  # cos, sin: (T, D) each
+        for block in self.layers:
+            x = block(x, rope, ctx)  # (T, d)
+        return self.norm(x)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(N, d) -> (N, V) float32."""
+        return F.linear(hidden, self.lm_head).float()
+
+
+# ----------------------------------------------------------------------------------- checkpoint load
+# Our parameter (module path, with {i} for the layer) -> Hugging Face tensor name, per architecture.
+_HF_NAMES: dict[str, dict[str, str]] = {
+    "llama": {
+        "embed": "model.embed_tokens.weight",
+        "lm_head": "lm_head.weight",
+        "norm": "model.norm",
+        "attn_norm": "model.layers.{i}.input_layernorm",
+        "attn.wq": "model.layers.{i}.self_attn.q_proj",
+        "attn.wk": "model.layers.{i}.self_attn.k_proj",
+        "attn.wv": "model.layers.{i}.self_attn.v_proj",
+        "attn.wo": "model.layers.{i}.self_attn.o_proj",
+        "mlp_norm": "model.layers.{i}.post_attention_layernorm",
+        "mlp.w_gate": "model.layers.{i}.mlp.gate_proj",
+        "mlp.w_up": "model.layers.{i}.mlp.up_proj",
+        "mlp.w_down": "model.layers.{i}.mlp.down_proj",
+    },
+    "opt": {
+        "embed": "model.decoder.embed_tokens.weight",
+        "pos_embed": "model.decoder.embed_positions.weight",
+        "lm_head": "lm_head.weight",
+        "norm": "model.decoder.final_layer_norm",
+        "attn_norm": "model.decoder.layers.{i}.self_attn_layer_norm",
+        "attn.wq": "model.decoder.layers.{i}.self_attn.q_proj",
+        "attn.wk": "model.decoder.layers.{i}.self_attn.k_proj",
+        "attn.wv": "model.decoder.layers.{i}.self_attn.v_proj",
+        "attn.wo": "model.decoder.layers.{i}.self_attn.out_proj",
+        "mlp_norm": "model.decoder.layers.{i}.final_layer_norm",
+        "mlp.fc1": "model.decoder.layers.{i}.fc1",
+        "mlp.fc2": "model.decoder.layers.{i}.fc2",
+    },
+}
+
+
+def hf_param_name(arch: str, name: str) -> str:
+    """Our parameter name ('layers.3.attn.wq.weight') -> its HF name ('model.layers.3.self_attn.q_proj.weight')."""
+    names = _HF_NAMES[arch]
+    if name in names:  # top-level tables: embed, pos_embed, lm_head
+        return names[name]
+    m = re.fullmatch(r"layers\.(\d+)\.(.+)\.(weight|bias)", name) or re.fullmatch(
+        r"()(.+)\.(weight|bias)", name
+    )
+    if m is None or m.group(2) not in names:
+        raise KeyError(f"no Hugging Face name for parameter {name!r}")
+    layer, module, leaf = m.groups()
+    return f"{names[module].format(i=layer)}.{leaf}"
+
+
+class _Checkpoint:
+    """Reads (slices of) tensors from a safetensors checkpoint: one file, or several via the index."""
+
+    def __init__(self, folder: Path, stack: ExitStack) -> None:
+        self.folder, self._stack, self._handles = folder, stack, {}
+        index, single = folder / "model.safetensors.index.json", folder / "model.safetensors"
+        if single.is_file():
+            self.weight_map = dict.fromkeys(self._open(single.name).keys(), single.name)
+        elif index.is_file():
+            try:
+                self.weight_map = json.loads(index.read_text())["weight_map"]
+            except (ValueError, KeyError, TypeError) as e:
+                raise ConfigError(f"{index}: not a safetensors index with a weight_map ({e})") from None
+        else:
+            raise ConfigError(
+                f"{folder}: no model.safetensors or model.safetensors.index.json (only safetensors)"
+            )
+
+    def _open(self, file: str):
+        if file not in self._handles:
+            path = self.folder / file
+            try:
+                self._handles[file] = self._stack.enter_context(
+                    safe_open(str(path), framework="pt", device="cpu")
+                )
+            except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+                raise ConfigError(f"{path}: cannot read safetensors file ({e})") from None
+        return self._handles[file]
+
+    def read(
+        self, name: str, shape: tuple[int, ...], shard_dim: int | None, rank: int, size: int
+    ) -> torch.Tensor:
+        """This rank's part of tensor `name`, whose full shape must be `shape`."""
+        if name not in self.weight_map and name.removeprefix("model.") in self.weight_map:
+            name = name.removeprefix("model.")  # original OPT checkpoints (facebook/opt-*) lack the prefix
+        if name not in self.weight_map:
+            raise ConfigError(f"{self.folder}: checkpoint has no tensor {name!r}")
+        file = self.weight_map[name]
+        try:
+            sl = self._open(file).get_slice(name)
+            found = tuple(sl.get_shape())
+            if found != shape:
+                raise ConfigError(
+                    f"{self.folder / file}: tensor {name!r} has shape {found}, config implies {shape}"
+                )
+            if shard_dim is None:
+                return sl[:]
+            start, stop = shard_range(shape[shard_dim], rank, size)
+            return sl[start:stop] if shard_dim == 0 else sl[:, start:stop]
+        except SafetensorError as e:
+            raise ConfigError(f"{self.folder / file}: cannot read tensor {name!r} ({e})") from None
+
+
+def read_config(path: str | Path) -> ModelConfig:
+    """ModelConfig of the HF checkpoint folder `path` (ConfigError if missing or unsupported)."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise ConfigError(f"model folder {folder} does not exist")
+    cfg_file = folder / "config.json"
+    if not cfg_file.is_file():
+        raise ConfigError(f"{folder}: no config.json")
+    try:
+        cfg = json.loads(cfg_file.read_text())
+    except ValueError as e:
+        raise ConfigError(f"{cfg_file}: not valid JSON ({e})") from None
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{cfg_file}: expected a JSON object")
+    return ModelConfig.from_hf(cfg)
+
+
+def _shard_dims(model: nn.Module) -> dict[str, int | None]:
+    """Parameter name -> dim of the full tensor split across TP ranks (absent/None: replicated)."""
+    return {
+        f"{mod_name}.{p}": dim
+        for mod_name, mod in model.named_modules()
+        for p, dim in getattr(mod, "shard_dims", {}).items()
+    }
+
+
+@torch.no_grad()
+def load_model(
+    path: str | Path,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    tp_rank: int = 0,
+    tp_size: int = 1,
+    group: dist.ProcessGroup | None = None,
+) -> DecoderModel:
+    """Load a HF checkpoint folder (config.json + model.safetensors or a sharded index), reading only
+    this rank's shard of each tensor. ConfigError on any unusable checkpoint."""
+    folder = Path(path)
+    config = read_config(folder)
+    model = DecoderModel(config, tp_rank, tp_size, group, device=device, dtype=dtype)
+    dims = _shard_dims(model)
+    with ExitStack() as stack:
+        ckpt = _Checkpoint(folder, stack)
+        for name, param in model.named_parameters():
+            dim = dims.get(name)
+            full = list(param.shape)
+            if dim is not None:
+                full[dim] *= tp_size
+            param.copy_(ckpt.read(hf_param_name(config.arch, name), tuple(full), dim, tp_rank, tp_size))
+    return model.eval()
