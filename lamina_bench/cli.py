@@ -208,6 +208,100 @@ def _run_hardware(args) -> int:
 _COMMANDS: list = [_add_generate, _add_models, _add_hardware]
 
 
+def _add_simulate(sub) -> None:
+    p = sub.add_parser(
+        "simulate",
+        help="modeled decode of a trace on a device mix (homogeneous TP or Lamina), or the paper's table",
+        description="Trace-driven simulation from measured profiles (results/profiles/) or the roofline. "
+        "--paper prints the paper's nine equal-cost comparisons as a markdown table.",
+    )
+    p.add_argument("--paper", action="store_true", help="the nine comparisons (3 models x 3 traces)")
+    p.add_argument("--model", help="model slug, e.g. llama3-70b (see `lamina-bench models`)")
+    p.add_argument("--system", help="homogeneous | lamina")
+    p.add_argument("--compute", help="compute mix NxDEVICE, e.g. 2xH100 (homogeneous: the TP group)")
+    p.add_argument("--attention", help="Lamina attention mix NxDEVICE, e.g. 4xH20")
+    p.add_argument("--trace", help="azure-conv | azure-code | kimi-conv")
+    p.add_argument("--requests", type=int, help="first N requests of the trace (default: all)")
+    p.add_argument("--arrival", help="saturate (default) | trace | poisson")
+    p.add_argument("--rate", type=float, help="Poisson arrival rate, requests/s")
+    p.add_argument("--seed", type=int, help="seed of the Poisson arrivals")
+    p.add_argument("--pipeline-batches", type=int, help="Lamina: 1 none, 2 ping-pong (default), >2 rotate")
+    p.add_argument("--max-batch", type=int, help="cap on running requests")
+    p.add_argument("--dtype", help="fp16 (default) | bf16")
+    p.add_argument("--devices-file", help="TOML file overriding or adding devices (prices, specs)")
+    p.add_argument("--profile-dir", help="folder of <device>-<backend>.json profiles (results/profiles)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_run_simulate)
+
+
+def _given(args, **names: str) -> dict:
+    """{parameter: value} for the options the user gave (defaults live in the called function only)."""
+    return {param: getattr(args, opt) for param, opt in names.items() if getattr(args, opt) is not None}
+
+
+def _run_simulate(args) -> int:
+    from lamina_bench import simulate as sim
+    from lamina_bench.hardware import load_catalog, parse_mix
+    from lamina_bench.models import get_model
+    from lamina_bench.workloads import load_trace
+
+    catalog = load_catalog(args.devices_file)
+    if args.paper:
+        rows = sim.paper_comparisons(requests=args.requests, catalog=catalog)
+        if args.json:
+            print(json.dumps([{"model": c.model, "trace": c.trace, "homogeneous": c.homogeneous.to_dict(),
+                               "lamina": c.lamina.to_dict()} for c in rows]))  # fmt: skip
+        else:
+            print(sim.comparisons_markdown(rows))
+        return 0
+    missing = [o for o in ("model", "system", "compute", "trace") if getattr(args, o) is None]
+    if missing:
+        raise UserInputError(f"simulate needs --{', --'.join(missing)} (or --paper)")
+    config = sim.SystemConfig(
+        args.system, get_model(args.model), parse_mix(args.compute, catalog),
+        parse_mix(args.attention, catalog) if args.attention else None,
+        **_given(args, dtype="dtype", pipeline_batches="pipeline_batches", max_batch_size="max_batch"),
+    )  # fmt: skip
+    sim.memory_plan(config)  # a mix the weights do not fit: one-line error before anything else
+    model = sim.iteration_model(config, profile_dir=args.profile_dir)
+    result = sim.simulate(config, load_trace(args.trace), model=model,
+                          **_given(args, arrival="arrival", rate_per_s="rate", seed="seed", requests="requests"))  # fmt: skip
+    print(result.to_json() if args.json else sim.result_table(result))
+    return 0
+
+
+def _add_search(sub) -> None:
+    p = sub.add_parser("search", help="best tokens per dollar (Lamina, homogeneous) under a TBT SLO, budget")
+    p.add_argument("--model", required=True, help="model slug, e.g. llama3-70b")
+    p.add_argument("--trace", required=True, help="azure-conv | azure-code | kimi-conv")
+    p.add_argument("--tbt-slo-ms", type=float, help="p99 time between tokens, ms")
+    p.add_argument("--budget-usd-per-hour", type=float, help="most the whole mix may cost per hour")
+    p.add_argument("--devices", help="comma-separated catalog devices (default: all with specs and a price)")
+    p.add_argument("--requests", type=int, help="replay the first N requests of the trace")
+    p.add_argument("--top", type=int, default=15, help="rows of the ranked table to print")
+    p.add_argument("--devices-file", help="TOML file overriding or adding devices (prices, specs)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_run_search)
+
+
+def _run_search(args) -> int:
+    from lamina_bench.hardware import load_catalog
+    from lamina_bench.models import get_model
+    from lamina_bench.search import search, search_table
+    from lamina_bench.workloads import load_trace
+
+    devices = [d.strip() for d in args.devices.split(",") if d.strip()] if args.devices else None
+    result = search(get_model(args.model), load_trace(args.trace), devices=devices,
+                    catalog=load_catalog(args.devices_file),
+                    **_given(args, tbt_slo_ms="tbt_slo_ms", budget_usd_per_hour="budget_usd_per_hour",
+                             requests="requests"))  # fmt: skip
+    print(json.dumps(result.to_dict()) if args.json else search_table(result, args.top))
+    return 0
+
+
+_COMMANDS += [_add_simulate, _add_search]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:

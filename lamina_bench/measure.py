@@ -1,0 +1,123 @@
+"""Measured points: run the reference implementation here on a fixed batch and turn its timings into rows.
+
+A measured point serves `batch_size` requests of `context_len` random prompt tokens each, all admitted at
+once, and decodes `new_tokens` tokens per request. The prefill iteration is excluded (decode only, as in
+the paper); every decode iteration is one TBT sample. The same configuration is then predicted by the
+performance model from the local profile, so the model's error sits next to the measurement.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from lamina_bench.errors import UserInputError
+
+
+@dataclass(frozen=True)
+class DecodeTimings:
+    """Decode iterations of one measured run: batch and wall seconds of each (measured)."""
+
+    batches: tuple[int, ...]
+    times_s: tuple[float, ...]
+    breakdown_ms: Mapping[str, Any] | None = None  # per-pool dense/attention/network/idle per iteration
+    net_bytes_per_token: float | None = None
+
+    def metrics(self) -> dict[str, float | None]:
+        if not self.times_s:
+            return {}
+        tbt_ms = sorted(t * 1e3 for t in self.times_s)
+        q = statistics.quantiles(tbt_ms, n=100, method="inclusive") if len(tbt_ms) > 1 else tbt_ms * 99
+        return {
+            "throughput_tok_per_s": sum(self.batches) / sum(self.times_s),
+            "generated_tokens": float(sum(self.batches)),
+            "tbt_p50_ms": statistics.median(tbt_ms),
+            "tbt_p90_ms": q[89],
+            "tbt_p99_ms": q[98],
+            "tbt_mean_ms": statistics.fmean(tbt_ms),
+            "mean_batch_size": statistics.fmean(self.batches),
+            "max_batch_size": float(max(self.batches)),
+            "net_bytes_per_token": self.net_bytes_per_token,
+        }
+
+
+def fixed_batch_requests(batch: int, context_len: int, new_tokens: int, vocab_size: int, seed: int = 0):
+    from reference_impl.engine import Request
+
+    gen = torch.Generator().manual_seed(seed)
+    return [
+        Request(i, tuple(torch.randint(0, vocab_size, (context_len,), generator=gen).tolist()), new_tokens)
+        for i in range(batch)
+    ]
+
+
+def _vocab_size(folder) -> int:
+    return int(json.loads((folder / "config.json").read_text())["vocab_size"])
+
+
+def run_measured(config: Mapping[str, Any], seed: int = 0) -> DecodeTimings:
+    """Run one measured point's configuration (see module doc) and return its decode timings."""
+    from lamina_bench.benchmodels import checkpoint_path
+
+    folder = checkpoint_path(config["model"])
+    requests = fixed_batch_requests(
+        config["batch_size"], config["context_len"], config["new_tokens"], _vocab_size(folder), seed
+    )
+    if config["system"] == "homogeneous":
+        return _run_homogeneous(config, folder, requests)
+    return _run_lamina(config, folder, requests)
+
+
+def _run_homogeneous(config, folder, requests) -> DecodeTimings:
+    from reference_impl.launch import GenerateConfig, generate
+
+    cfg = GenerateConfig(
+        model_dir=str(folder),
+        tp=config["tp"],
+        device=config["device"],
+        dtype=config["dtype"],
+        ignore_eos=True,
+    )
+    run = generate(cfg, requests)
+    decode = [it for it in run.iterations if it.decode_seqs]
+    return DecodeTimings(tuple(it.decode_seqs for it in decode), tuple(it.decode_s for it in decode))
+
+
+def _run_lamina(config, folder, requests) -> DecodeTimings:
+    raise UserInputError(
+        "measured lamina points need the Lamina runtime (reference_impl.lamina), not wired yet"
+    )
+
+
+def predict_measured(config: Mapping[str, Any], profile) -> dict[str, Any]:
+    """The performance model's prediction of a measured point's configuration from `profile` (modeled)."""
+    from lamina_bench.benchmodels import checkpoint_path
+    from lamina_bench.simulate import ReferenceRun, predict_reference_run, spec_from_hf_config
+
+    folder = checkpoint_path(config["model"])
+    spec = spec_from_hf_config(json.loads((folder / "config.json").read_text()), name=folder.name)
+    lamina = config["system"] == "lamina"
+    run = ReferenceRun(
+        model=spec,
+        system=config["system"],
+        batch_size=config["batch_size"],
+        context_len=config["context_len"],
+        decode_steps=config["new_tokens"] - 1,  # the first new token comes from the prefill
+        dtype=config["dtype"],
+        compute_workers=int(config["compute"].split("x")[0]) if lamina else config["tp"],
+        attention_workers=int(config["attention"].split("x")[0]) if lamina else 1,
+        pipeline_batches=config["pipeline_batches"],
+    )
+    pred = predict_reference_run(profile, run)
+    return {
+        "throughput_tok_per_s": pred.throughput_tok_per_s,
+        "tbt_mean_ms": pred.mean_tbt_s * 1e3,
+        "mean_batch_size": float(config["batch_size"]),
+        "max_batch_size": float(config["batch_size"]),
+        "profile": pred.profile,
+    }

@@ -1,0 +1,315 @@
+"""Best configuration for a model and trace: most tokens per dollar under a TBT SLO and a budget.
+
+Candidates: Lamina over compute-device type x memory-device type x counts (1, 2, 4, 8 each, so every
+ratio between them) x pipeline depth (1-4); homogeneous over device type x tensor-parallel count
+(1, 2, 4, 8). Configurations whose weights do not fit, that exceed the budget or lack a spec the model
+needs are dropped with the reason.
+
+Two stages keep it fast: every candidate is screened with a steady-state estimate (batch = KV capacity
+/ mean request reserve, capped so one iteration meets the SLO; throughput = batch / iteration time);
+the best `simulate_top` of each system are then replayed on the first `requests` requests of the
+trace in saturate mode, with the batch capped so the token-weighted p99 TBT meets the SLO, and ranked
+by saturated tokens per dollar (see simulate.SimulationResult).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from lamina_bench.cost import TP_COUNTS
+from lamina_bench.errors import UserInputError
+from lamina_bench.hardware import DeviceMix, DeviceSpec, get_device, load_catalog
+from lamina_bench.models import ModelSpec
+from lamina_bench.simulate import (
+    IterationModel,
+    SimulationResult,
+    SystemConfig,
+    iteration_model,
+    memory_plan,
+    simulate,
+)
+from lamina_bench.workloads import Trace
+
+POOL_COUNTS = (1, 2, 4, 8)
+PIPELINE_DEPTHS = (1, 2, 3, 4)
+DEFAULT_SEARCH_REQUESTS = 4000
+DEFAULT_SIMULATE_TOP = 12
+SLO_RETRIES = 4  # batch-cap reductions (10% each) when the replayed p99 still misses the SLO
+_NEEDED = ("bf16_flops_per_s", "mem_bandwidth_bytes_per_s", "usd_per_hour")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One evaluated configuration; `result` is None when only the estimate was made."""
+
+    config: SystemConfig
+    estimate_tokens_per_usd: float
+    result: SimulationResult | None = None
+
+    @property
+    def tokens_per_usd(self) -> float | None:
+        if self.result is None:
+            return None
+        r = self.result
+        return r.saturated_tokens_per_usd if r.saturated_tokens_per_usd is not None else r.tokens_per_usd
+
+    def to_dict(self) -> dict:
+        c, r = self.config, self.result
+        return {
+            "system": c.system,
+            "compute": str(c.compute),
+            "attention": None if c.attention is None else str(c.attention),
+            "pipeline_batches": c.batches,
+            "max_batch_limit": c.max_batch_size,
+            "tokens_per_usd": self.tokens_per_usd,
+            "estimate_tokens_per_usd": self.estimate_tokens_per_usd,
+            "result": None if r is None else r.to_dict(),
+        }
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    model: str
+    trace: str
+    requests_used: int
+    tbt_slo_ms: float | None
+    budget_usd_per_hour: float | None
+    devices: tuple[str, ...]
+    screened: int  # configurations estimated (fit, within budget, SLO reachable)
+    dropped: tuple[str, ...]  # "config: reason" for configurations that cannot run
+    ranked: tuple[Candidate, ...]  # replayed and meeting the SLO, best tokens/$ first
+    best_homogeneous: Candidate | None
+    best_lamina: Candidate | None
+
+    def to_dict(self) -> dict:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["ranked"] = [c.to_dict() for c in self.ranked]
+        out["dropped"] = list(self.dropped[:50])  # the first 50 reasons; the count below
+        out["dropped_count"] = len(self.dropped)
+        out["devices"] = list(self.devices)
+        for key in ("best_homogeneous", "best_lamina"):
+            out[key] = None if getattr(self, key) is None else getattr(self, key).to_dict()
+        return out
+
+
+def _candidate_configs(spec: ModelSpec, devices: Sequence[DeviceSpec]) -> list[SystemConfig]:
+    """Every homogeneous and Lamina configuration of the grid that is structurally valid."""
+    configs = []
+    for dev in devices:
+        for n in TP_COUNTS:
+            try:
+                configs.append(SystemConfig("homogeneous", spec, DeviceMix(n, dev)))
+            except UserInputError:
+                continue
+    for cdev in devices:
+        for adev in devices:
+            for nc in POOL_COUNTS:
+                for na in POOL_COUNTS:
+                    for depth in PIPELINE_DEPTHS:
+                        try:
+                            cfg = SystemConfig("lamina", spec, DeviceMix(nc, cdev), DeviceMix(na, adev),
+                                               pipeline_batches=depth)  # fmt: skip
+                        except UserInputError:
+                            continue
+                        configs.append(cfg)
+    return configs
+
+
+@dataclass(frozen=True)
+class _TraceStats:
+    mean_need: float  # mean KV reserve (prompt + output) per request
+    min_need: int
+    mean_ctx: float  # mean context a running request reads, weighted by decode steps
+    requests: int
+
+
+def _trace_stats(trace: Trace) -> _TraceStats:
+    p = trace.prompt_len.astype(float)
+    o = trace.output_len.astype(float)
+    mean_ctx = float(np.sum(o * (p + (o - 1) / 2)) / np.sum(o))
+    return _TraceStats(float(np.mean(p + o)), int(np.min(p + o)), mean_ctx, len(trace))
+
+
+def _slo_batch(model: IterationModel, mean_ctx: float, upper: int, slo_s: float) -> int:
+    """Largest batch <= upper whose iteration at the mean context meets the SLO (0 if even 1 misses).
+
+    Iteration time grows with batch: a geometric grid brackets the answer, then every integer in the
+    bracket is checked (two vectorised evaluations).
+    """
+    grid = np.unique(np.geomspace(1, max(upper, 1), num=128).astype(np.int64))
+    ok = grid[model.time_s(grid, grid * mean_ctx) <= slo_s]
+    if len(ok) == 0:
+        return 0
+    lo = int(ok[-1])
+    nxt = grid[grid > lo]
+    hi = int(nxt[0]) - 1 if len(nxt) else lo
+    fine = np.arange(lo, hi + 1)
+    return int(fine[model.time_s(fine, fine * mean_ctx) <= slo_s][-1])
+
+
+def _estimate(
+    config: SystemConfig, stats: _TraceStats, slo_s: float | None
+) -> tuple[float, int | None] | None:
+    """(steady tokens/$ estimate, batch cap the SLO needs or None) of one configuration; None if the
+    SLO is missed even at batch 1."""
+    model = iteration_model(config)
+    capacity = memory_plan(config).kv_capacity_tokens
+    typical = max(1, int(capacity / stats.mean_need))  # requests that fit at once, on average
+    most = max(1, min(stats.requests, capacity // stats.min_need))  # the most that could ever run
+    cap = None
+    if slo_s is not None:
+        slo_batch = _slo_batch(model, stats.mean_ctx, most, slo_s)
+        if slo_batch == 0:
+            return None
+        cap = slo_batch if slo_batch < most else None
+        typical = min(typical, slo_batch)
+    tput = typical / float(model.time_s(typical, typical * stats.mean_ctx))
+    cost = config.compute.cost_usd_per_hour + (
+        config.attention.cost_usd_per_hour if config.attention else 0.0
+    )
+    return tput * 3600.0 / cost, cap
+
+
+def _meets(result: SimulationResult, slo_ms: float | None) -> bool:
+    return slo_ms is None or (result.tbt_p99_ms is not None and result.tbt_p99_ms <= slo_ms)
+
+
+def _replay_under_slo(
+    config: SystemConfig, trace: Trace, cap: int | None, slo_ms: float | None
+) -> SimulationResult | None:
+    """Saturate-mode replay with the batch capped so p99 TBT meets the SLO (None if it cannot)."""
+    config = dataclasses.replace(config, max_batch_size=cap)
+    result = simulate(config, trace)
+    for _ in range(SLO_RETRIES):
+        if _meets(result, slo_ms):
+            return result
+        new_cap = int(min(result.max_batch_size, config.max_batch_size or result.max_batch_size) * 0.9)
+        if new_cap < 1:
+            return None
+        config = dataclasses.replace(config, max_batch_size=new_cap)
+        result = simulate(config, trace)
+    return result if _meets(result, slo_ms) else None
+
+
+def _screen(configs, trace, slo_ms, budget, dropped) -> list[tuple[float, int | None, SystemConfig]]:
+    stats = _trace_stats(trace)
+    slo_s = None if slo_ms is None else slo_ms / 1e3
+    scored = []
+    for cfg in configs:
+        cost = cfg.compute.cost_usd_per_hour + (cfg.attention.cost_usd_per_hour if cfg.attention else 0.0)
+        if budget is not None and cost > budget:
+            continue  # over budget: not reported one by one (there are many)
+        try:
+            estimate = _estimate(cfg, stats, slo_s)
+        except UserInputError as exc:
+            dropped.append(f"{cfg.label()}: {exc}")
+            continue
+        if estimate is None:
+            dropped.append(f"{cfg.label()}: one iteration at batch 1 exceeds the {slo_ms:g} ms SLO")
+            continue
+        scored.append((*estimate, cfg))
+    return scored
+
+
+def search(
+    model: ModelSpec,
+    trace: Trace,
+    tbt_slo_ms: float | None = None,
+    budget_usd_per_hour: float | None = None,
+    devices: Sequence[str] | None = None,
+    requests: int = DEFAULT_SEARCH_REQUESTS,
+    simulate_top: int = DEFAULT_SIMULATE_TOP,
+    catalog: Mapping[str, DeviceSpec] | None = None,
+) -> SearchResult:
+    """Best tokens per dollar for `model` on `trace` (module doc). Devices default to every catalog
+    device with a price, a bf16 peak and a memory bandwidth."""
+    if tbt_slo_ms is not None and not tbt_slo_ms > 0:
+        raise UserInputError(f"TBT SLO must be a positive number of ms, got {tbt_slo_ms}")
+    if budget_usd_per_hour is not None and not budget_usd_per_hour > 0:
+        raise UserInputError(f"budget must be a positive number of $/hour, got {budget_usd_per_hour}")
+    if requests < 1 or simulate_top < 1:
+        raise UserInputError(f"requests and simulate_top must be >= 1, got {requests}, {simulate_top}")
+    specs = _search_devices(devices, load_catalog() if catalog is None else catalog)
+    subset = trace.head(requests)
+    dropped: list[str] = []
+    scored = _screen(_candidate_configs(model, specs), subset, tbt_slo_ms, budget_usd_per_hour, dropped)
+    ranked = _replay_best(scored, subset, tbt_slo_ms, simulate_top, dropped)
+    best_h = next((c for c in ranked if c.config.system == "homogeneous"), None)
+    best_l = next((c for c in ranked if c.config.system == "lamina"), None)
+    return SearchResult(model.name, trace.name, len(subset), tbt_slo_ms, budget_usd_per_hour,
+                        tuple(d.name for d in specs), len(scored), tuple(dropped), tuple(ranked),
+                        best_h, best_l)  # fmt: skip
+
+
+def _search_devices(devices: Sequence[str] | None, catalog: Mapping[str, DeviceSpec]) -> list[DeviceSpec]:
+    """The named devices (each must have a price and the specs the model needs), else every such device."""
+    if devices is None:
+        return [d for d in catalog.values() if all(getattr(d, f) is not None for f in _NEEDED)]
+    specs = [get_device(name, catalog) for name in devices]
+    for dev in specs:
+        missing = [f for f in _NEEDED if getattr(dev, f) is None]
+        if missing:
+            raise UserInputError(
+                f"device {dev.name} has no {', '.join(missing)} in the catalog; cannot search it"
+            )
+    return specs
+
+
+def _replay_best(scored, trace: Trace, slo_ms: float | None, top: int, dropped: list[str]) -> list[Candidate]:
+    """Replay the `top` best-estimated configurations of each system; best saturated tokens/$ first."""
+    ranked = []
+    for system in ("homogeneous", "lamina"):
+        best = sorted((s for s in scored if s[2].system == system), key=lambda s: -s[0])[:top]
+        for score, cap, cfg in best:
+            result = _replay_under_slo(cfg, trace, cap, slo_ms)
+            if result is None:
+                dropped.append(
+                    f"{cfg.label()}: p99 TBT misses the {slo_ms:g} ms SLO at every batch cap tried"
+                )
+                continue
+            ranked.append(
+                Candidate(dataclasses.replace(cfg, max_batch_size=result.max_batch_limit), score, result)
+            )
+    ranked.sort(key=lambda c: -(c.tokens_per_usd or 0.0))
+    return ranked
+
+
+def search_table(result: SearchResult, top: int = 15) -> str:
+    """Markdown: the ranked configurations, then best homogeneous next to best Lamina."""
+    lines = [
+        f"search: {result.model} on {result.trace} (first {result.requests_used} requests, saturate mode), "
+        f"TBT p99 SLO {result.tbt_slo_ms if result.tbt_slo_ms is not None else 'none'} ms, budget "
+        f"{result.budget_usd_per_hour if result.budget_usd_per_hour is not None else 'none'} $/h; "
+        f"{result.screened} configurations estimated ({len(result.dropped)} dropped: weights do not fit, SLO), "
+        f"{len(result.ranked)} replayed; ranked by saturated tok/$ (source: {_sources(result)})",
+        "",
+        "| # | system | compute | attention | n | batch cap | tok/s | mean batch | TBT p99 ms | $/h | tok/$ |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for i, cand in enumerate(result.ranked[:top], 1):
+        lines.append(_row(str(i), cand))
+    lines += ["", "| best | system | compute | attention | n | batch cap | tok/s | mean batch | TBT p99 ms | $/h | tok/$ |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for label, cand in (("homogeneous", result.best_homogeneous), ("lamina", result.best_lamina)):
+        lines.append(_row(label, cand) if cand is not None else f"| {label} | none feasible |")
+    return "\n".join(lines)
+
+
+def _sources(result: SearchResult) -> str:
+    seen = sorted({f"{c.result.source}, profile {c.result.profile}" for c in result.ranked})
+    return "; ".join(seen) or "n/a"
+
+
+def _row(label: str, cand: Candidate) -> str:
+    c, r = cand.config, cand.result
+    tput = r.saturated_throughput_tok_per_s or r.throughput_tok_per_s
+    batch = r.saturated_mean_batch_size or r.mean_batch_size or 0.0
+    return (
+        f"| {label} | {c.system} | {c.compute} | {c.attention or '-'} | {c.batches} "
+        f"| {c.max_batch_size or '-'} | {tput:,.0f} | {batch:.0f} | {r.tbt_p99_ms:.1f} "
+        f"| {r.cost_usd_per_hour:.2f} | {cand.tokens_per_usd:,.0f} |"
+    )

@@ -1,0 +1,86 @@
+"""Cost arithmetic, the equal-cost baseline and the configuration search."""
+
+import json
+
+import pytest
+
+from lamina_bench import cli, cost
+from lamina_bench.errors import UserInputError
+from lamina_bench.hardware import DeviceMix, get_device, parse_mix
+from lamina_bench.models import get_model
+from lamina_bench.search import search, search_table
+from lamina_bench.workloads import load_trace
+
+
+def test_mix_cost_and_tokens_per_usd_by_hand():
+    # paper prices: H100 $11.06/h, H20 $4.63/h
+    assert cost.mixes_cost_usd_per_hour(parse_mix("2xH100"), parse_mix("4xH20")) == pytest.approx(40.64)
+    assert cost.mixes_cost_usd_per_hour(parse_mix("4xH100"), None) == pytest.approx(44.24)
+    # 1,000 tok/s for an hour = 3.6 M tokens for $40 -> 90,000 tok/$, $11.11 per M tokens
+    assert cost.tokens_per_usd(1000.0, 40.0) == pytest.approx(90_000)
+    assert cost.usd_per_mtok(1000.0, 40.0) == pytest.approx(40 / 3.6)
+    assert cost.tokens_per_usd(1000.0, None) is None
+    assert cost.mixes_cost_usd_per_hour(DeviceMix(1, get_device("L20"))) is None  # no price: n/a, not 0
+
+
+def test_equal_cost_homogeneous_matches_the_paper():
+    assert str(cost.equal_cost_homogeneous(parse_mix("1xH100"), parse_mix("2xH20"))) == "2xH100"
+    assert str(cost.equal_cost_homogeneous(parse_mix("2xH100"), parse_mix("4xH20"))) == "4xH100"
+    assert str(cost.equal_cost_homogeneous(parse_mix("2xH100"), parse_mix("4xH20"), "H20")) == "8xH20"
+    with pytest.raises(UserInputError, match="no price"):
+        cost.equal_cost_homogeneous(parse_mix("1xH100"), parse_mix("2xL20"))
+
+
+@pytest.fixture(scope="module")
+def small_search():
+    return search(get_model("llama3-70b"), load_trace("azure-conv"), tbt_slo_ms=60.0,
+                  budget_usd_per_hour=70.0, devices=["H100", "H20"], requests=400, simulate_top=4)  # fmt: skip
+
+
+def test_search_respects_slo_and_budget(small_search):
+    res = small_search
+    assert res.ranked, res.dropped
+    for cand in res.ranked:
+        assert cand.result.tbt_p99_ms <= 60.0
+        assert cand.result.cost_usd_per_hour <= 70.0
+        assert cand.result.requests == 400
+    scores = [c.tokens_per_usd for c in res.ranked]
+    assert scores == sorted(scores, reverse=True)
+    assert res.best_homogeneous.config.system == "homogeneous"
+    assert res.best_lamina.config.system == "lamina"
+    assert any("does not fit" in d for d in res.dropped)  # e.g. 1xH100 for a 141 GB model
+    table = search_table(res)
+    assert "| homogeneous | homogeneous |" in table and "| lamina | lamina |" in table
+
+
+def test_search_cap_tightens_with_the_slo():
+    model, trace = get_model("llama3-8b"), load_trace("azure-code")
+    loose = search(model, trace, 200.0, devices=["H100"], requests=300, simulate_top=2)
+    tight = search(model, trace, 15.0, devices=["H100"], requests=300, simulate_top=2)
+    assert all(c.result.tbt_p99_ms <= 15.0 for c in tight.ranked)
+    assert tight.best_homogeneous.result.max_batch_size <= loose.best_homogeneous.result.max_batch_size
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"tbt_slo_ms": -1.0}, "TBT SLO must be a positive"),
+        ({"budget_usd_per_hour": 0.0}, "budget must be a positive"),
+        ({"devices": ["H999"]}, "unknown device 'H999'; valid:"),
+        ({"devices": ["L20"]}, "L20 has no usd_per_hour"),
+    ],
+)
+def test_search_bad_input(kwargs, message):
+    with pytest.raises(UserInputError, match=message):
+        search(get_model("llama3-8b"), load_trace("azure-code"), requests=10, **kwargs)
+
+
+def test_cli_search_json_and_errors(capsys):
+    argv = ["search", "--model", "llama3-8b", "--trace", "azure-code", "--devices", "H100,H20", "--requests", "200",
+            "--tbt-slo-ms", "40", "--json"]  # fmt: skip
+    assert cli.main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["requests_used"] == 200 and out["ranked"][0]["tokens_per_usd"] > 0
+    assert cli.main(["search", "--model", "llama3-8b", "--trace", "azure-code", "--tbt-slo-ms", "-5"]) == 2
+    err = capsys.readouterr().err
+    assert "TBT SLO must be a positive" in err and err.count("\n") == 1
