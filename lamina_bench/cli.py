@@ -302,6 +302,196 @@ def _run_search(args) -> int:
 _COMMANDS += [_add_simulate, _add_search]
 
 
+def _add_compare(sub) -> None:
+    p = sub.add_parser(
+        "compare",
+        help="compare two runs (or two pytest-benchmark JSON files); exit 1 on a regression or missing data",
+        description="Match HEAD's points to BASE's by point_id (benchmarks by name) and flag changes beyond "
+        "the threshold whose 95% intervals do not overlap. Exit 0 clean, 1 regression or missing/failed "
+        "points, 2 bad input. Details: lamina_bench/regress.py.",
+    )
+    p.add_argument("base", help="run folder, baseline folder (results/baselines/DEVICE) or benchmark JSON")
+    p.add_argument("head", help="run folder or benchmark JSON, the same kind as BASE")
+    p.add_argument(
+        "--threshold", help="percent change that counts for modeled/derived rows (default 0: exact)"
+    )
+    p.add_argument(
+        "--measured-threshold",
+        help="percent for measured rows and benchmarks (default 25: CPU timings are noisy), or 'report' "
+        "to list their changes without failing",
+    )
+    p.add_argument("--fail-on", choices=("regression", "change"), help="change: any difference fails")
+    p.add_argument("--format", choices=("text", "markdown", "json"), default="text")
+    p.set_defaults(func=_run_compare)
+
+
+def _run_compare(args) -> int:
+    from lamina_bench import regress
+
+    limits = {}
+    if args.threshold is not None:
+        limits["modeled_pct"] = regress.parse_threshold(args.threshold, "--threshold")
+    if args.measured_threshold is not None:
+        limits["measured_pct"] = regress.parse_threshold(
+            args.measured_threshold, "--measured-threshold", allow_report=True
+        )
+    report = regress.compare_paths(args.base, args.head, regress.Thresholds(**limits),
+                                   **_given(args, fail_on="fail_on"))  # fmt: skip
+    print(regress.format_report(report, args.format), end="" if args.format == "markdown" else "\n")
+    return report.exit_code
+
+
+def _add_baseline(sub) -> None:
+    p = sub.add_parser("baseline", help="CI baselines under results/baselines/<device>/: update, show")
+    actions = p.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    up = actions.add_parser("update", help="copy a finished run's points and manifest into the baseline")
+    up.add_argument("run_dir", help="run folder (results/<run_id>)")
+    up.add_argument("--device", help="baseline name (default: 'modeled' for all-modeled runs, else the GPU)")
+    show = actions.add_parser("show", help="list the baselines, or the points of one")
+    show.add_argument("device", nargs="?", help="one baseline's name")
+    show.add_argument("--json", action="store_true")
+    for q in (up, show):
+        q.add_argument("--root", help="baselines folder (default results/baselines)")
+    p.set_defaults(func=_run_baseline)
+
+
+def _run_baseline(args) -> int:
+    from dataclasses import asdict
+
+    from lamina_bench import regress
+
+    root = _given(args, root="root")
+    if args.action == "update":
+        info = regress.update_baseline(args.run_dir, args.device, **root)
+        print(f"baseline updated: {regress.baseline_table([info])}")
+        return 0
+    if args.device is None:
+        infos = regress.list_baselines(**root)
+        print(json.dumps([asdict(i) for i in infos]) if args.json else regress.baseline_table(infos))
+        return 0
+    folder = regress.baseline_folder(args.device, **root)
+    info = regress.baseline_info(folder)
+    entries = regress.load_side(folder).entries.values()
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    **asdict(info),
+                    "points": [{"point_id": e.key, "label": e.label, **e.values} for e in entries],
+                }
+            )
+        )
+        return 0
+    print(regress.baseline_table([info]))
+    for e in entries:
+        tput = e.values.get("throughput_tok_per_s")
+        print(f"  {e.key} {e.label}: {_fmt(tput, 1, 1)} tok/s")
+    return 0
+
+
+_COMMANDS += [_add_compare, _add_baseline]
+
+
+def _add_run(sub) -> None:
+    p = sub.add_parser(
+        "run",
+        help="run a sweep (default: the embedded default sweep) and write results + report",
+        description="Expand a sweep spec into points, measure or model each, store rows in results/<run_id>/, "
+        "then write the report. Failed points are stored with their error; --resume skips finished points.",
+    )
+    p.add_argument("spec", nargs="?", help="sweep spec TOML (default: lamina_bench/data/default_sweep.toml)")
+    p.add_argument(
+        "--quick", action="store_true", help="the quick sweep (or one repeat of SPEC); under a minute"
+    )
+    p.add_argument("--out", default="results", help="results root; the run goes to OUT/<run_id>/")
+    p.add_argument("--resume", action="store_true", help="continue the newest unfinished run of this spec")
+    p.add_argument("--shard", help="I/N: run only shard I of N (merge shards with `lamina-bench merge`)")
+    p.add_argument("--point", help="run only the point with this id (as in a row's repro_command)")
+    p.add_argument("--run-id", help="name of the run folder (default: <spec name>-<UTC time>)")
+    p.add_argument("--report", default=None, help="report path (default: reports/<run_id>.html)")
+    p.add_argument("--no-report", action="store_true", help="skip the report")
+    p.set_defaults(func=_run_run)
+
+
+def _run_run(args) -> int:
+    import dataclasses
+    import datetime as dt
+    from pathlib import Path
+
+    from lamina_bench import sweep
+    from lamina_bench.results import RunStore
+
+    spec_path = args.spec or str(sweep.QUICK_SPEC if args.quick else sweep.DEFAULT_SPEC)
+    spec = sweep.load_spec(spec_path)  # every error here comes before any work
+    if args.quick and args.spec:
+        spec = dataclasses.replace(spec, repeats=1)
+    points = list(spec.points)
+    if args.shard:
+        points = sweep.shard(points, *sweep.parse_shard(args.shard))
+    if args.point:
+        points = [p for p in points if p.point_id == args.point]
+        if not points:
+            raise UserInputError(
+                f"no point {args.point!r} in {spec_path}; ids are in each row's repro_command"
+            )
+    out_root = Path(args.out)
+    record = sweep.manifest_spec(spec, spec_path, args.shard)
+    run_dir = sweep.find_resumable(out_root, record) if args.resume else None
+    if args.resume and run_dir is None:
+        print(f"nothing to resume under {out_root} for this spec; starting a new run", file=sys.stderr)
+    if run_dir is not None:
+        store = RunStore.open(run_dir)
+        print(f"resuming {run_dir}", file=sys.stderr)
+    else:
+        shard_tag = f"-shard{args.shard.replace('/', 'of')}" if args.shard else ""
+        run_id = args.run_id or f"{spec.name}-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}{shard_tag}"
+        store = RunStore.create(out_root, run_id=run_id, spec=record, argv=sys.argv)
+    print(f"{len(points)} points -> {store.path}", file=sys.stderr)
+    outcome = sweep.run_sweep(spec, store, points, spec_path=spec_path)
+    store.finalize()
+    print(f"{outcome.ran} points run, {outcome.skipped} already done, {outcome.failed} failed "
+          f"in {outcome.wall_s:.0f} s -> {store.path}")  # fmt: skip
+    print(_summary_text(store.points()))
+    if not args.no_report:
+        _write_report([store.path], args.report or f"reports/{store.run_id}.html")
+    return 1 if outcome.failed else 0
+
+
+def _summary_text(points) -> str:
+    """Plain-text summary of a run: each ok row's headline metrics with its source."""
+    cols = ["source", "model", "system", "compute", "attention", "trace", "batch_size", "pipeline_batches",
+            "throughput_tok_per_s", "tbt_p50_ms", "tbt_mean_ms", "tokens_per_usd", "status"]  # fmt: skip
+    frame = points[[c for c in cols if c in points.columns]]
+    return frame.to_string(index=False, na_rep="-", float_format=lambda x: f"{x:,.4g}")
+
+
+def _write_report(run_dirs, out) -> None:
+    try:
+        from lamina_bench.report import build_report
+    except ImportError:
+        print("(HTML report not available in this version; the summary above is the report)")
+        return
+    print(f"report: {build_report(run_dirs, out)}")
+
+
+def _add_merge(sub) -> None:
+    p = sub.add_parser("merge", help="merge the run folders of several shards into one run")
+    p.add_argument("runs", nargs="+", help="run folders (e.g. results/default-...-shard1of2)")
+    p.add_argument("--out", required=True, help="folder of the merged run (must not exist)")
+    p.set_defaults(func=_run_merge)
+
+
+def _run_merge(args) -> int:
+    from lamina_bench.results import merge_runs
+
+    store = merge_runs(args.runs, args.out, argv=sys.argv)
+    print(f"merged {len(args.runs)} runs, {len(store.points())} points -> {store.path}")
+    return 0
+
+
+_COMMANDS += [_add_run, _add_merge]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:

@@ -29,9 +29,10 @@ Unknown keys, unknown names and impossible mixes fail before any work with a one
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
+import sys
+import time
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from lamina_bench.errors import UserInputError
+from lamina_bench.results import point_id
 
 SYSTEMS = ("homogeneous", "lamina")
 ARRIVALS = ("saturate", "trace", "poisson")
@@ -101,12 +103,6 @@ class SweepSpec:
     repeats: int
     points: tuple[Point, ...]
     raw: Mapping[str, Any]  # the parsed TOML, stored in the manifest
-
-
-def point_id(config: Mapping[str, Any]) -> str:
-    """Stable id of a configuration: sha256 of its canonical JSON (sorted keys), first 16 hex digits."""
-    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 def load_spec(path: str | Path) -> SweepSpec:
@@ -296,3 +292,206 @@ def _modeled_points(b: dict) -> list[Point]:
         }
         points.append(Point("modeled", config))
     return points
+
+
+# ---- execution ------------------------------------------------------------------------------------
+
+_ROW_CONFIG = ("model", "system", "compute", "attention", "trace", "batch_size", "context_len",
+               "pipeline_batches", "dtype", "requests")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SweepOutcome:
+    run_dir: Path
+    ran: int
+    skipped: int  # already finished (resume)
+    failed: int
+    wall_s: float
+
+
+class Progress:
+    """One status line per finished point with percent done and ETA (from the mean time per point)."""
+
+    def __init__(self, total: int, stream=None):
+        self.total, self.done, self.start = total, 0, time.perf_counter()
+        self.stream = stream if stream is not None else sys.stderr
+
+    def update(self, label: str, status: str, wall_s: float) -> None:
+        self.done += 1
+        elapsed = time.perf_counter() - self.start
+        eta_s = elapsed / self.done * (self.total - self.done)
+        print(
+            f"[{self.done:>{len(str(self.total))}}/{self.total}] {100 * self.done / self.total:3.0f}% "
+            f"ETA {int(eta_s) // 60}:{int(eta_s) % 60:02d}  {label}  {status} ({wall_s:.1f} s)",
+            file=self.stream,
+            flush=True,
+        )
+
+
+@dataclass
+class _Context:
+    """State shared by the points of one sweep: the local profile (taken on first need) and telemetry."""
+
+    store: Any
+    spec_path: str
+    profile: Any = None
+    sampler: Any = None
+
+    def local_profile(self):
+        if self.profile is None:
+            from lamina_bench.perfmodel import write_profile
+            from lamina_bench.profile import ProfileSettings, profile_device
+
+            print("profiling the local device for the model's predictions ...", file=sys.stderr, flush=True)
+            self.profile = profile_device(ProfileSettings())
+            write_profile(self.profile, self.store.path / f"profile-{self.profile.name}.json")
+        return self.profile
+
+
+def _base_row(point: Point, repro: str) -> dict[str, Any]:
+    c = point.config
+    row = {k: c[k] for k in _ROW_CONFIG if k in c and c[k] != ""}
+    extra = {k: v for k, v in c.items() if k not in _ROW_CONFIG}
+    row.update(point_id=point.point_id, repro_command=repro, extra_json=json.dumps(extra, sort_keys=True))
+    return row
+
+
+def _failed(row: dict[str, Any], source: str, exc: BaseException) -> dict[str, Any]:
+    message = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line
+    return {**row, "source": source, "status": "failed", "error": message}
+
+
+def _modeled_row(point: Point, ctx: _Context) -> dict[str, Any]:
+    from lamina_bench.hardware import parse_mix
+    from lamina_bench.models import get_model
+    from lamina_bench.simulate import SystemConfig, simulate
+    from lamina_bench.workloads import load_trace
+
+    c = point.config
+    config = SystemConfig(
+        system=c["system"],
+        model=get_model(c["model"]),
+        compute=parse_mix(c["compute"]),
+        attention=parse_mix(c["attention"]) if c["attention"] else None,
+        dtype=c["dtype"],
+        pipeline_batches=c["pipeline_batches"] if c["system"] == "lamina" else None,
+    )
+    r = simulate(config, load_trace(c["trace"]), arrival=c["arrival"], rate_per_s=c["rate_per_s"] or None,
+                 requests=c["requests"] or None)  # fmt: skip
+    metrics = {k: getattr(r, k) for k in ("throughput_tok_per_s", "generated_tokens", "tbt_p50_ms", "tbt_p90_ms",
+               "tbt_p99_ms", "tbt_mean_ms", "mean_batch_size", "max_batch_size", "cost_usd_per_hour",
+               "tokens_per_usd", "usd_per_mtok", "net_bytes_per_token", "net_peak_gbps")}  # fmt: skip
+    return {"source": r.source if r.source != "measured" else "modeled", "profile": r.profile, "status": "ok",
+            "requests": r.requests, **metrics}  # fmt: skip
+
+
+def _measured_rows(point: Point, repeats: int) -> list[dict[str, Any]]:
+    from lamina_bench.measure import run_measured
+
+    rows = []
+    for i in range(repeats):
+        try:
+            rows.append(
+                {"source": "measured", "status": "ok", "repeat": i, **run_measured(point.config).metrics()}
+            )
+        except Exception as exc:  # a failing repeat is recorded, not raised
+            rows.append(_failed({"repeat": i}, "measured", exc))
+    return rows
+
+
+def _execute(point: Point, ctx: _Context, repeats: int) -> dict[str, Any]:
+    """The row of one point; failures become a failed row with the error, never an exception."""
+    base = _base_row(point, _repro(point, ctx.spec_path))
+    source = "measured" if point.mode == "measured" else "modeled"
+    try:
+        if point.mode == "measured":
+            with ctx.sampler.window(point.point_id):
+                rows = [{**base, **r} for r in _measured_rows(point, repeats)]
+            from lamina_bench.results import aggregate_repeats
+            from lamina_bench.telemetry import combine_summaries
+
+            row = (
+                aggregate_repeats(rows, point.point_id)
+                if repeats > 1
+                else {**rows[0], "repeat": None, "repeats": 1}
+            )
+            extra = {**json.loads(base["extra_json"]), **json.loads(row.get("extra_json") or "{}")}
+            row["extra_json"] = json.dumps(extra, sort_keys=True)
+            row.update(combine_summaries(ctx.sampler.window_summary(point.point_id)))
+            return row
+        if "predicts" in point.config:
+            from lamina_bench.measure import predict_measured
+
+            measured_id = Point(
+                "measured", {k: v for k, v in point.config.items() if k != "predicts"}
+            ).point_id
+            extra = {**json.loads(base["extra_json"]), "predicts": measured_id}
+            pred = predict_measured(point.config, ctx.local_profile())
+            return {**base, "source": "modeled", "status": "ok", **pred, "extra_json": json.dumps(extra)}
+        return {**base, **_modeled_row(point, ctx)}
+    except Exception as exc:  # noqa: BLE001 - a failed point is a row, and the sweep goes on
+        return _failed(base, source, exc)
+
+
+def _repro(point: Point, spec_path: str) -> str:
+    c = point.config
+    if point.mode == "modeled" and "trace" in c:
+        cmd = (f"lamina-bench simulate --model {c['model']} --system {c['system']} --compute {c['compute']} "
+               f"--trace {c['trace']} --arrival {c['arrival']} --dtype {c['dtype']}")  # fmt: skip
+        if c["attention"]:
+            cmd += f" --attention {c['attention']} --pipeline-batches {c['pipeline_batches']}"
+        if c["requests"]:
+            cmd += f" --requests {c['requests']}"
+        if c["arrival"] == "poisson":
+            cmd += f" --rate {c['rate_per_s']}"
+        return cmd
+    return f"lamina-bench run {spec_path} --point {point.point_id}"
+
+
+def run_sweep(spec: SweepSpec, store, points: list[Point], spec_path: str = "<default>", progress=None,
+              profile=None) -> SweepOutcome:  # fmt: skip
+    """Run every point not yet in `store` (resume), persisting each row the moment it finishes."""
+    from lamina_bench.telemetry import TelemetrySampler
+
+    start = time.perf_counter()
+    finished = store.finished_point_ids()
+    todo = [p for p in points if p.point_id not in finished]
+    # predictions run after the measurements so the profile is not taken while a measurement is running
+    todo.sort(key=lambda p: "predicts" in p.config)
+    progress = progress or Progress(len(todo))
+    ctx = _Context(store=store, spec_path=spec_path, profile=profile)
+    failed = 0
+    with TelemetrySampler() as sampler:
+        ctx.sampler = sampler
+        for point in todo:
+            t0 = time.perf_counter()
+            row = _execute(point, ctx, spec.repeats)
+            row["wall_s"] = time.perf_counter() - t0
+            store.add_point(row)
+            failed += row["status"] == "failed"
+            progress.update(point.label(), row["status"] if row["status"] == "ok" else f"FAILED: {row['error']}",
+                            row["wall_s"])  # fmt: skip
+        store.add_telemetry(sampler.samples())
+    return SweepOutcome(store.path, len(todo), len(points) - len(todo), failed, time.perf_counter() - start)
+
+
+DEFAULT_SPEC = Path(__file__).parent / "data" / "default_sweep.toml"
+QUICK_SPEC = Path(__file__).parent / "data" / "quick_sweep.toml"
+
+
+def manifest_spec(spec: SweepSpec, spec_path: str, shard_text: str | None) -> dict[str, Any]:
+    """What the manifest records of the sweep; `--resume` looks for a run with the same record."""
+    return {"path": spec_path, "shard": shard_text, "toml": spec.raw}
+
+
+def find_resumable(out_root: Path, record: dict[str, Any]) -> Path | None:
+    """The newest run folder under `out_root` made by the same spec and shard and not finished."""
+    candidates = []
+    for manifest in out_root.glob("*/manifest.json"):
+        try:
+            data = json.loads(manifest.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if data.get("spec") == json.loads(json.dumps(record, default=str)) and data.get("status") != "finished":
+            candidates.append((data.get("start_time") or "", manifest.parent))
+    return max(candidates)[1] if candidates else None
