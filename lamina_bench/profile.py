@@ -192,7 +192,11 @@ def _link_worker(rank: int, world_size: int, sizes: tuple[int, ...], repeats: in
 
     from reference_impl.transport import TorchDistTransport, measure_link
 
-    link = measure_link(TorchDistTransport(), 1 - rank, sizes, repeats=repeats)
+    transport = TorchDistTransport()
+    try:
+        link = measure_link(transport, 1 - rank, sizes, repeats=repeats)
+    finally:
+        transport.close()
     allreduce = []
     for size in ALLREDUCE_SIZES_BYTES:
         x = torch.zeros(size // 4, dtype=torch.float32)

@@ -116,7 +116,9 @@ def run_in_group(
     results = ctx.Queue()
     port = free_port()
     common = (world_size, port, backend, timeout_s, torch_threads, fn, tuple(args), results)
-    procs = [ctx.Process(target=_group_entry, args=(rank, *common), daemon=True) for rank in range(world_size)]
+    procs = [
+        ctx.Process(target=_group_entry, args=(rank, *common), daemon=True) for rank in range(world_size)
+    ]
     for proc in procs:
         proc.start()
     try:
@@ -128,7 +130,9 @@ def run_in_group(
             proc.join(timeout=10.0)
             if proc.is_alive():
                 proc.kill()
-    failures = [f"rank {rank}:\n{payload}" for rank, ok, payload in sorted(reports, key=lambda r: r[0]) if not ok]
+    failures = [
+        f"rank {rank}:\n{payload}" for rank, ok, payload in sorted(reports, key=lambda r: r[0]) if not ok
+    ]
     if failures:
         raise RuntimeError("process group run failed\n" + "\n".join(failures))
     return [payload for _, _, payload in sorted(reports, key=lambda r: r[0])]
