@@ -492,6 +492,55 @@ def _run_merge(args) -> int:
 _COMMANDS += [_add_run, _add_merge]
 
 
+def _add_profile(sub) -> None:
+    p = sub.add_parser(
+        "profile", help="measure operator times on the local device (feeds the performance model)"
+    )
+    p.add_argument("--device", default="cpu", help="cpu | cuda")
+    p.add_argument(
+        "--model", default="bench-llama-gqa", help="bench model, HF folder, or catalog model (random weights)"
+    )
+    p.add_argument("--dtype", default="fp32", help="fp32 | fp16 | bf16")
+    p.add_argument(
+        "--layers", type=int, default=2, help="layers built for a catalog model (times are per layer)"
+    )
+    p.add_argument("--out", default="results/profiles", help="folder; the file is <device>-<backend>.json")
+    p.add_argument("--quick", action="store_true", help="fewer points and repeats")
+    p.set_defaults(func=_run_profile)
+
+
+def _run_profile(args) -> int:
+    from pathlib import Path
+
+    from lamina_bench.perfmodel import write_profile
+    from lamina_bench.profile import ProfileSettings, profile_device
+
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise UserInputError(f"--out {args.out} exists and is not a folder")
+    quick = {"batches": (1, 8), "contexts": (64, 512), "repeats": 3, "link": False} if args.quick else {}
+    settings = ProfileSettings(
+        model=args.model, device=args.device, dtype=args.dtype, layers=args.layers, **quick
+    )
+    profile = profile_device(settings, progress=lambda msg: print(msg, file=sys.stderr, flush=True))
+    path = write_profile(profile, Path(args.out) / f"{profile.name}.json")
+    print(
+        f"measured profile of {profile.device} ({profile.backend}, {profile.dtype}, {profile.model.name}) -> {path}"
+    )
+    for p in profile.dense:
+        print(f"  dense layer  batch {p.batch:>4}: {p.time_s * 1e3:8.3f} ms (measured)")
+    for p in profile.attention:
+        print(
+            f"  attention    batch {p.batch:>4} context {p.context_len:>6}: {p.time_s * 1e3:8.3f} ms (measured)"
+        )
+    print(
+        f"  engine overhead per iteration: {profile.iteration_overhead_s * 1e3:.3f} ms (measured, derived by subtraction)"
+    )
+    return 0
+
+
+_COMMANDS += [_add_profile]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:

@@ -370,10 +370,14 @@ def profile_from_dict(data: dict) -> Profile:
 
 
 def write_profile(profile: Profile, path: str | Path) -> Path:
-    """Write `profile` as JSON; the profiler calls this and nothing else."""
+    """Write `profile` as JSON, atomically; the profiler calls this and nothing else."""
+    from lamina_bench.results import atomic_write_json
+
     path = Path(path)
+    if path.parent.exists() and not path.parent.is_dir():
+        raise UserInputError(f"cannot write the profile into {path.parent}: it is not a folder")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(profile_to_dict(profile), indent=1) + "\n")
+    atomic_write_json(path, profile_to_dict(profile))
     return path
 
 

@@ -102,7 +102,13 @@ def _build_model(settings: ProfileSettings):
         config = json.loads((folder / "config.json").read_text())
         spec = spec_from_hf_config(config, name=Path(settings.model).name)
         return load_model(folder, device=settings.device, dtype=dtype), spec, folder
-    spec = get_model(settings.model)  # UserInputError naming the valid models
+    try:
+        spec = get_model(settings.model)
+    except UserInputError:
+        raise UserInputError(
+            f"unknown profile model {settings.model!r}; valid: {', '.join(BENCH_MODELS)}, a folder holding "
+            "config.json, or a catalog model (see `lamina-bench models`)"
+        ) from None
     config = ModelConfig.from_hf({**hf_config(spec), "num_hidden_layers": settings.layers})
     torch.manual_seed(0)
     model = DecoderModel(config, device=settings.device, dtype=dtype)

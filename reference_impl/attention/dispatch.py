@@ -12,7 +12,7 @@ from types import ModuleType
 
 import torch
 
-from reference_impl.attention.reference import decode_attention_ref
+from reference_impl.attention.torch_decode import decode_attention_torch
 from reference_impl.errors import ConfigError
 
 BACKENDS = ("auto", "torch", "triton")
@@ -56,6 +56,6 @@ def decode_attention(
     num_splits only applies to the Triton kernel.
     """
     if resolve_backend(backend, q.device) == "torch":
-        return decode_attention_ref(q, k_cache, v_cache, block_tables, seq_lens, scale)
+        return decode_attention_torch(q, k_cache, v_cache, block_tables, seq_lens, scale)
     kernel = _triton_decode_module().decode_attention_triton
     return kernel(q, k_cache, v_cache, block_tables, seq_lens, scale, num_splits=num_splits)
