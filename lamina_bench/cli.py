@@ -317,8 +317,8 @@ def _add_compare(sub) -> None:
     )
     p.add_argument(
         "--measured-threshold",
-        help="percent for measured rows and benchmarks (default 25: CPU timings are noisy), or 'report' "
-        "to list their changes without failing",
+        help="percent for measured rows, their model predictions and benchmarks (default 25: CPU timings "
+        "are noisy), or 'report' to list their changes without failing",
     )
     p.add_argument("--fail-on", choices=("regression", "change"), help="change: any difference fails")
     p.add_argument("--format", choices=("text", "markdown", "json"), default="text")
@@ -490,6 +490,30 @@ def _run_merge(args) -> int:
 
 
 _COMMANDS += [_add_run, _add_merge]
+
+
+def _add_gpu_check(sub) -> None:
+    from lamina_bench.gpucheck import add_arguments  # stdlib only at import; torch loads when it runs
+
+    p = sub.add_parser(
+        "gpu-check",
+        help="one-call check of a single H100/H200: gpu tests, copy and GEMM ceilings, decode kernel "
+        "bandwidth, 70B-shaped profile, one measured point with telemetry",
+        description="Run every GPU check in one process, each step time-boxed, into OUT_DIR (at most 8 "
+        "files: summary.json, log.txt, the profile, run.tar.gz, ...). Without CUDA it runs on the CPU at "
+        "tiny sizes. Same as `python -m lamina_bench.gpucheck`.",
+    )
+    add_arguments(p)
+    p.set_defaults(func=_run_gpu_check)
+
+
+def _run_gpu_check(args) -> int:
+    from lamina_bench.gpucheck import run_from_args
+
+    return run_from_args(args)
+
+
+_COMMANDS += [_add_gpu_check]
 
 
 def _add_profile(sub) -> None:

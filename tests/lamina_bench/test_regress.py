@@ -1,0 +1,461 @@
+"""Regression comparison: clean on identical sweeps, exit 1 on an injected drop or missing data, noise-aware
+verdicts, output shapes, pytest-benchmark JSON, baselines."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from lamina_bench import regress
+from lamina_bench.cli import build_parser, main
+from lamina_bench.regress import (
+    DEFAULT_MEASURED_THRESHOLD_PCT,
+    DIRECTIONS,
+    REL_TOL,
+    Thresholds,
+    compare_paths,
+    metric_verdict,
+)
+from lamina_bench.results import METRIC_COLUMNS, RunStore, point_id
+from lamina_bench.sweep import parse_spec
+
+REPO = Path(__file__).resolve().parents[2]
+
+SMALL_SPEC = """
+name = "regress-test"
+repeats = 1
+
+[[modeled]]
+models = ["llama-33b"]
+traces = ["azure-conv"]
+requests = 300
+homogeneous = ["2xH100"]
+lamina = [{ compute = "1xH100", attention = "2xH20", pipeline_batches = 2 }]
+"""
+
+
+def make_row(i: int, source: str = "modeled", **overrides) -> dict:
+    """An ok row for configuration i with metrics worked from i."""
+    row = {
+        "point_id": point_id({"mode": source, "i": i}),
+        "model": "llama-33b",
+        "system": "lamina",
+        "compute": "1xH100",
+        "attention": "2xH20",
+        "trace": "azure-conv",
+        "batch_size": i,
+        "pipeline_batches": 2,
+        "source": source,
+        "status": "ok",
+        "throughput_tok_per_s": 1000.0 + i,
+        "tbt_p99_ms": 50.0 + i,
+        "tokens_per_usd": 2000.0 + i,
+    }
+    return {**row, **overrides}
+
+
+def make_store(root: Path, run_id: str, rows: list[dict], devices=None) -> Path:
+    store = RunStore.create(root, run_id=run_id, spec={"name": "t"}, argv=["test"], devices=devices or [])
+    for row in rows:
+        store.add_point(row)
+    store.finalize()
+    return store.path
+
+
+def stored_rows(run: Path) -> list[dict]:
+    """The rows of a run as add_point takes them (volatile columns dropped)."""
+    rows = []
+    for rec in RunStore.open(run).points().to_dict(orient="records"):
+        clean = {k: regress._clean(v) for k, v in rec.items()}
+        rows.append({k: v for k, v in clean.items() if k not in ("run_id", "timestamp", "wall_s")})
+    return rows
+
+
+def cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def sweep_runs(tmp_path_factory) -> tuple[Path, Path]:
+    """Two runs of the same small deterministic modeled sweep, through `lamina-bench run`."""
+    root = tmp_path_factory.mktemp("runs")
+    spec = root / "spec.toml"
+    spec.write_text(SMALL_SPEC)
+    for run_id in ("a", "b"):
+        assert main(["run", str(spec), "--out", str(root), "--run-id", run_id, "--no-report"]) == 0
+    return root / "a", root / "b"
+
+
+# ---- deterministic sweeps ------------------------------------------------------------------------
+
+
+def test_two_runs_of_the_same_sweep_compare_clean(sweep_runs, capsys):
+    base, head = sweep_runs
+    code, out, _ = cli(capsys, "compare", str(base), str(head), "--fail-on", "change")
+    assert code == 0, out
+    assert "PASS: 2 points compared, 0 regressions" in out
+    report = compare_paths(base, head, fail_on="change")
+    verdicts = {d.verdict for p in report.points for d in p.deltas}
+    assert verdicts == {"ok"} and len(report.points) == 2
+    assert all(p.source == "modeled" and len(p.deltas) >= 10 for p in report.points)
+
+
+def test_injected_ten_percent_throughput_drop_exits_1_and_names_the_point(sweep_runs, tmp_path, capsys):
+    base, _ = sweep_runs
+    rows = stored_rows(base)
+    victim = rows[1]
+    victim["throughput_tok_per_s"] *= 0.9
+    head = make_store(tmp_path, "slow", rows)
+    code, out, _ = cli(capsys, "compare", str(base), str(head))
+    assert code == 1
+    lines = [line for line in out.splitlines() if line.startswith("REGRESSION")]
+    assert len(lines) == 1  # only the injected metric on the injected point
+    assert victim["point_id"] in lines[0] and "throughput_tok_per_s" in lines[0] and "(-10.00%)" in lines[0]
+    assert "lamina" in lines[0] or "homogeneous" in lines[0]  # the label names the configuration
+    # a 10% drop is within a 15% threshold, and beyond a 9.99% one
+    assert cli(capsys, "compare", str(base), str(head), "--threshold", "15")[0] == 0
+    assert cli(capsys, "compare", str(base), str(head), "--threshold", "9.99")[0] == 1
+
+
+def test_missing_point_exits_1(sweep_runs, tmp_path, capsys):
+    base, _ = sweep_runs
+    rows = stored_rows(base)
+    head = make_store(tmp_path, "partial", rows[:1])
+    code, out, _ = cli(capsys, "compare", str(base), str(head))
+    assert code == 1
+    assert f"MISSING point {rows[1]['point_id']}" in out
+    assert "1 missing" in out
+
+
+def test_repo_ci_spec_is_the_papers_nine_comparisons():
+    import tomllib
+
+    spec = parse_spec(tomllib.loads((REPO / "results/baselines/modeled.toml").read_text()))
+    assert len(spec.points) == 18 and {p.mode for p in spec.points} == {"modeled"}
+    assert {p.config["requests"] for p in spec.points} == {2000}
+
+
+# ---- verdicts ------------------------------------------------------------------------------------
+
+
+def test_every_metric_has_a_direction():
+    assert set(METRIC_COLUMNS) <= set(DIRECTIONS)
+    assert DIRECTIONS["throughput_tok_per_s"] == "up" and DIRECTIONS["tbt_p99_ms"] == "down"
+    assert DIRECTIONS["usd_per_mtok"] == "down" and DIRECTIONS["tokens_per_usd"] == "up"
+
+
+@pytest.mark.parametrize(
+    ("direction", "base", "head", "threshold", "expected"),
+    [
+        ("up", 100.0, 90.0, 5.0, "regression"),
+        ("up", 100.0, 110.0, 5.0, "improvement"),
+        ("down", 50.0, 55.0, 5.0, "regression"),  # TBT up 10%
+        ("down", 50.0, 45.0, 5.0, "improvement"),
+        ("up", 100.0, 95.0, 5.0, "ok"),  # exactly at the threshold
+        ("up", 100.0, 94.99, 5.0, "regression"),
+        ("none", 100.0, 120.0, 5.0, "changed"),
+        ("up", 100.0, 100.0 * (1 + REL_TOL / 10), 0.0, "ok"),  # float noise is never a change
+        ("up", 100.0, 100.0 * (1 - 1e-6), 0.0, "regression"),  # exact mode catches tiny changes
+        ("up", 0.0, 1e-12, 50.0, "improvement"),  # from 0, any change counts
+    ],
+)
+def test_metric_verdict(direction, base, head, threshold, expected):
+    assert metric_verdict(direction, base, head, threshold) == expected
+
+
+def test_overlapping_intervals_are_noise_and_disjoint_ones_count():
+    # throughput -20%, far beyond 5%: noise while the CIs overlap (95 >= 90), regression when they don't
+    assert metric_verdict("up", 100.0, 80.0, 5.0, (90.0, 110.0), (75.0, 95.0)) == "noise"
+    assert metric_verdict("up", 100.0, 80.0, 5.0, (90.0, 110.0), (75.0, 89.0)) == "regression"
+    # one side without an interval is the point [80, 80]: inside base's CI -> noise
+    assert metric_verdict("up", 100.0, 80.0, 5.0, (70.0, 110.0), None) == "noise"
+    assert metric_verdict("up", 100.0, 80.0, 5.0, (85.0, 110.0), None) == "regression"
+
+
+def test_noisy_measured_metric_with_overlapping_intervals_is_not_flagged(tmp_path, capsys):
+    ci = {"throughput_tok_per_s_ci_low": 90.0, "throughput_tok_per_s_ci_high": 110.0}
+    base = make_store(
+        tmp_path, "base", [make_row(1, "measured", throughput_tok_per_s=100.0, repeats=5, **ci)]
+    )
+    noisy = {"throughput_tok_per_s_ci_low": 75.0, "throughput_tok_per_s_ci_high": 95.0}
+    head = make_store(
+        tmp_path, "noisy", [make_row(1, "measured", throughput_tok_per_s=80.0, repeats=5, **noisy)]
+    )
+    code, out, _ = cli(capsys, "compare", str(base), str(head), "--measured-threshold", "5")
+    assert code == 0, out
+    assert "NOISE" in out and "1 within noise" in out and "(-20.00%)" in out
+    clear = {"throughput_tok_per_s_ci_low": 75.0, "throughput_tok_per_s_ci_high": 85.0}
+    head2 = make_store(
+        tmp_path, "slow", [make_row(1, "measured", throughput_tok_per_s=80.0, repeats=5, **clear)]
+    )
+    assert cli(capsys, "compare", str(base), str(head2), "--measured-threshold", "5")[0] == 1
+
+
+def test_per_source_thresholds_and_report_only(tmp_path, capsys):
+    base = make_store(tmp_path, "base", [make_row(1, "modeled"), make_row(2, "measured")])
+    # measured point 20% slower, modeled point 1% slower
+    head = make_store(tmp_path, "head", [make_row(1, "modeled", throughput_tok_per_s=1001.0 * 0.99),
+                                         make_row(2, "measured", throughput_tok_per_s=1002.0 * 0.8)])  # fmt: skip
+    report = compare_paths(
+        base, head, Thresholds(modeled_pct=2.0, measured_pct=DEFAULT_MEASURED_THRESHOLD_PCT)
+    )
+    assert report.exit_code == 0  # 1% < 2% modeled; 20% < 25% measured
+    assert compare_paths(base, head, Thresholds(modeled_pct=0.5)).exit_code == 1  # 1% > 0.5%
+    failures = compare_paths(base, head, Thresholds(modeled_pct=2.0, measured_pct=10.0)).failures()
+    assert [(f.point.source, f.metric.metric) for f in failures] == [("measured", "throughput_tok_per_s")]
+    code, out, _ = cli(
+        capsys, "compare", str(base), str(head), "--threshold", "2", "--measured-threshold", "report"
+    )
+    assert code == 0 and "REGRESSION (REPORT ONLY)" in out and "profile) report only" in out
+
+
+def test_predictions_from_the_runs_own_profile_use_the_measured_threshold(tmp_path):
+    """A modeled row predicting a measured point is calibrated from a profile timed in that run."""
+    extra = json.dumps({"predicts": "0123456789abcdef"})
+    base = make_store(tmp_path, "base", [make_row(1, extra_json=extra), make_row(2)])
+    head = make_store(tmp_path, "head", [make_row(1, extra_json=extra, throughput_tok_per_s=1001.0 * 0.9),
+                                         make_row(2, throughput_tok_per_s=1002.0 * 0.9)])  # fmt: skip
+    report = compare_paths(base, head)  # defaults: modeled exact, measured 25%
+    assert [p.threshold_pct for p in report.points] == [DEFAULT_MEASURED_THRESHOLD_PCT, 0.0]
+    assert [f.point.key for f in report.failures()] == [make_row(2)["point_id"]]
+
+
+def test_failed_new_and_missing_metric(tmp_path, capsys):
+    base = make_store(tmp_path, "base", [make_row(1), make_row(2), make_row(3)])
+    failed = make_row(2, status="failed", error="RuntimeError: boom", throughput_tok_per_s=None)
+    no_tbt = make_row(3, tbt_p99_ms=None)
+    head = make_store(tmp_path, "head", [make_row(1), failed, no_tbt, make_row(4)])
+    report = compare_paths(base, head)
+    states = {p.key: p.state for p in report.points}
+    assert states == {
+        make_row(i)["point_id"]: s for i, s in ((1, "compared"), (2, "failed"), (3, "compared"), (4, "new"))
+    }
+    reasons = sorted(f.reason for f in report.failures())
+    assert reasons == ["failed: head failed: RuntimeError: boom", "tbt_p99_ms has no value in head"]
+    assert report.exit_code == 1
+    # a new point alone passes, unless HEAD must match BASE exactly
+    head_new = make_store(tmp_path, "new", [make_row(1), make_row(2), make_row(3), make_row(4)])
+    assert compare_paths(base, head_new).exit_code == 0
+    assert compare_paths(base, head_new, fail_on="change").exit_code == 1
+    code, out, _ = cli(capsys, "compare", str(base), str(head_new))
+    assert code == 0 and f"NEW point {make_row(4)['point_id']}" in out
+
+
+def test_fail_on_change_catches_improvements(tmp_path):
+    base = make_store(tmp_path, "base", [make_row(1)])
+    head = make_store(tmp_path, "head", [make_row(1, throughput_tok_per_s=2000.0)])
+    assert compare_paths(base, head).exit_code == 0  # an improvement is not a regression
+    assert compare_paths(base, head, fail_on="change").exit_code == 1
+
+
+def test_empty_base_is_an_error(tmp_path):
+    base = make_store(tmp_path, "empty", [])
+    head = make_store(tmp_path, "head", [make_row(1)])
+    report = compare_paths(base, head)
+    assert report.exit_code == 1 and "nothing was compared" in report.errors[0]
+
+
+def test_single_repeats_are_left_out_when_aggregates_exist(tmp_path):
+    agg = make_row(1, "measured", repeats=3)
+    singles = [make_row(1, "measured", repeat=r, point_id=point_id({"i": 1, "repeat": r})) for r in range(3)]
+    run = make_store(tmp_path, "reps", [agg, *singles])
+    side = regress.load_side(run)
+    assert list(side.entries) == [agg["point_id"]] and "3 single repeats left out" in side.notes[0]
+
+
+# ---- output shapes -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def regressed(tmp_path) -> tuple[Path, Path]:
+    base = make_store(tmp_path, "base", [make_row(1), make_row(2)])
+    head = make_store(tmp_path, "head", [make_row(1, throughput_tok_per_s=1001.0 * 0.9), make_row(2)])
+    return base, head
+
+
+def test_markdown_output_fits_a_pr_comment(regressed, capsys):
+    code, out, _ = cli(capsys, "compare", *map(str, regressed), "--format", "markdown")
+    assert code == 1
+    lines = out.splitlines()
+    assert lines[0].startswith("### ❌ lamina-bench compare: FAIL")
+    header = lines.index("| point | metric | base | head | change | verdict |")
+    assert lines[header + 1] == "|---|---|---:|---:|---:|---|"
+    rows = [line for line in lines[header + 2 :] if line.startswith("|")]
+    assert len(rows) == 1 and rows[0].count("|") == 7
+    assert make_row(1)["point_id"] in rows[0] and "| 1001 | 900.9 | -10.00% | **regression** |" in rows[0]
+
+
+def test_json_output_shape(regressed, capsys):
+    code, out, _ = cli(capsys, "compare", *map(str, regressed), "--format", "json")
+    data = json.loads(out)
+    assert code == data["exit_code"] == 1
+    assert set(data) >= {"base", "head", "thresholds", "fail_on", "counts", "failures", "points", "errors"}
+    assert data["thresholds"] == {
+        "modeled_pct": 0.0,
+        "measured_pct": DEFAULT_MEASURED_THRESHOLD_PCT,
+        "rel_tol": REL_TOL,
+    }
+    assert data["failures"] == [{"key": make_row(1)["point_id"], "label": data["points"][0]["label"],
+                                 "metric": "throughput_tok_per_s", "reason": "throughput_tok_per_s regression"}]  # fmt: skip
+    assert data["counts"]["compared"] == 2 and data["counts"]["metrics_regression"] == 1
+    metric = next(m for m in data["points"][0]["metrics"] if m["metric"] == "throughput_tok_per_s")
+    assert metric["base"] == 1001.0 and metric["change_pct"] == pytest.approx(-10.0)
+
+
+def test_help_states_the_default_thresholds():
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices["compare"]
+    helps = {a.dest: a.help for a in sub._actions}
+    assert f"default {regress.DEFAULT_THRESHOLD_PCT:g}" in helps["threshold"]
+    assert f"default {DEFAULT_MEASURED_THRESHOLD_PCT:g}" in helps["measured_threshold"]
+
+
+# ---- bad input -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--threshold", "-1"],
+        ["--threshold", "abc"],
+        ["--threshold", "report"],
+        ["--measured-threshold", "nan"],
+    ],
+)
+def test_bad_threshold_exits_2(regressed, capsys, extra):
+    code, _, err = cli(capsys, "compare", *map(str, regressed), *extra)
+    assert code == 2 and err.count("\n") == 1 and "must be a percentage >= 0" in err
+
+
+def test_not_a_run_exits_2(tmp_path, regressed, capsys):
+    (tmp_path / "empty").mkdir()
+    code, _, err = cli(capsys, "compare", str(tmp_path / "empty"), str(regressed[1]))
+    assert code == 2 and "is not a run folder" in err
+    code, _, err = cli(capsys, "compare", str(tmp_path / "nope"), str(regressed[1]))
+    assert code == 2 and "does not exist" in err
+    bench = tmp_path / "bench.json"
+    bench.write_text(json.dumps({"benchmarks": []}))
+    code, _, err = cli(capsys, "compare", str(regressed[0]), str(bench))
+    assert code == 2 and "cannot compare a run" in err
+    bench.write_text('{"machine_info": {}}')
+    code, _, err = cli(capsys, "compare", str(bench), str(bench))
+    assert code == 2 and "no 'benchmarks' list" in err
+
+
+# ---- pytest-benchmark JSON -----------------------------------------------------------------------
+
+
+def bench_file(path: Path, stats: dict[str, tuple[float, float, float]], node: str = "ci-runner") -> Path:
+    """A minimal pytest-benchmark JSON: name -> (q1, median, q3) in seconds."""
+    benchmarks = [
+        {"name": n.split("::")[-1], "fullname": n, "stats": {"q1": q1, "median": med, "q3": q3, "mean": med}}
+        for n, (q1, med, q3) in stats.items()
+    ]
+    data = {"machine_info": {"node": node, "cpu": {"brand_raw": "Test CPU"}}, "commit_info": {"id": "abc123"},
+            "benchmarks": benchmarks, "datetime": "2026-01-01T00:00:00", "version": "5.3.1"}  # fmt: skip
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_pytest_benchmark_json_comparison(tmp_path, capsys):
+    a, b, c, d = (f"tests/bench/test_bench_x.py::test_{k}" for k in "abcd")
+    base = bench_file(tmp_path / "base.json", {a: (0.95, 1.0, 1.05), b: (1.9, 2.0, 2.1), c: (0.4, 0.5, 0.6),
+                                               d: (1.0, 1.0, 1.0)})  # fmt: skip
+    head = bench_file(tmp_path / "head.json", {a: (1.45, 1.5, 1.55), b: (2.15, 2.2, 2.25), c: (0.55, 0.7, 0.8),
+                                               d: (1.0, 1.0, 1.0)})  # fmt: skip
+    report = compare_paths(base, head)
+    verdicts = {p.key: p.deltas[0].verdict for p in report.points}
+    # a: +50% > 25%, IQRs disjoint; b: +10% < 25%; c: +40% but the IQRs [0.4, 0.6], [0.55, 0.8] overlap
+    assert verdicts == {a: "regression", b: "ok", c: "noise", d: "ok"}
+    assert report.points[0].deltas[0].change_pct == pytest.approx(50.0)
+    code, out, _ = cli(capsys, "compare", str(base), str(head))
+    assert code == 1 and f"REGRESSION {a}" in out
+    assert cli(capsys, "compare", str(base), str(head), "--measured-threshold", "60")[0] == 0
+    # a benchmark that disappeared is missing data; another machine gets a note
+    gone = bench_file(tmp_path / "gone.json", {a: (0.95, 1.0, 1.05)}, node="laptop")
+    report = compare_paths(base, gone)
+    assert report.exit_code == 1 and {p.state for p in report.points} == {"compared", "missing"}
+    assert "may not be comparable" in report.notes[0]
+
+
+@pytest.mark.slow
+def test_real_benchmark_json_feeds_compare(tmp_path):
+    """The microbenchmarks' own --benchmark-json output, compared with itself: clean."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, "-m", "pytest", "-q", str(REPO / "tests/bench/test_bench_simulator.py"),
+           "--benchmark-only", f"--benchmark-json={out}", "-p", "no:cacheprovider"]  # fmt: skip
+    subprocess.run(cmd, check=True, cwd=REPO, capture_output=True, timeout=300)
+    report = compare_paths(out, out)
+    assert report.exit_code == 0 and report.counts()["compared"] >= 1
+
+
+# ---- baselines -----------------------------------------------------------------------------------
+
+
+def test_baseline_update_show_and_compare(sweep_runs, tmp_path, capsys):
+    base, head = sweep_runs
+    root = tmp_path / "baselines"
+    code, out, _ = cli(capsys, "baseline", "update", str(base), "--root", str(root))
+    assert code == 0 and "modeled: 2 ok, 0 failed points (2 modeled)" in out
+    folder = root / "modeled"  # an all-modeled run defaults to the device-independent name
+    assert sorted(p.name for p in (folder / "points").iterdir()) == sorted(
+        r["point_id"] + ".json" for r in stored_rows(base)
+    )
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["run_id"] == "a" and manifest["baseline"]["source_run_id"] == "a"
+    assert manifest["git"] == json.loads((base / "manifest.json").read_text())["git"]
+    assert cli(capsys, "compare", str(folder), str(head), "--fail-on", "change")[0] == 0
+    code, out, _ = cli(capsys, "baseline", "show", "--root", str(root))
+    assert code == 0 and out.startswith("modeled: 2 ok")
+    code, out, _ = cli(capsys, "baseline", "show", "modeled", "--root", str(root), "--json")
+    shown = json.loads(out)
+    assert shown["device"] == "modeled" and len(shown["points"]) == 2
+    code, _, err = cli(capsys, "baseline", "show", "h100", "--root", str(root))
+    assert code == 2 and "no baseline 'h100'" in err and "baselines there: modeled" in err
+
+
+def test_baseline_update_replaces_the_old_one(tmp_path):
+    root = tmp_path / "baselines"
+    old = make_store(tmp_path, "old", [make_row(1), make_row(2)])
+    new = make_store(tmp_path, "new", [make_row(3)])
+    regress.update_baseline(old, "cpu", root)
+    info = regress.update_baseline(new, "cpu", root)
+    assert info.run_id == "new" and info.points_ok == 1
+    assert [p.name for p in (root / "cpu" / "points").iterdir()] == [make_row(3)["point_id"] + ".json"]
+    assert sorted(p.name for p in root.iterdir()) == ["cpu"]  # no staging or old folders left
+
+
+def test_baseline_refuses_failed_points_and_bad_names(tmp_path, capsys):
+    bad = make_store(tmp_path, "bad", [make_row(1), make_row(2, status="failed", error="Boom")])
+    code, _, err = cli(capsys, "baseline", "update", str(bad), "--root", str(tmp_path / "b"))
+    assert code == 2 and "1 failed points" in err
+    good = make_store(tmp_path, "good", [make_row(1)])
+    code, _, err = cli(
+        capsys, "baseline", "update", str(good), "--device", "../x", "--root", str(tmp_path / "b")
+    )
+    assert code == 2 and "must be letters, digits" in err
+    assert not (tmp_path / "b").exists() or not any((tmp_path / "b").iterdir())
+
+
+def test_default_device_of_a_measured_run(tmp_path):
+    gpu = [{"name": "CPU"}, {"name": "H100 SXM"}]
+    run = make_store(tmp_path, "gpu", [make_row(1, "measured")], devices=gpu)
+    assert regress.update_baseline(run, root=tmp_path / "b").device == "h100-sxm"
+    cpu = make_store(tmp_path, "cpu", [make_row(1, "measured")], devices=[{"name": "CPU"}])
+    assert regress.update_baseline(cpu, root=tmp_path / "b").device == "cpu"
+    assert sorted(b.device for b in regress.list_baselines(tmp_path / "b")) == ["cpu", "h100-sxm"]
+
+
+def test_compare_against_a_copied_run_folder(sweep_runs, tmp_path):
+    """A run folder copied elsewhere (as CI artifacts are) compares like the original."""
+    base, head = sweep_runs
+    copy = tmp_path / "copy"
+    shutil.copytree(head, copy)
+    assert compare_paths(base, copy, fail_on="change").exit_code == 0
