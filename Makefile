@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-slow bench lint format clean
+.PHONY: install test test-slow check-baseline bench lint format clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,14 @@ test: install
 	$(VENV)/bin/ruff check lamina_bench reference_impl tests
 	$(VENV)/bin/ruff format --check lamina_bench reference_impl tests
 	$(PY) -m pytest -q -m "not slow"
+	$(MAKE) --no-print-directory check-baseline
+
+# The deterministic modeled sweep must reproduce the committed baseline exactly (README: regression tracking).
+check-baseline: install
+	@out=$$(mktemp -d) && \
+	$(VENV)/bin/lamina-bench run results/baselines/modeled.toml --out $$out --run-id ci-modeled --no-report >/dev/null && \
+	$(VENV)/bin/lamina-bench compare results/baselines/modeled $$out/ci-modeled --fail-on change; \
+	rc=$$?; rm -rf $$out; exit $$rc
 
 test-slow: install
 	$(PY) -m pytest -q -m slow
