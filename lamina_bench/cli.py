@@ -565,6 +565,32 @@ def _run_profile(args) -> int:
 _COMMANDS += [_add_profile]
 
 
+def _add_report(sub) -> None:
+    p = sub.add_parser(
+        "report",
+        help="HTML comparison report of one or more runs (self-contained, works offline)",
+        description="Write one HTML file comparing Lamina with its equal-cost homogeneous baseline, from "
+        "run folders (results/<run_id>/); several runs are compared side by side.",
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders, e.g. results/default-...")
+    p.add_argument("--out", help="HTML file (default: reports/<run_id>.html, or reports/<first>-vs-<last>.html)")
+    p.add_argument("--title", help="page title (default: the run ids)")
+    p.set_defaults(func=_run_report)
+
+
+def _run_report(args) -> int:
+    from lamina_bench.report import build_report, default_report_path, plotly_js
+
+    out = build_report(args.runs, args.out or default_report_path(args.runs), title=args.title)
+    size_mb = out.stat().st_size / 1e6
+    note = "" if plotly_js() is not None else " (figures left out: plotly is not installed)"
+    print(f"report: {out} ({size_mb:.1f} MB, {len(args.runs)} run{'s' if len(args.runs) > 1 else ''}){note}")
+    return 0
+
+
+_COMMANDS.append(_add_report)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
