@@ -573,7 +573,7 @@ def _add_report(sub) -> None:
         "run folders (results/<run_id>/); several runs are compared side by side.",
     )
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders, e.g. results/default-...")
-    p.add_argument("--out", help="HTML file (default: reports/<run_id>.html, or reports/<first>-vs-<last>.html)")
+    p.add_argument("--out", help="HTML file (default: reports/<run_id>.html, or <first>-vs-<last>.html)")
     p.add_argument("--title", help="page title (default: the run ids)")
     p.set_defaults(func=_run_report)
 

@@ -1,0 +1,285 @@
+"""The report's sections: a runs overview and the seven parts of issue 6, as HTML with registered figures.
+
+Each `*_section` function takes the loaded runs and the page `Document` and returns one `Section`; a part
+without data says why in place of its figure or table.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from lamina_bench.report import figures as figs
+from lamina_bench.report.data import (
+    HEADLINE_METRICS,
+    RunData,
+    config_label,
+    failed_rows,
+    headline_pairs,
+    is_measured,
+    mix_label,
+    number,
+    plot_rows,
+    predictions,
+    run_changes,
+    source_label,
+    telemetry_reason,
+    workload_label,
+)
+from lamina_bench.report.page import Document, Section, esc, fmt_num, note, source_badges, table
+
+# Direction of each headline metric: +1 higher is better, -1 lower is better (for the ratio's colour).
+_BETTER = {"throughput_tok_per_s": 1, "tokens_per_usd": 1, "usd_per_mtok": -1, "mean_batch_size": 1,
+           "tbt_p50_ms": -1, "tbt_p99_ms": -1}  # fmt: skip
+_HEADLINE_NAMES = {"throughput_tok_per_s": "throughput (tok/s)", "tokens_per_usd": "tokens per USD",
+                   "usd_per_mtok": "USD per M tokens", "mean_batch_size": "mean batch",
+                   "tbt_p50_ms": "TBT p50 (ms)", "tbt_p99_ms": "TBT p99 (ms)"}  # fmt: skip
+_APPENDIX_FILE_LIMIT_BYTES = 200_000  # profile files larger than this are named, not embedded
+
+
+def _all_rows(runs: Sequence[RunData]) -> list[dict[str, Any]]:
+    return [row for run in runs for row in run.rows]
+
+
+def _models(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    return list(dict.fromkeys(str(r.get("model")) for r in rows))
+
+
+def _per_model(runs: Sequence[RunData], doc: Document,
+               builders: Sequence[Callable[[list, str, list], figs.Figure | figs.Missing]]) -> tuple[str, str]:  # fmt: skip
+    """(HTML, sources) of one figure per builder per model, over the ok rows of every run."""
+    rows = plot_rows(_all_rows(runs))
+    labels = [r.label for r in runs]
+    if not rows:
+        stored = len(_all_rows(runs))
+        why = f"all {stored} stored points failed (listed above)" if stored else "no point is stored yet"
+        return note(f"Nothing to draw: {why}."), "no rows"
+    parts = []
+    for model in _models(rows):
+        model_rows = [r for r in rows if str(r.get("model")) == model]
+        parts.append(f"<h3>{esc(model)}</h3>")
+        parts += [doc.figure(build(model_rows, model, labels)) for build in builders]
+    return "".join(parts), source_label(rows)
+
+
+# ---- overview -------------------------------------------------------------------------------------
+
+
+def runs_section(runs: Sequence[RunData], doc: Document) -> Section:
+    """Each run's identity and point counts; failed points with their errors; changes between runs."""
+    headers = ["run", "status", "started (UTC)", "git commit", "host", "points ok", "points failed", "folder"]
+    body = []
+    for run in runs:
+        git = run.manifest.get("git") or {}
+        commit = (git.get("commit") or "n/a")[:12] + (" (dirty)" if git.get("dirty") else "")
+        ok = sum(r.get("status") == "ok" for r in run.rows)
+        body.append([esc(run.label), esc(run.manifest.get("status")), esc(run.manifest.get("start_time")),
+                     f"<code>{esc(commit)}</code>", esc(run.manifest.get("host")), str(ok),
+                     str(len(run.rows) - ok), f"<code>{esc(run.path)}</code>"])  # fmt: skip
+    html = [table(headers, body)]
+    failed = failed_rows(_all_rows(runs))
+    if failed:
+        rows = [[esc(r["run"]), f"<code>{esc(r['point_id'])}</code>", source_badges(r.get("source") or ""),
+                 esc(config_label(r)), esc(r.get("error"))] for r in failed]  # fmt: skip
+        html.append(f"<h3>Failed points ({len(failed)})</h3>")
+        html.append(table(["run", "point", "source", "configuration", "error"], rows,
+                          "Failed points are results too: each is stored with its error, never dropped."))  # fmt: skip
+    if len(runs) > 1:
+        html.append(_changes_table(runs))
+    return Section("runs", "Runs in this report", "run metadata", "".join(html))
+
+
+def _changes_table(runs: Sequence[RunData]) -> str:
+    changes = run_changes(runs)
+    title = f"<h3>Changes against the first run ({esc(runs[0].label)})</h3>"
+    if not changes:
+        return title + note(
+            "No point (same configuration, same point_id) is ok in the first run and a later one."
+        )
+    body = []
+    for c in changes:
+        cells = [esc(c.head["run"]), esc(config_label(c.head)), source_badges(c.head.get("source") or "")]
+        for metric in ("throughput_tok_per_s", "tbt_mean_ms", "tokens_per_usd"):
+            pct = c.change_pct(metric)
+            cells.append(f"{fmt_num(number(c.base, metric))} → {fmt_num(number(c.head, metric))}"
+                         + ("" if pct is None else f" ({pct:+.1f}%)"))  # fmt: skip
+        body.append(cells)
+    headers = ["run", "configuration", "source", "throughput (tok/s)", "TBT mean (ms)", "tokens per USD"]
+    return title + table(headers, body, "first run → this run (change, derived)", [False] * 3 + [True] * 3)
+
+
+# ---- 1. headline ----------------------------------------------------------------------------------
+
+
+def _ratio_cell(pair, metric: str) -> str:
+    a, b, ratio = number(pair.lamina, metric), number(pair.baseline, metric), pair.ratio(metric)
+    if ratio is None:
+        return f"{fmt_num(a)} / {fmt_num(b)}"
+    better = (ratio - 1) * _BETTER[metric]
+    css = "better" if better > 0.005 else "worse" if better < -0.005 else ""
+    return f"{fmt_num(a)} / {fmt_num(b)}<br><span class='{css}'>×{ratio:.3g}</span>"
+
+
+def headline_section(runs: Sequence[RunData], doc: Document) -> Section:
+    """Per model, per workload: every Lamina row against its homogeneous baseline of about equal cost."""
+    pairs, alone = headline_pairs(_all_rows(runs))
+    multi = len(runs) > 1
+    html = ["<p>Each Lamina configuration against the homogeneous configuration of the same run, model and "
+            "workload whose price per hour is closest (cells: Lamina / baseline; × = Lamina ÷ baseline, "
+            "derived; green = better for Lamina).</p>"]  # fmt: skip
+    if not pairs:
+        html.append(note("No Lamina row has a homogeneous row of the same model and workload to compare with"
+                         + (f" ({len(alone)} Lamina rows stand alone, listed below)." if alone else
+                            ": the runs hold no ok Lamina row.")))  # fmt: skip
+    headers = (["run"] if multi else []) + ["workload", "source", "Lamina", "baseline", "USD/hour"] + [
+        _HEADLINE_NAMES[m] for m in HEADLINE_METRICS]  # fmt: skip
+    for model in _models([p.lamina for p in pairs]):
+        body = []
+        for p in (p for p in pairs if str(p.lamina.get("model")) == model):
+            src = p.lamina.get("source"), p.baseline.get("source")
+            cells = [esc(p.lamina["run"])] if multi else []
+            cells += [esc(workload_label(p.lamina)),
+                      source_badges(src[0]) + ("" if src[0] == src[1] else " / " + source_badges(src[1])),
+                      esc(mix_label(p.lamina)), esc(mix_label(p.baseline)),
+                      f"{fmt_num(number(p.lamina, 'cost_usd_per_hour'))} / {fmt_num(number(p.baseline, 'cost_usd_per_hour'))}"]  # fmt: skip
+            cells += [_ratio_cell(p, m) for m in HEADLINE_METRICS]
+            body.append(cells)
+        numeric = [False] * (len(headers) - len(HEADLINE_METRICS)) + [True] * len(HEADLINE_METRICS)
+        html.append(f"<h3>{esc(model)}</h3>" + table(headers, body, numeric=numeric))
+    if alone:
+        rows = [[esc(r["run"]), esc(config_label(r)), source_badges(r.get("source") or "")] for r in alone]
+        html.append(
+            "<h3>Lamina rows without a baseline</h3>" + table(["run", "configuration", "source"], rows)
+        )
+    used = [p.lamina for p in pairs] + [p.baseline for p in pairs]
+    return Section("headline", "1. Lamina against the homogeneous baseline of about equal cost",
+                   f"{source_label(used)}; ratios derived" if used else "no rows", "".join(html))  # fmt: skip
+
+
+# ---- 2-4. figures per model -----------------------------------------------------------------------
+
+
+def batch_section(runs: Sequence[RunData], doc: Document) -> Section:
+    html, src = _per_model(runs, doc, [figs.batch_figure])
+    return Section("batch", "2. Throughput and tokens per dollar against batch size", src, html)
+
+
+def pareto_section(runs: Sequence[RunData], doc: Document) -> Section:
+    html, src = _per_model(runs, doc, [figs.pareto_figure])
+    return Section("pareto", "3. Tokens per dollar against interactivity (Pareto frontier)", src, html)
+
+
+def time_section(runs: Sequence[RunData], doc: Document) -> Section:
+    html, src = _per_model(runs, doc, [figs.breakdown_figure, figs.bandwidth_figure])
+    return Section("time", "4. Time per iteration by pool, and the link bandwidth needed", src, html)
+
+
+# ---- 5. measured against modeled --------------------------------------------------------------------
+
+
+def prediction_section(runs: Sequence[RunData], doc: Document) -> Section:
+    preds = predictions(_all_rows(runs))
+    title = "5. Measured against modeled"
+    if not preds:
+        reason = ("no modeled row predicts a measured row in these runs (a [[measured]] block with "
+                  "predict = true adds the predictions)")  # fmt: skip
+        return Section(
+            "predictions", title, "no rows", doc.figure(figs.Missing("Modeled against measured", reason))
+        )
+    html = [doc.figure(figs.prediction_figure(preds, [r.label for r in runs]))]
+    multi = len(runs) > 1
+    body = []
+    for p in preds:
+        for metric in p.metrics():
+            err = p.error_pct(metric)
+            cells = [esc(p.measured["run"])] if multi else []
+            cells += [esc(config_label(p.measured)), esc(p.modeled.get("profile")), esc(metric),
+                      fmt_num(number(p.measured, metric)), fmt_num(number(p.modeled, metric)),
+                      "n/a" if err is None else f"{err:+.1f}%"]  # fmt: skip
+            body.append(cells)
+    headers = (["run"] if multi else []) + ["configuration", "model profile", "metric", "measured", "modeled",
+                                             "error"]  # fmt: skip
+    numeric = [False] * (len(headers) - 3) + [True] * 3
+    html.append(table(headers, body, "error = (modeled − measured) / measured (derived)", numeric))
+    rows = [p.measured for p in preds] + [p.modeled for p in preds]
+    return Section("predictions", title, f"{source_label(rows)}; error derived", "".join(html))
+
+
+# ---- 6. telemetry ---------------------------------------------------------------------------------
+
+
+def telemetry_section(runs: Sequence[RunData], doc: Document) -> Section:
+    html, any_samples = [], False
+    for run in runs:
+        html.append(f"<h3>run {esc(run.label)}</h3>")
+        reason = telemetry_reason(run)
+        if reason is not None:
+            html.append(doc.figure(figs.Missing(f"Telemetry timelines, run {run.label}", reason)))
+        else:
+            any_samples = True
+            html.append(doc.figure(figs.telemetry_figure(run, [r.label for r in runs])))
+        html.append(_verdict_table(run))
+    html.insert(0, "<p>NVML samples per device. Memory busy is the share of <i>time</i> device memory was "
+                   "read or written, not a bandwidth. A point's telemetry is valid only when sampling had "
+                   "no gaps and enough samples.</p>")  # fmt: skip
+    return Section("telemetry", "6. Telemetry per device, with validity verdicts",
+                   "measured" if any_samples else "no samples", "".join(html))  # fmt: skip
+
+
+def _verdict_table(run: RunData) -> str:
+    measured = [r for r in plot_rows(run.rows) if is_measured(r)]
+    if not measured:
+        return ""
+    body = []
+    for r in measured:
+        verdict = r.get("telemetry_verdict") or "not recorded"
+        css = "better" if verdict == "valid" else "worse"
+        body.append([esc(config_label(r)), f"<span class='{css}'>{esc(verdict)}</span>",
+                     *(fmt_num(number(r, m)) for m in ("sm_busy_pct_mean", "mem_busy_pct_mean", "power_w_mean",
+                                                         "energy_j"))])  # fmt: skip
+    headers = ["measured point", "telemetry verdict", "SM busy mean (%)", "memory busy mean (% of time)",
+               "power mean (W, all devices)", "energy (J)"]  # fmt: skip
+    return table(headers, body, "per measured point (measured)", [False, False, True, True, True, True])
+
+
+# ---- 7. appendix ----------------------------------------------------------------------------------
+
+
+def appendix_section(runs: Sequence[RunData], doc: Document) -> Section:
+    html = []
+    for run in runs:
+        manifest = {k: v for k, v in run.manifest.items() if k != "spec"}
+        html.append(f"<h3>run {esc(run.label)}</h3>")
+        html.append(f"<details><summary>manifest.json (without the spec)</summary><pre>"
+                    f"{esc(json.dumps(manifest, indent=1, sort_keys=True, default=str))}</pre></details>")  # fmt: skip
+        spec = run.manifest.get("spec")
+        html.append("<details><summary>sweep spec</summary><pre>"
+                    f"{esc(json.dumps(spec, indent=1, sort_keys=True, default=str))}</pre></details>")  # fmt: skip
+        html.append(_profiles(run))
+        body = [[f"<code>{esc(r['point_id'])}</code>", source_badges(r.get("source") or ""), esc(r.get("status")),
+                 esc(config_label(r)), esc(r.get("profile")), f"<code>{esc(r.get('repro_command'))}</code>",
+                 esc(r.get("error"))] for r in run.rows]  # fmt: skip
+        html.append(table(["point", "source", "status", "configuration", "profile", "repro command", "error"],
+                          body, f"every row of run {esc(run.label)} and the command that reproduces it"))  # fmt: skip
+    return Section("appendix", "7. Appendix: manifests, specs and repro commands", source_label(_all_rows(runs)),
+                   "".join(html))  # fmt: skip
+
+
+def _profiles(run: RunData) -> str:
+    """The operator profiles stored in the run folder (what its modeled rows were calibrated from)."""
+    out = []
+    for path in sorted(run.path.glob("profile-*.json")):
+        size = path.stat().st_size
+        if size > _APPENDIX_FILE_LIMIT_BYTES:
+            out.append(f"<p>profile <code>{esc(path.name)}</code>: {size:,} bytes, not embedded.</p>")
+            continue
+        out.append(f"<details><summary>profile {esc(path.name)} (measured on the run's machine)</summary>"
+                   f"<pre>{esc(path.read_text(errors='replace'))}</pre></details>")  # fmt: skip
+    return "".join(out)
+
+
+SECTIONS = (runs_section, headline_section, batch_section, pareto_section, time_section, prediction_section,
+            telemetry_section, appendix_section)  # fmt: skip
+
+__all__ = ["SECTIONS"]

@@ -1,0 +1,223 @@
+"""TEST DATA for the report tests: small run folders written through RunStore with synthetic rows.
+
+Every number here is made up (clearly test data), shaped like the rows the sweep writes: measured CPU
+points with their modeled predictions, modeled trace points on the paper's device mixes (prices from the
+catalog: H100 $11.06/h, H20 $4.63/h), per-pool breakdowns, NVML-like telemetry, and failed points.
+The builders are imported by test_report.py and test_report_browser.py; the tests in this file only
+check that the fixtures are what the other tests assume.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from lamina_bench.hardware import parse_mix
+from lamina_bench.models import get_model, net_bytes_per_token_per_layer
+from lamina_bench.results import RunStore, point_id
+from lamina_bench.telemetry import TELEMETRY_COLUMNS
+
+DEVICES = [{"name": "CPU", "note": "test fixture"}]
+
+
+def _cost(*mixes: str) -> float | None:
+    total = 0.0
+    for text in mixes:
+        price = parse_mix(text).cost_usd_per_hour
+        if price is None:
+            return None
+        total += price
+    return total
+
+
+def _money(row: dict[str, Any]) -> dict[str, Any]:
+    """tokens_per_usd and usd_per_mtok from throughput and cost (the cost module's formulas)."""
+    cost, tput = row.get("cost_usd_per_hour"), row["throughput_tok_per_s"]
+    if cost is None:
+        return row
+    return {**row, "tokens_per_usd": tput * 3600 / cost, "usd_per_mtok": cost / (tput * 3600) * 1e6}
+
+
+def modeled_trace_row(model: str, trace: str, system: str, compute: str, attention: str = "",
+                      depth: int = 1, scale: float = 1.0) -> dict[str, Any]:  # fmt: skip
+    """A modeled row of a trace simulation with made-up but plausible numbers (TEST DATA)."""
+    spec = get_model(model)
+    n_c = parse_mix(compute).count
+    n_a = parse_mix(attention).count if attention else 0
+    size = spec.num_layers * spec.hidden_size / 1e5  # a made-up model-size factor
+    batch = (60.0 * n_c + 90.0 * n_a) / size * 10
+    tbt_ms = 8.0 * size / n_c + 0.05 * batch
+    tput = batch / tbt_ms * 1e3 * scale
+    config = {"model": model, "system": system, "compute": compute, "trace": trace, "dtype": "fp16",
+              "pipeline_batches": depth}  # fmt: skip
+    if attention:
+        config["attention"] = attention
+    row = {**config, "point_id": point_id({"mode": "modeled", **config}), "source": "modeled",
+           "profile": "roofline", "status": "ok", "requests": 2000, "generated_tokens": 400_000.0,
+           "throughput_tok_per_s": tput, "tbt_p50_ms": tbt_ms, "tbt_p90_ms": tbt_ms * 1.1,
+           "tbt_p99_ms": tbt_ms * 1.25, "tbt_mean_ms": tbt_ms * 1.02, "mean_batch_size": batch,
+           "max_batch_size": batch * 1.6, "cost_usd_per_hour": _cost(compute, *([attention] if attention else [])),
+           "repro_command": f"lamina-bench simulate --model {model} --system {system} --compute {compute} "
+                            f"--trace {trace}" + (f" --attention {attention} --pipeline-batches {depth}" if attention else "")}  # fmt: skip
+    dense, attn = 0.6 * tbt_ms, 0.3 * tbt_ms
+    if system == "lamina":
+        net_bytes = float(net_bytes_per_token_per_layer(spec, "fp16") * spec.num_layers)
+        network, idle_c, idle_a = 0.05 * tbt_ms, 0.05 * tbt_ms, 0.35 * tbt_ms
+        pools = {"compute": {"dense_ms": dense, "network_ms": network, "idle_ms": idle_c},
+                 "attention": {"attention_ms": attn, "network_ms": network, "idle_ms": idle_a}}  # fmt: skip
+        row.update(net_bytes_per_token=net_bytes, net_peak_gbps=net_bytes * tput * 8 / 1e9 * 1.3,
+                   dense_ms=dense, attention_ms=attn, network_ms=network, idle_ms=idle_c)  # fmt: skip
+    else:
+        pools = {
+            "compute": {"dense_ms": dense, "attention_ms": attn, "network_ms": 0.0, "idle_ms": 0.1 * tbt_ms}
+        }
+        row.update(net_bytes_per_token=0.0, net_peak_gbps=0.0, dense_ms=dense, attention_ms=attn,
+                   network_ms=0.0, idle_ms=0.1 * tbt_ms)  # fmt: skip
+    row["extra_json"] = json.dumps({"arrival": "saturate", "pools": pools, "test_data": True})
+    return _money(row)
+
+
+def measured_cpu_rows(batch_sizes=(1, 4), failed_lamina_batch: int | None = 4) -> list[dict[str, Any]]:
+    """Measured CPU points (homogeneous and Lamina) with a modeled prediction each (TEST DATA).
+
+    The Lamina point at `failed_lamina_batch` fails, as a measured point can.
+    """
+    rows = []
+    for system in ("homogeneous", "lamina"):
+        for batch in batch_sizes:
+            config = {"model": "bench-llama-gqa", "system": system, "compute": "1xcpu", "batch_size": batch,
+                      "context_len": 128, "pipeline_batches": 2 if system == "lamina" else 1, "dtype": "fp32"}  # fmt: skip
+            if system == "lamina":
+                config["attention"] = "1xcpu"
+            measured_id = point_id({"mode": "measured", **config})
+            repro = f"lamina-bench run default_sweep.toml --point {measured_id}"
+            extra = {"device": "cpu", "new_tokens": 16, "tp": 1, "test_data": True}
+            tbt_ms = 20.0 + 4.0 * batch + (6.0 if system == "lamina" else 0.0)
+            if system == "lamina" and batch == failed_lamina_batch:
+                rows.append({**config, "point_id": measured_id, "source": "measured", "status": "failed",
+                             "error": "RuntimeError: gloo connection reset (test data)", "repro_command": repro,
+                             "extra_json": json.dumps(extra)})  # fmt: skip
+            else:
+                rows.append({**config, "point_id": measured_id, "source": "measured", "status": "ok", "repeats": 3,
+                             "throughput_tok_per_s": batch / tbt_ms * 1e3, "tbt_p50_ms": tbt_ms,
+                             "tbt_p90_ms": tbt_ms * 1.1, "tbt_p99_ms": tbt_ms * 1.3, "tbt_mean_ms": tbt_ms * 1.05,
+                             "tbt_p50_ms_ci_low": tbt_ms * 0.95, "tbt_p50_ms_ci_high": tbt_ms * 1.05,
+                             "mean_batch_size": float(batch), "max_batch_size": float(batch),
+                             "dense_ms": 0.7 * tbt_ms, "attention_ms": 0.2 * tbt_ms,
+                             "network_ms": 0.05 * tbt_ms if system == "lamina" else 0.0, "idle_ms": 0.05 * tbt_ms,
+                             "telemetry_verdict": "invalid: no NVML: nvmlInit failed (NVMLError_LibraryNotFound)",
+                             "repro_command": repro, "extra_json": json.dumps(extra)})  # fmt: skip
+            pred_tbt = tbt_ms * (0.9 if system == "homogeneous" else 1.2)
+            predicted = {**config, "point_id": point_id({"mode": "modeled", **config, "predicts": "measured"}),
+                         "source": "modeled", "profile": "cpu-cpu", "status": "ok",
+                         "throughput_tok_per_s": batch / pred_tbt * 1e3, "tbt_mean_ms": pred_tbt,
+                         "mean_batch_size": float(batch), "max_batch_size": float(batch), "repro_command": repro,
+                         "extra_json": json.dumps({**extra, "predicts": measured_id})}  # fmt: skip
+            rows.append(predicted)
+    return rows
+
+
+def paper_rows(models=("llama-33b",), traces=("azure-conv",), scale: float = 1.0) -> list[dict[str, Any]]:
+    """The paper's equal-cost pairs as modeled rows, plus a cheaper and a dearer baseline (TEST DATA)."""
+    setups = {"llama-33b": ("1xH100", "2xH20", ["1xH100", "2xH100", "4xH100"]),
+              "llama-65b": ("2xH100", "4xH20", ["2xH100", "4xH100", "8xH100"]),
+              "llama3-70b": ("2xH100", "4xH20", ["2xH100", "4xH100", "8xH100"])}  # fmt: skip
+    rows = []
+    for model in models:
+        compute, attention, homogeneous = setups[model]
+        for trace in traces:
+            rows.append(modeled_trace_row(model, trace, "lamina", compute, attention, 2, scale))
+            rows += [modeled_trace_row(model, trace, "homogeneous", mix, scale=scale) for mix in homogeneous]
+    return rows
+
+
+def sweep_rows_50() -> list[dict[str, Any]]:
+    """50 rows: 3 models x 2 traces x 7 mixes (42 modeled) + 4 measured + 4 predictions (TEST DATA)."""
+    rows = []
+    lamina_mixes = {"llama-33b": [("1xH100", "2xH20"), ("1xH100", "4xH20"), ("2xH100", "4xH20"), ("2xH100", "2xH20")],
+                    "llama-65b": [("2xH100", "4xH20"), ("2xH100", "8xH20"), ("4xH100", "4xH20"), ("1xH100", "4xH20")],
+                    "llama3-70b": [("2xH100", "4xH20"), ("2xH100", "8xH20"), ("4xH100", "4xH20"), ("1xH100", "4xH20")]}  # fmt: skip
+    for model, mixes in lamina_mixes.items():
+        for trace in ("azure-conv", "kimi-conv"):
+            for i, (compute, attention) in enumerate(mixes):
+                rows.append(modeled_trace_row(model, trace, "lamina", compute, attention, 2 + i % 2))
+            for mix in ("2xH100", "4xH100", "8xH100"):
+                rows.append(modeled_trace_row(model, trace, "homogeneous", mix))
+    rows += measured_cpu_rows(batch_sizes=(1, 8), failed_lamina_batch=None)
+    assert len(rows) == 50, len(rows)
+    return rows
+
+
+def telemetry_frame(devices: int = 2, samples: int = 400, interval_s: float = 0.1, t0: float = 1000.0,
+                    points: tuple[str | None, ...] = (None,)) -> pd.DataFrame:  # fmt: skip
+    """NVML-like samples: SM and memory busy, power, clocks per device; the samples are split evenly
+    between the windows of `points` (TEST DATA)."""
+    records = []
+    for d in range(devices):
+        for i in range(samples):
+            t = t0 + i * interval_s
+            wave = 0.5 + 0.5 * math.sin(i / 15 + d)
+            point = points[i * len(points) // samples]
+            records.append({"device_index": d, "t_mono_s": t, "unix_time_s": 1.7e9 + t, "point_id": point,
+                            "sm_busy_pct": 60 + 35 * wave, "mem_busy_pct": 30 + 50 * wave,
+                            "mem_used_bytes": 40e9, "power_w": 250 + 300 * wave, "sm_clock_mhz": 1755.0,
+                            "mem_clock_mhz": 2619.0, "pcie_tx_bytes_per_s": None, "pcie_rx_bytes_per_s": None,
+                            "dram_bw_util_pct": None, "energy_counter_j": 5e5 + i * 40.0, "error": None})  # fmt: skip
+    return pd.DataFrame(records, columns=list(TELEMETRY_COLUMNS)).astype(TELEMETRY_COLUMNS)
+
+
+def write_run(root: Path, run_id: str, rows: list[dict[str, Any]], telemetry: pd.DataFrame | None = None,
+              spec: dict[str, Any] | None = None, finalize: bool = True) -> Path:  # fmt: skip
+    """A run folder under `root` holding `rows` (and telemetry), written through RunStore."""
+    spec = spec or {"path": "test-fixture.toml", "shard": None, "toml": {"name": run_id, "test_data": True}}
+    store = RunStore.create(root, run_id=run_id, spec=spec, argv=["lamina-bench", "run", "test-fixture.toml"],
+                            devices=DEVICES)  # fmt: skip
+    for row in rows:
+        store.add_point(row)
+    if telemetry is not None:
+        store.add_telemetry(telemetry)
+    if finalize:
+        store.finalize()
+    return store.path
+
+
+def bench_like_run(root: Path, run_id: str = "bench-like", scale: float = 1.0) -> Path:
+    """What `make bench` writes on a CPU machine: measured CPU points + predictions + paper rows, no NVML."""
+    rows = measured_cpu_rows() + paper_rows(("llama-33b", "llama3-70b"), ("azure-conv", "azure-code"), scale)
+    return write_run(root, run_id, rows)
+
+
+def gpu_like_run(root: Path, run_id: str = "gpu-like") -> Path:
+    """Measured points with valid telemetry on two devices, one point with an invalid verdict (TEST DATA)."""
+    rows = []
+    for batch, verdict in ((8, "valid"), (32, "invalid: sample gap 450.0 ms > 2 x interval 100.0 ms")):
+        config = {"model": "llama2-7b", "system": "homogeneous", "compute": "1xH100", "batch_size": batch,
+                  "context_len": 1024, "pipeline_batches": 1, "dtype": "bf16"}  # fmt: skip
+        rows.append({**config, "point_id": point_id({"mode": "measured", **config}), "source": "measured",
+                     "status": "ok", "throughput_tok_per_s": batch * 70.0, "tbt_p50_ms": 14.0 + batch * 0.05,
+                     "tbt_p99_ms": 16.0 + batch * 0.05, "mean_batch_size": float(batch), "cost_usd_per_hour": 11.06,
+                     "sm_busy_pct_mean": 80.0, "mem_busy_pct_mean": 55.0, "power_w_mean": 520.0, "energy_j": 900.0,
+                     "telemetry_verdict": verdict, "repro_command": "lamina-bench run gpu.toml"})  # fmt: skip
+        rows[-1] = _money(rows[-1])
+    windows = (rows[0]["point_id"], None, rows[1]["point_id"])
+    return write_run(root, run_id, rows, telemetry=telemetry_frame(points=windows))
+
+
+# ---- checks of the fixtures themselves ----------------------------------------------------------------
+
+
+def test_sweep_fixture_has_50_distinct_points(tmp_path):
+    path = write_run(tmp_path, "sweep50", sweep_rows_50())
+    points = RunStore.open(path).points()
+    assert len(points) == 50 and points["point_id"].is_unique
+    assert set(points["source"]) == {"measured", "modeled"}
+
+
+def test_fixture_money_matches_catalog_prices():
+    row = modeled_trace_row("llama-33b", "azure-conv", "lamina", "1xH100", "2xH20", 2)
+    assert row["cost_usd_per_hour"] == 11.06 + 2 * 4.63  # paper: 1xH100 + 2xH20 = $20.32/h
+    assert math.isclose(row["tokens_per_usd"] * row["usd_per_mtok"], 1e6)
