@@ -182,8 +182,12 @@ def _iteration_overhead_s(model, s: ProfileSettings, dense, head, attention) -> 
         for i in seqs:
             ex.reserve(i, c + s.warmup + s.repeats + 1)
         ex.forward(seqs, [[1] * c for _ in seqs])  # prefill
+        # what the engine does per decode iteration: forward, greedy sampling, ids back to Python
         step = median_time_s(
-            lambda seqs=seqs, ex=ex: ex.forward(seqs, [[1]] * len(seqs)), s.repeats, s.warmup, s.device
+            lambda seqs=seqs, ex=ex: ex.forward(seqs, [[1]] * len(seqs)).argmax(-1).tolist(),
+            s.repeats,
+            s.warmup,
+            s.device,
         )
         d = float(_interp_extrap(b, np.array([p.batch for p in dense]), np.array([p.time_s for p in dense])))
         h = float(_interp_extrap(b, np.array([p.batch for p in head]), np.array([p.time_s for p in head])))

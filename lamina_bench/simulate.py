@@ -479,6 +479,15 @@ class SimulationResult:
     net_mean_gbps: float
     compute_busy_fraction: float | None
     attention_busy_fraction: float | None  # None for homogeneous (attention runs on the compute devices)
+    # Mean over iterations of one whole iteration and its parts, ms (the report's per-pool time bars):
+    # dense/attention/network of one micro-batch (Lamina) or of the batch (homogeneous), and the time
+    # each compute / attention device is busy per iteration (all micro-batches).
+    iteration_mean_ms: float | None
+    dense_mean_ms: float | None
+    attention_mean_ms: float | None
+    network_mean_ms: float | None
+    compute_busy_mean_ms: float | None
+    attention_busy_mean_ms: float | None
     compute_flops_utilization: float | None  # dense model flops / (time * peak), derived
     kv_bandwidth_utilization: float | None  # KV bytes read / (time * peak bandwidth) of the KV pool, derived
     source: str
@@ -538,6 +547,8 @@ def summarize(config: SystemConfig, model: IterationModel, trace_name: str, arri
     peak_bw = kv_pool.device.mem_bandwidth_bytes_per_s
     kv_bytes = float(attention_layer_bytes(spec, config.dtype, 0.0, rep.sum_context.sum())) * spec.num_layers
     sat_tput, sat_batch = _saturated(rep, bd.time_s) if arrival == "saturate" else (None, None)
+    mean_ms = {k: float(getattr(bd, k).mean()) * 1e3 if rep.iterations else None
+               for k in ("time_s", "dense_s", "attention_s", "network_s", "compute_busy_s", "attention_busy_s")}  # fmt: skip
     return SimulationResult(
         system=config.system, model=spec.name, trace=trace_name, compute=str(config.compute),
         attention=str(config.attention) if lamina else None, dtype=config.dtype,
@@ -558,6 +569,9 @@ def summarize(config: SystemConfig, model: IterationModel, trace_name: str, arri
         net_mean_gbps=tokens * net_per_token * 8 / makespan / 1e9 if makespan > 0 else 0.0,
         compute_busy_fraction=_ratio(float(bd.compute_busy_s.sum()), makespan),
         attention_busy_fraction=_ratio(float(bd.attention_busy_s.sum()), makespan) if lamina else None,
+        iteration_mean_ms=mean_ms["time_s"], dense_mean_ms=mean_ms["dense_s"],
+        attention_mean_ms=mean_ms["attention_s"], network_mean_ms=mean_ms["network_s"],
+        compute_busy_mean_ms=mean_ms["compute_busy_s"], attention_busy_mean_ms=mean_ms["attention_busy_s"],
         compute_flops_utilization=None if peak_flops is None else _ratio(
             dense_flops_per_token(spec) * tokens, makespan * config.compute.count * peak_flops),
         kv_bandwidth_utilization=None if peak_bw is None else _ratio(kv_bytes, makespan * kv_pool.count * peak_bw),

@@ -381,8 +381,28 @@ def _modeled_row(point: Point, ctx: _Context) -> dict[str, Any]:
     metrics = {k: getattr(r, k) for k in ("throughput_tok_per_s", "generated_tokens", "tbt_p50_ms", "tbt_p90_ms",
                "tbt_p99_ms", "tbt_mean_ms", "mean_batch_size", "max_batch_size", "cost_usd_per_hour",
                "tokens_per_usd", "usd_per_mtok", "net_bytes_per_token", "net_peak_gbps")}  # fmt: skip
+    pools = _modeled_pools(r)
+    flat = pools.get("attention", {})
+    metrics.update(dense_ms=pools["compute"]["dense_ms"], attention_ms=flat.get("attention_ms", pools["compute"].get("attention_ms")),
+                   network_ms=pools["compute"].get("network_ms"), idle_ms=pools["compute"]["idle_ms"])  # fmt: skip
     return {"source": r.source if r.source != "measured" else "modeled", "profile": r.profile, "status": "ok",
-            "requests": r.requests, **metrics}  # fmt: skip
+            "requests": r.requests, "_pools": pools, **metrics}  # fmt: skip
+
+
+def _modeled_pools(r) -> dict[str, dict[str, float]]:
+    """Per-pool time per decode iteration (ms, mean over the replay) for the report's stacked bars."""
+    it = r.iteration_mean_ms
+    if r.system == "homogeneous":  # dense and attention one after the other on the same devices
+        idle = it - r.dense_mean_ms - r.attention_mean_ms
+        return {
+            "compute": {"dense_ms": r.dense_mean_ms, "attention_ms": r.attention_mean_ms, "idle_ms": idle}
+        }
+    network = r.network_mean_ms * r.pipeline_batches  # every micro-batch's round trips
+    return {
+        "compute": {"dense_ms": r.compute_busy_mean_ms, "network_ms": network, "idle_ms": it - r.compute_busy_mean_ms},
+        "attention": {"attention_ms": r.attention_busy_mean_ms, "network_ms": network,
+                      "idle_ms": it - r.attention_busy_mean_ms},
+    }  # fmt: skip
 
 
 def _measured_rows(point: Point, repeats: int) -> list[dict[str, Any]]:
@@ -428,7 +448,9 @@ def _execute(point: Point, ctx: _Context, repeats: int) -> dict[str, Any]:
             extra = {**json.loads(base["extra_json"]), "predicts": measured_id}
             pred = predict_measured(point.config, ctx.local_profile())
             return {**base, "source": "modeled", "status": "ok", **pred, "extra_json": json.dumps(extra)}
-        return {**base, **_modeled_row(point, ctx)}
+        row = {**base, **_modeled_row(point, ctx)}
+        extra = {**json.loads(base["extra_json"]), "pools": row.pop("_pools")}
+        return {**row, "extra_json": json.dumps(extra, sort_keys=True)}
     except Exception as exc:  # noqa: BLE001 - a failed point is a row, and the sweep goes on
         return _failed(base, source, exc)
 
@@ -492,6 +514,9 @@ def find_resumable(out_root: Path, record: dict[str, Any]) -> Path | None:
             data = json.loads(manifest.read_text())
         except (OSError, json.JSONDecodeError):
             continue
-        if data.get("spec") == json.loads(json.dumps(record, default=str)) and data.get("status") != "finished":
+        if (
+            data.get("spec") == json.loads(json.dumps(record, default=str))
+            and data.get("status") != "finished"
+        ):
             candidates.append((data.get("start_time") or "", manifest.parent))
     return max(candidates)[1] if candidates else None
