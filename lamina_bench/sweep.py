@@ -384,7 +384,8 @@ def _modeled_row(point: Point, ctx: _Context) -> dict[str, Any]:
     pools = _modeled_pools(r)
     flat = pools.get("attention", {})
     metrics.update(dense_ms=pools["compute"]["dense_ms"], attention_ms=flat.get("attention_ms", pools["compute"].get("attention_ms")),
-                   network_ms=pools["compute"].get("network_ms"), idle_ms=pools["compute"]["idle_ms"])  # fmt: skip
+                   network_ms=r.network_mean_ms * r.pipeline_batches if r.system == "lamina" else None,
+                   idle_ms=pools["compute"]["idle_ms"])  # fmt: skip
     return {"source": r.source if r.source != "measured" else "modeled", "profile": r.profile, "status": "ok",
             "requests": r.requests, "_pools": pools, **metrics}  # fmt: skip
 
@@ -397,11 +398,10 @@ def _modeled_pools(r) -> dict[str, dict[str, float]]:
         return {
             "compute": {"dense_ms": r.dense_mean_ms, "attention_ms": r.attention_mean_ms, "idle_ms": idle}
         }
-    network = r.network_mean_ms * r.pipeline_batches  # every micro-batch's round trips
+    # the link overlaps with both pools' work (pipelining), so it is not stacked; it is the network_ms column
     return {
-        "compute": {"dense_ms": r.compute_busy_mean_ms, "network_ms": network, "idle_ms": it - r.compute_busy_mean_ms},
-        "attention": {"attention_ms": r.attention_busy_mean_ms, "network_ms": network,
-                      "idle_ms": it - r.attention_busy_mean_ms},
+        "compute": {"dense_ms": r.compute_busy_mean_ms, "idle_ms": it - r.compute_busy_mean_ms},
+        "attention": {"attention_ms": r.attention_busy_mean_ms, "idle_ms": it - r.attention_busy_mean_ms},
     }  # fmt: skip
 
 
