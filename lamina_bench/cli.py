@@ -42,8 +42,18 @@ def _add_generate(sub) -> None:
         "--model-dir", required=True, help="Hugging Face checkpoint folder (config.json + safetensors)"
     )
     p.add_argument("--prompts", required=True, help="JSONL prompt file")
-    p.add_argument("--system", default="homogeneous", help="homogeneous (baseline)")
-    p.add_argument("--tp", type=int, default=1, help="tensor-parallel processes for the dense part")
+    p.add_argument("--system", default="homogeneous", help="homogeneous (baseline) | lamina")
+    p.add_argument(
+        "--tp", type=int, default=1, help="homogeneous: tensor-parallel processes for the dense part"
+    )
+    p.add_argument("--compute-workers", type=int, default=1, help="lamina: compute processes (replicas x TP)")
+    p.add_argument(
+        "--attention-workers", type=int, default=1, help="lamina: attention processes (KV head ranges)"
+    )
+    p.add_argument(
+        "--pipeline-batches", type=int, default=1, help="lamina: 1 none, 2 ping-pong, n rotational"
+    )
+    p.add_argument("--attention-split", action="store_true", help="lamina: merge the new token's k/v after")
     p.add_argument("--device", default="cpu", help="cpu | cuda")
     p.add_argument("--dtype", default="fp32", help="fp32 | fp16 | bf16")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
@@ -64,10 +74,10 @@ def _add_generate(sub) -> None:
 def _run_generate(args) -> int:
     from reference_impl.launch import GenerateConfig, generate, read_prompts, run_summary
 
-    cfg = GenerateConfig(
+    if args.system not in ("homogeneous", "lamina"):
+        raise UserInputError(f"unknown system {args.system!r}; valid: homogeneous, lamina")
+    common = dict(
         model_dir=args.model_dir,
-        system=args.system,
-        tp=args.tp,
         device=args.device,
         dtype=args.dtype,
         block_size=args.block_size,
@@ -78,8 +88,21 @@ def _run_generate(args) -> int:
         ignore_eos=args.ignore_eos,
         attention_backend=args.attention_backend,
     )
-    run = generate(cfg, read_prompts(args.prompts))
-    summary = run_summary(run)
+    if args.system == "lamina":
+        from reference_impl.lamina import LaminaConfig, generate_lamina
+
+        cfg = LaminaConfig(
+            compute_workers=args.compute_workers,
+            attention_workers=args.attention_workers,
+            pipeline_batches=args.pipeline_batches,
+            attention_split=args.attention_split,
+            **common,
+        )
+        lamina_run = generate_lamina(cfg, read_prompts(args.prompts))
+        run, summary = lamina_run.engine, lamina_run.summary()
+    else:
+        run = generate(GenerateConfig(system=args.system, tp=args.tp, **common), read_prompts(args.prompts))
+        summary = run_summary(run)
     if args.json:
         for c in run.completions:
             print(json.dumps({"prompt_ids": list(c.prompt_ids), "output_ids": list(c.output_ids)}))

@@ -16,8 +16,6 @@ from typing import Any
 
 import torch
 
-from lamina_bench.errors import UserInputError
-
 
 @dataclass(frozen=True)
 class DecodeTimings:
@@ -43,6 +41,18 @@ class DecodeTimings:
             "mean_batch_size": statistics.fmean(self.batches),
             "max_batch_size": float(max(self.batches)),
             "net_bytes_per_token": self.net_bytes_per_token,
+            **self._flat_breakdown(),
+        }
+
+    def _flat_breakdown(self) -> dict[str, float | None]:
+        """dense/attention/network/idle ms per decode step: each pool's own work, the compute pool's waits."""
+        pools = self.breakdown_ms or {}
+        compute, attention = pools.get("compute", {}), pools.get("attention", {})
+        return {
+            "dense_ms": compute.get("dense_ms"),
+            "attention_ms": attention.get("attention_ms"),
+            "network_ms": compute.get("network_ms"),
+            "idle_ms": compute.get("idle_ms"),
         }
 
 
@@ -89,9 +99,38 @@ def _run_homogeneous(config, folder, requests) -> DecodeTimings:
 
 
 def _run_lamina(config, folder, requests) -> DecodeTimings:
-    raise UserInputError(
-        "measured lamina points need the Lamina runtime (reference_impl.lamina), not wired yet"
+    from reference_impl.lamina import LaminaConfig, generate_lamina
+
+    cfg = LaminaConfig(
+        model_dir=str(folder),
+        compute_workers=int(config["compute"].split("x")[0]),
+        attention_workers=int(config["attention"].split("x")[0]),
+        pipeline_batches=config["pipeline_batches"],
+        device=config["device"],
+        dtype=config["dtype"],
+        ignore_eos=True,
     )
+    run = generate_lamina(cfg, requests)
+    decode = [it for it in run.engine.iterations if it.decode_seqs]
+    layers = run.model.num_layers
+    payload = run.link_payload_bytes_per_token_per_layer
+    return DecodeTimings(
+        tuple(it.decode_seqs for it in decode),
+        tuple(it.decode_s for it in decode),
+        breakdown_ms=_pools_ms(run),
+        net_bytes_per_token=None if payload is None else payload * layers,
+    )
+
+
+def _pools_ms(run) -> dict[str, dict[str, float]]:
+    """Mean ms per decode step of each pool's workers in dense/attention/network/idle (measured)."""
+    pools: dict[str, dict[str, float]] = {}
+    for role in ("compute", "attention"):
+        steps = [s for w in run.workers if w.role == role for s in w.steps if s.kind == "decode"]
+        if steps:
+            pools[role] = {f"{c}_ms": 1e3 * sum(getattr(s, f"{c}_s") for s in steps) / len(steps)
+                           for c in ("dense", "attention", "network", "idle", "other")}  # fmt: skip
+    return pools
 
 
 def predict_measured(config: Mapping[str, Any], profile) -> dict[str, Any]:

@@ -405,18 +405,20 @@ def _modeled_pools(r) -> dict[str, dict[str, float]]:
     }  # fmt: skip
 
 
-def _measured_rows(point: Point, repeats: int) -> list[dict[str, Any]]:
+def _measured_rows(point: Point, repeats: int) -> tuple[list[dict[str, Any]], dict | None]:
+    """One row per repeat (a failing repeat is a failed row), and the first ok repeat's pool breakdown."""
     from lamina_bench.measure import run_measured
 
-    rows = []
+    rows, pools = [], None
     for i in range(repeats):
         try:
-            rows.append(
-                {"source": "measured", "status": "ok", "repeat": i, **run_measured(point.config).metrics()}
-            )
-        except Exception as exc:  # a failing repeat is recorded, not raised
+            timings = run_measured(point.config)
+        except Exception as exc:  # noqa: BLE001 - a failing repeat is recorded, not raised
             rows.append(_failed({"repeat": i}, "measured", exc))
-    return rows
+            continue
+        rows.append({"source": "measured", "status": "ok", "repeat": i, **timings.metrics()})
+        pools = pools or timings.breakdown_ms
+    return rows, pools
 
 
 def _execute(point: Point, ctx: _Context, repeats: int) -> dict[str, Any]:
@@ -426,7 +428,8 @@ def _execute(point: Point, ctx: _Context, repeats: int) -> dict[str, Any]:
     try:
         if point.mode == "measured":
             with ctx.sampler.window(point.point_id):
-                rows = [{**base, **r} for r in _measured_rows(point, repeats)]
+                repeat_rows, pools = _measured_rows(point, repeats)
+            rows = [{**base, **r} for r in repeat_rows]
             from lamina_bench.results import aggregate_repeats
             from lamina_bench.telemetry import combine_summaries
 
@@ -436,6 +439,8 @@ def _execute(point: Point, ctx: _Context, repeats: int) -> dict[str, Any]:
                 else {**rows[0], "repeat": None, "repeats": 1}
             )
             extra = {**json.loads(base["extra_json"]), **json.loads(row.get("extra_json") or "{}")}
+            if pools:
+                extra["pools"] = pools
             row["extra_json"] = json.dumps(extra, sort_keys=True)
             row.update(combine_summaries(ctx.sampler.window_summary(point.point_id)))
             return row

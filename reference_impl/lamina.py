@@ -75,6 +75,7 @@ LAUNCHERS = ("processes", "threads")
 MAX_RECOVERIES_PER_STEP = 3
 # How long a worker waits for rank 0's next plan (if rank 0 dies, the receive fails at once instead).
 _CTRL_TIMEOUT_S = 24 * 3600.0
+_RETIRE_SEND_TIMEOUT_S = 5.0  # leaving a group after a failure: sends to a dead peer never complete
 _STEP_KINDS = ("prefill", "decode", "rebuild", "regroup", "stop")
 _TRACE_LOCK = threading.Lock()  # torch.fx tracing patches module globals: one trace at a time per process
 
@@ -368,7 +369,7 @@ class ProcessFabric:
     def _retire(self) -> None:
         _add_traffic(self._retired, _sent_by_kind(self.transport))
         with contextlib.suppress(RuntimeError, TimeoutError):  # a send to a dead peer; the group goes next
-            self.transport.close()
+            self.transport.close(timeout_s=_RETIRE_SEND_TIMEOUT_S)
         dist.destroy_process_group()
         self.transport = None
 

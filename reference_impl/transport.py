@@ -29,6 +29,7 @@ Semantics common to both:
 
 from __future__ import annotations
 
+import datetime
 import statistics
 import threading
 import time
@@ -223,13 +224,17 @@ class _WorkHandle:
         self._on_wait = on_wait
         self._lock = threading.Lock()
 
-    def wait(self) -> None:
+    def wait(self, timeout_s: float | None = None) -> None:
+        """Blocks until sent; with timeout_s, raises (RuntimeError) if a part is not sent in time."""
         with self._lock:
             if self._works is None:
                 return
             t0 = time.perf_counter()
             for work in self._works:
-                work.wait()
+                if timeout_s is None:
+                    work.wait()
+                else:
+                    work.wait(datetime.timedelta(seconds=timeout_s))
             self._works, self._keepalive = None, []
             self._on_wait(time.perf_counter() - t0)
 
@@ -281,7 +286,7 @@ class Transport(Protocol):
     @property
     def stats(self) -> TransportStats: ...
     def reset_stats(self) -> None: ...
-    def close(self) -> None: ...
+    def close(self, timeout_s: float | None = None) -> None: ...
 
 
 class _EndpointBase:
@@ -428,7 +433,7 @@ class InProcessTransport(_EndpointBase):
         future.add_done_callback(count)
         return self._recv_handle(future, src, kind)
 
-    def close(self) -> None:
+    def close(self, timeout_s: float | None = None) -> None:
         return None
 
 
@@ -627,17 +632,24 @@ class TorchDistTransport(_EndpointBase):
         future = stream.worker.submit(lambda: stream.take(kind, kid))
         return self._recv_handle(future, src, kind)
 
-    def close(self) -> None:
+    def close(self, timeout_s: float | None = None) -> None:
         """Waits for every send to complete and stops idle receive threads (a receive still waiting for
-        a message that never comes is abandoned; its thread is a daemon)."""
+        a message that never comes is abandoned; its thread is a daemon). With timeout_s, a send that
+        does not complete in time (e.g. to a dead peer) raises RuntimeError after the others are done."""
         with self._pending_lock:
             pending, self._pending = self._pending, []
+        failures = []
         for handle in pending:
-            handle.wait()
+            try:
+                handle.wait(timeout_s)
+            except RuntimeError as exc:
+                failures.append(exc)
         with self._streams_lock:
             for stream in self._streams.values():
                 stream.worker.stop()
             self._streams.clear()
+        if failures:
+            raise RuntimeError(f"{len(failures)} send(s) did not complete: {failures[0]}")
 
 
 # ---- link measurement ----------------------------------------------------------------------------
