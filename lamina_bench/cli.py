@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from lamina_bench.errors import UserInputError
 from reference_impl.errors import ConfigError
@@ -286,6 +287,10 @@ def _run_simulate(args) -> int:
         **_given(args, dtype="dtype", pipeline_batches="pipeline_batches", max_batch_size="max_batch"),
     )  # fmt: skip
     sim.memory_plan(config)  # a mix the weights do not fit: one-line error before anything else
+    if args.profile_dir and not Path(args.profile_dir).is_dir():
+        raise UserInputError(
+            f"--profile-dir {args.profile_dir} is not a folder (it holds <device>-<backend>.json)"
+        )
     model = sim.iteration_model(config, profile_dir=args.profile_dir)
     result = sim.simulate(config, load_trace(args.trace), model=model,
                           **_given(args, arrival="arrival", rate_per_s="rate", seed="seed", requests="requests"))  # fmt: skip
@@ -439,7 +444,6 @@ def _add_run(sub) -> None:
 def _run_run(args) -> int:
     import dataclasses
     import datetime as dt
-    from pathlib import Path
 
     from lamina_bench import sweep
     from lamina_bench.results import RunStore
@@ -458,7 +462,9 @@ def _run_run(args) -> int:
                 f"no point {args.point!r} in {spec_path}; ids are in each row's repro_command"
             )
     out_root = Path(args.out)
-    record = sweep.manifest_spec(spec, spec_path, args.shard)
+    if out_root.exists() and not out_root.is_dir():
+        raise UserInputError(f"--out {out_root} exists and is not a folder")
+    record = sweep.manifest_spec(spec, spec_path, args.shard, args.point)
     run_dir = sweep.find_resumable(out_root, record) if args.resume else None
     if args.resume and run_dir is None:
         print(f"nothing to resume under {out_root} for this spec; starting a new run", file=sys.stderr)
@@ -489,11 +495,8 @@ def _summary_text(points) -> str:
 
 
 def _write_report(run_dirs, out) -> None:
-    try:
-        from lamina_bench.report import build_report
-    except ImportError:
-        print("(HTML report not available in this version; the summary above is the report)")
-        return
+    from lamina_bench.report import build_report
+
     print(f"report: {build_report(run_dirs, out)}")
 
 
@@ -557,8 +560,6 @@ def _add_profile(sub) -> None:
 
 
 def _run_profile(args) -> int:
-    from pathlib import Path
-
     from lamina_bench.perfmodel import write_profile
     from lamina_bench.profile import ProfileSettings, profile_device
 
@@ -580,7 +581,7 @@ def _run_profile(args) -> int:
             f"  attention    batch {p.batch:>4} context {p.context_len:>6}: {p.time_s * 1e3:8.3f} ms (measured)"
         )
     print(
-        f"  engine overhead per iteration: {profile.iteration_overhead_s * 1e3:.3f} ms (measured, derived by subtraction)"
+        f"  engine overhead per iteration: {profile.iteration_overhead_s * 1e3:.3f} ms (derived: a measured engine step minus the measured operators)"
     )
     return 0
 
@@ -598,11 +599,22 @@ def _add_report(sub) -> None:
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders, e.g. results/default-...")
     p.add_argument("--out", help="HTML file (default: reports/<run_id>.html, or <first>-vs-<last>.html)")
     p.add_argument("--title", help="page title (default: the run ids)")
+    p.add_argument(
+        "--history",
+        action="store_true",
+        help="plot each metric over commits instead (RUN_DIRs may be run, baseline or parent folders)",
+    )
     p.set_defaults(func=_run_report)
 
 
 def _run_report(args) -> int:
     from lamina_bench.report import build_report, default_report_path, plotly_js
+
+    if args.history:
+        from lamina_bench.report.history import build_history_report
+
+        print(f"history report: {build_history_report(args.runs, args.out or 'reports/history.html')}")
+        return 0
 
     out = build_report(args.runs, args.out or default_report_path(args.runs), title=args.title)
     size_mb = out.stat().st_size / 1e6

@@ -356,8 +356,8 @@ def load_catalog(user_file: str | Path | None = None) -> dict[str, DeviceSpec]:
 # Alternative spellings (after _norm) -> catalog name.
 _ALIASES = {
     "h100sxm": "H100", "h100sxm5": "H100", "h10080g": "H100", "h10080gb": "H100",
-    "h100pcie80g": "H100-PCIe", "h200sxm": "H200", "h20096g": "H200",
-    "a100": "A100-80G", "a10080gb": "A100-80G", "a100sxm480gb": "A100-80G", "a100sxm80g": "A100-80G",
+    "h100pcie80g": "H100-PCIe", "h200sxm": "H200", "h2096g": "H20",
+    "a10080gb": "A100-80G", "a100sxm480gb": "A100-80G", "a100sxm80g": "A100-80G",
     "a10040gb": "A100-40G", "a100sxm440gb": "A100-40G",
     "4090": "RTX4090", "geforcertx4090": "RTX4090",
     "mi300": "MI300X", "instinctmi300x": "MI300X",

@@ -651,9 +651,11 @@ class DeviceModel:
         per_link = ring_allreduce_bytes_per_link(nbytes, world_size)
         f = self.fits
         if f is not None and f.allreduce is not None and not self.derived:
-            return OpTime(f.allreduce[0] * steps + f.allreduce[1] * per_link, "measured", self.profile_name)
+            return OpTime(
+                f.allreduce[0] * steps + f.allreduce[1] * per_link, "modeled", self.profile_name
+            )  # a fit
         if f is not None and f.link is not None and not self.derived:  # ring over the measured p2p link
-            return OpTime(f.link[0] * steps + f.link[1] * per_link, "measured", self.profile_name)
+            return OpTime(f.link[0] * steps + f.link[1] * per_link, "modeled", self.profile_name)
         if self.device is None:
             raise UserInputError(
                 f"profile {self.profile_name} has no allreduce or link points; cannot model TP"
@@ -666,7 +668,7 @@ class DeviceModel:
         """(latency_s, bandwidth_bytes_per_s, source) of this device's link to the other pool."""
         f = self.fits
         if f is not None and f.link is not None and not self.derived and f.link[1] > 0:
-            return float(f.link[0]), float(1.0 / f.link[1]), "measured"
+            return float(f.link[0]), float(1.0 / f.link[1]), "modeled"  # fitted to measured link points
         if self.device is None or self.device.nic_gbps is None:
             raise UserInputError(f"device {self.name} has no nic_gbps in the catalog; cannot model the link")
         return NIC_LATENCY_S, self.device.nic_gbps * 1e9 / 8.0 * NIC_EFFICIENCY, "modeled"

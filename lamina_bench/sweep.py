@@ -41,9 +41,7 @@ from typing import Any
 
 from lamina_bench.errors import UserInputError
 from lamina_bench.results import point_id
-
-SYSTEMS = ("homogeneous", "lamina")
-ARRIVALS = ("saturate", "trace", "poisson")
+from lamina_bench.simulate import ARRIVALS, SYSTEMS
 
 # key -> (type, default); list-valued keys are expanded. A key given as a scalar is a one-element list.
 _MEASURED_KEYS: dict[str, tuple[type, Any]] = {
@@ -237,9 +235,26 @@ def _measured_points(b: dict) -> list[Point]:
     return points
 
 
+def _system_config(c: Mapping[str, Any]):
+    """The simulator's SystemConfig of a modeled point's configuration."""
+    from lamina_bench.hardware import parse_mix
+    from lamina_bench.models import get_model
+    from lamina_bench.simulate import SystemConfig
+
+    return SystemConfig(
+        system=c["system"],
+        model=get_model(c["model"]),
+        compute=parse_mix(c["compute"]),
+        attention=parse_mix(c["attention"]) if c["attention"] else None,
+        dtype=c["dtype"],
+        pipeline_batches=c["pipeline_batches"] if c["system"] == "lamina" else None,
+    )
+
+
 def _modeled_points(b: dict) -> list[Point]:
     from lamina_bench.hardware import parse_mix
     from lamina_bench.models import get_model
+    from lamina_bench.simulate import memory_plan
     from lamina_bench.workloads import TRACES
 
     where = b["_where"]
@@ -290,6 +305,7 @@ def _modeled_points(b: dict) -> list[Point]:
             "rate_per_s": b["rate_per_s"],
             "dtype": b["dtype"],
         }
+        memory_plan(_system_config(config))  # weights that do not fit: UserInputError before any work
         points.append(Point("modeled", config))
     return points
 
@@ -330,22 +346,29 @@ class Progress:
 
 @dataclass
 class _Context:
-    """State shared by the points of one sweep: the local profile (taken on first need) and telemetry."""
+    """State shared by the points of one sweep: local profiles (taken on first need) and telemetry."""
 
     store: Any
     spec_path: str
-    profile: Any = None
+    profiles: dict = field(default_factory=dict)  # (model, device, dtype) -> Profile
     sampler: Any = None
 
-    def local_profile(self):
-        if self.profile is None:
+    def local_profile(self, config: Mapping[str, Any]):
+        """A profile of this machine for the point's model, device and dtype (written into the run)."""
+        key = (config["model"], config["device"], config["dtype"])
+        if key not in self.profiles:
             from lamina_bench.perfmodel import write_profile
             from lamina_bench.profile import ProfileSettings, profile_device
 
-            print("profiling the local device for the model's predictions ...", file=sys.stderr, flush=True)
-            self.profile = profile_device(ProfileSettings())
-            write_profile(self.profile, self.store.path / f"profile-{self.profile.name}.json")
-        return self.profile
+            print(
+                f"profiling {key[1]} ({key[0]}, {key[2]}) for the model's predictions ...",
+                file=sys.stderr,
+                flush=True,
+            )
+            profile = profile_device(ProfileSettings(model=key[0], device=key[1], dtype=key[2]))
+            write_profile(profile, self.store.path / f"profile-{profile.name}-{key[0]}-{key[2]}.json")
+            self.profiles[key] = profile
+        return self.profiles[key]
 
 
 def _base_row(point: Point, repro: str) -> dict[str, Any]:
@@ -362,32 +385,32 @@ def _failed(row: dict[str, Any], source: str, exc: BaseException) -> dict[str, A
 
 
 def _modeled_row(point: Point, ctx: _Context) -> dict[str, Any]:
-    from lamina_bench.hardware import parse_mix
-    from lamina_bench.models import get_model
-    from lamina_bench.simulate import SystemConfig, simulate
+    from lamina_bench.cost import usd_per_mtok
+    from lamina_bench.simulate import simulate
     from lamina_bench.workloads import load_trace
 
     c = point.config
-    config = SystemConfig(
-        system=c["system"],
-        model=get_model(c["model"]),
-        compute=parse_mix(c["compute"]),
-        attention=parse_mix(c["attention"]) if c["attention"] else None,
-        dtype=c["dtype"],
-        pipeline_batches=c["pipeline_batches"] if c["system"] == "lamina" else None,
-    )
+    config = _system_config(c)
     r = simulate(config, load_trace(c["trace"]), arrival=c["arrival"], rate_per_s=c["rate_per_s"] or None,
                  requests=c["requests"] or None)  # fmt: skip
     metrics = {k: getattr(r, k) for k in ("throughput_tok_per_s", "generated_tokens", "tbt_p50_ms", "tbt_p90_ms",
                "tbt_p99_ms", "tbt_mean_ms", "mean_batch_size", "max_batch_size", "cost_usd_per_hour",
                "tokens_per_usd", "usd_per_mtok", "net_bytes_per_token", "net_peak_gbps")}  # fmt: skip
-    pools = _modeled_pools(r)
-    flat = pools.get("attention", {})
-    metrics.update(dense_ms=pools["compute"]["dense_ms"], attention_ms=flat.get("attention_ms", pools["compute"].get("attention_ms")),
+    extra = {"pools": _modeled_pools(r), "rejected_requests": r.rejected_requests}
+    if r.saturated_throughput_tok_per_s is not None:
+        # saturate mode: like `simulate --paper`, report the phase where requests still queue (the steady
+        # state), not the drain after the last admission; keep the whole-trace figures next to it
+        extra.update(throughput_basis="saturated phase", whole_trace={k: metrics[k] for k in
+                     ("throughput_tok_per_s", "mean_batch_size", "tokens_per_usd", "usd_per_mtok")})  # fmt: skip
+        metrics.update(throughput_tok_per_s=r.saturated_throughput_tok_per_s,
+                       mean_batch_size=r.saturated_mean_batch_size, tokens_per_usd=r.saturated_tokens_per_usd,
+                       usd_per_mtok=usd_per_mtok(r.saturated_throughput_tok_per_s, r.cost_usd_per_hour))  # fmt: skip
+    compute, attention = extra["pools"]["compute"], extra["pools"].get("attention", {})
+    metrics.update(dense_ms=compute["dense_ms"], attention_ms=attention.get("attention_ms", compute.get("attention_ms")),
                    network_ms=r.network_mean_ms * r.pipeline_batches if r.system == "lamina" else None,
-                   idle_ms=pools["compute"]["idle_ms"])  # fmt: skip
-    return {"source": r.source if r.source != "measured" else "modeled", "profile": r.profile, "status": "ok",
-            "requests": r.requests, "_pools": pools, **metrics}  # fmt: skip
+                   idle_ms=compute["idle_ms"])  # fmt: skip
+    return {"source": r.source, "profile": r.profile, "status": "ok", "requests": r.requests, "_extra": extra,
+            **metrics}  # fmt: skip
 
 
 def _modeled_pools(r) -> dict[str, dict[str, float]]:
@@ -451,10 +474,10 @@ def _execute(point: Point, ctx: _Context, repeats: int) -> dict[str, Any]:
                 "measured", {k: v for k, v in point.config.items() if k != "predicts"}
             ).point_id
             extra = {**json.loads(base["extra_json"]), "predicts": measured_id}
-            pred = predict_measured(point.config, ctx.local_profile())
+            pred = predict_measured(point.config, ctx.local_profile(point.config))
             return {**base, "source": "modeled", "status": "ok", **pred, "extra_json": json.dumps(extra)}
         row = {**base, **_modeled_row(point, ctx)}
-        extra = {**json.loads(base["extra_json"]), "pools": row.pop("_pools")}
+        extra = {**json.loads(base["extra_json"]), **row.pop("_extra")}
         return {**row, "extra_json": json.dumps(extra, sort_keys=True)}
     except Exception as exc:  # noqa: BLE001 - a failed point is a row, and the sweep goes on
         return _failed(base, source, exc)
@@ -475,30 +498,40 @@ def _repro(point: Point, spec_path: str) -> str:
     return f"lamina-bench run {spec_path} --point {point.point_id}"
 
 
-def run_sweep(spec: SweepSpec, store, points: list[Point], spec_path: str = "<default>", progress=None,
-              profile=None) -> SweepOutcome:  # fmt: skip
+def _flush_telemetry(store, sampler, written: int) -> int:
+    """Persist the samples taken since the last flush; returns how many are persisted in all."""
+    samples = sampler.samples()
+    if len(samples) > written:
+        store.add_telemetry(samples[written:])
+    return len(samples)
+
+
+def run_sweep(spec: SweepSpec, store, points: list[Point], spec_path: str = "<default>",
+              progress=None) -> SweepOutcome:  # fmt: skip
     """Run every point not yet in `store` (resume), persisting each row the moment it finishes."""
     from lamina_bench.telemetry import TelemetrySampler
 
     start = time.perf_counter()
-    finished = store.finished_point_ids()
+    finished = store.finished_point_ids(include_failed=False)  # failed points run again on --resume
+    stored = store.finished_point_ids()
     todo = [p for p in points if p.point_id not in finished]
     # predictions run after the measurements so the profile is not taken while a measurement is running
     todo.sort(key=lambda p: "predicts" in p.config)
     progress = progress or Progress(len(todo))
-    ctx = _Context(store=store, spec_path=spec_path, profile=profile)
-    failed = 0
+    ctx = _Context(store=store, spec_path=spec_path)
+    failed = written = 0
     with TelemetrySampler() as sampler:
         ctx.sampler = sampler
         for point in todo:
             t0 = time.perf_counter()
             row = _execute(point, ctx, spec.repeats)
             row["wall_s"] = time.perf_counter() - t0
-            store.add_point(row)
+            store.add_point(row, replace=point.point_id in stored)
+            written = _flush_telemetry(store, sampler, written)  # a crash loses at most this point's samples
             failed += row["status"] == "failed"
             progress.update(point.label(), row["status"] if row["status"] == "ok" else f"FAILED: {row['error']}",
                             row["wall_s"])  # fmt: skip
-        store.add_telemetry(sampler.samples())
+        _flush_telemetry(store, sampler, written)
     return SweepOutcome(store.path, len(todo), len(points) - len(todo), failed, time.perf_counter() - start)
 
 
@@ -506,9 +539,11 @@ DEFAULT_SPEC = Path(__file__).parent / "data" / "default_sweep.toml"
 QUICK_SPEC = Path(__file__).parent / "data" / "quick_sweep.toml"
 
 
-def manifest_spec(spec: SweepSpec, spec_path: str, shard_text: str | None) -> dict[str, Any]:
+def manifest_spec(
+    spec: SweepSpec, spec_path: str, shard_text: str | None, point: str | None = None
+) -> dict[str, Any]:
     """What the manifest records of the sweep; `--resume` looks for a run with the same record."""
-    return {"path": spec_path, "shard": shard_text, "toml": spec.raw}
+    return {"path": spec_path, "shard": shard_text, "point": point, "repeats": spec.repeats, "toml": spec.raw}
 
 
 def find_resumable(out_root: Path, record: dict[str, Any]) -> Path | None:

@@ -120,6 +120,8 @@ def poisson_arrivals(n: int, rate_per_s: float, seed: int = 0) -> np.ndarray:
         raise UserInputError(f"request count must be >= 0, got {n}")
     if not rate_per_s > 0 or not np.isfinite(rate_per_s):
         raise UserInputError(f"arrival rate must be a positive finite number of requests/s, got {rate_per_s}")
+    if seed < 0:
+        raise UserInputError(f"seed must be >= 0, got {seed}")
     gaps_s = np.random.default_rng(seed).exponential(1.0 / rate_per_s, size=max(n - 1, 0))
     return np.concatenate([np.zeros(min(n, 1)), np.cumsum(gaps_s)]).astype(np.float64)
 

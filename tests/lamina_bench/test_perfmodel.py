@@ -189,7 +189,7 @@ def test_profile_fit_transfers_to_another_shape():
 def test_profile_link_and_allreduce_fits():
     dm = pm.DeviceModel(None, make_profile())
     latency, bw, source = dm.nic()
-    assert (latency, bw, source) == (pytest.approx(20e-6), pytest.approx(1e9), "measured")
+    assert (latency, bw, source) == (pytest.approx(20e-6), pytest.approx(1e9), "modeled")
     t = dm.allreduce(1e5, 2)
     assert float(t.time_s) == pytest.approx(2 * 15e-6 + 1e5 / 2e9)
     assert dm.iteration_overhead_s == 1e-4
