@@ -6,7 +6,7 @@ Multi-machine runs go through `torchrun` instead (`init_process_group` from the 
 
 Loopback only: the rendezvous store is reached at 127.0.0.1 and gloo's data sockets are pinned to
 the loopback interface (GLOO_SOCKET_IFNAME) so nothing leaves the machine even where the host name
-resolves to an external address.
+resolves to an external address; a GLOO_SOCKET_IFNAME the user set is kept (see pin_gloo_to_loopback).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import datetime
 import os
 import queue as queue_lib
 import socket
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -40,6 +41,18 @@ def _loopback_interface() -> str | None:
     return next((n for n in ("lo", "lo0") if n in names), None)
 
 
+def pin_gloo_to_loopback() -> None:
+    """Points gloo's data sockets at the loopback interface, unless the user set GLOO_SOCKET_IFNAME.
+
+    gloo opens one socket per peer on the interface the host name resolves to, which may be an
+    external one; for processes of one machine loopback keeps everything on 127.0.0.1. A value the
+    user exported wins (it names the interface they want gloo on).
+    """
+    lo = _loopback_interface()
+    if lo is not None:
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", lo)
+
+
 def init_process_group(
     rank: int,
     world_size: int,
@@ -58,10 +71,7 @@ def init_process_group(
         raise ValueError(f"rank {rank} is outside 0..{world_size - 1} (world_size {world_size})")
     if not 0 < port < 65536:
         raise ValueError(f"port {port} is not a TCP port (1..65535)")
-    lo = _loopback_interface()
-    if lo is not None:
-        # gloo opens one socket per peer on the interface it picks; pin it to loopback.
-        os.environ["GLOO_SOCKET_IFNAME"] = lo
+    pin_gloo_to_loopback()
     dist.init_process_group(
         backend=backend,
         init_method=f"tcp://{LOOPBACK_HOST}:{port}",
@@ -106,9 +116,10 @@ def run_in_group(
     """Runs fn(rank, world_size, *args) in `world_size` spawned processes joined in one group.
 
     fn must be importable by the children (a module-level function) and return something picklable.
-    Returns the results by rank; raises RuntimeError with the children's tracebacks if any rank
-    failed, and TimeoutError if they did not all report within timeout_s (the children are killed).
-    `torch_threads` caps each child's intra-op threads (None: torch's default).
+    Returns the results by rank. As soon as one rank reports a failure the others are killed (they may
+    be waiting for it forever) and RuntimeError carries the tracebacks reported so far; TimeoutError if
+    they did not all report within timeout_s (the children are killed). `torch_threads` caps each
+    child's intra-op threads (None: torch's default).
     """
     if world_size < 1:
         raise ValueError(f"world_size must be >= 1, got {world_size}")
@@ -121,18 +132,35 @@ def run_in_group(
     ]
     for proc in procs:
         proc.start()
+    reports: list[tuple[int, bool, Any]] = []
     try:
-        reports = [results.get(timeout=timeout_s) for _ in range(world_size)]
-    except queue_lib.Empty as exc:
-        raise TimeoutError(f"{world_size}-process group did not finish within {timeout_s} s") from exc
+        _collect_reports(results, world_size, timeout_s, reports)
     finally:
-        for proc in procs:
-            proc.join(timeout=10.0)
-            if proc.is_alive():
-                proc.kill()
-    failures = [
-        f"rank {rank}:\n{payload}" for rank, ok, payload in sorted(reports, key=lambda r: r[0]) if not ok
-    ]
+        all_ok = len(reports) == world_size and all(ok for _, ok, _ in reports)
+        _stop(procs, grace_s=10.0 if all_ok else 0.0)
+    reports.sort(key=lambda r: r[0])
+    failures = [f"rank {rank}:\n{payload}" for rank, ok, payload in reports if not ok]
     if failures:
         raise RuntimeError("process group run failed\n" + "\n".join(failures))
-    return [payload for _, _, payload in sorted(reports, key=lambda r: r[0])]
+    return [payload for _, _, payload in reports]
+
+
+def _collect_reports(results: Any, world_size: int, timeout_s: float, reports: list) -> None:
+    """Appends reports as they arrive until every rank has reported or one reports a failure."""
+    deadline = time.monotonic() + timeout_s
+    while len(reports) < world_size:
+        try:
+            reports.append(results.get(timeout=max(0.0, deadline - time.monotonic())))
+        except queue_lib.Empty:
+            raise TimeoutError(f"{world_size}-process group did not finish within {timeout_s} s") from None
+        if not reports[-1][1]:
+            return  # a failed rank: the others may block on it until their own timeouts
+
+
+def _stop(procs: list, grace_s: float) -> None:
+    """Joins the processes, killing any still alive after grace_s (0: kill at once)."""
+    for proc in procs:
+        proc.join(timeout=grace_s)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(timeout=10.0)

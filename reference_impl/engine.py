@@ -10,7 +10,8 @@ once they have arrived; a request is admitted only when the KV cache can reserve
 `max_new_tokens` tokens, so a running request never runs out of KV and nothing is preempted; the queue
 head blocks those behind it (no reordering). One iteration = one decode step for every running request,
 then retirement of finished requests (their KV is freed), then admission and prefill of new requests,
-which yields their first token.
+which yields their first token; a request finished by that token (max_new_tokens 1, or a stop id) is
+retired at once, so it is never decoded.
 """
 
 from __future__ import annotations
@@ -171,14 +172,12 @@ class Engine:
                 tokens = [[seq.output_ids[-1]] for seq in running]
                 self._advance(running, tokens, generator, start)
             t1 = time.perf_counter()
-            for seq in [s for s in running if s.finish_reason]:
-                running.remove(seq)
-                self.executor.free(seq.request.request_id)
-                done[seq.request.request_id] = seq
+            self._retire(running, done)
             admitted = self._admit(pending, running, step)
             if admitted:
                 self._advance(admitted, [list(s.request.prompt_ids) for s in admitted], generator, start)
                 running.extend(admitted)
+                self._retire(running, done)  # finished on the prefill token (max_new_tokens 1, or a stop id)
             t2 = time.perf_counter()
             waiting = sum(1 for r in pending if r.arrival_step <= step)
             iterations.append(
@@ -220,6 +219,13 @@ class Engine:
                     f"request {r.request_id} needs {total} KV tokens but the whole cache holds {capacity}; "
                     "give the cache more blocks"
                 )
+
+    def _retire(self, running: list[_Running], done: dict[int, _Running]) -> None:
+        """Moves finished requests from `running` to `done` and frees their KV."""
+        for seq in [s for s in running if s.finish_reason]:
+            running.remove(seq)
+            self.executor.free(seq.request.request_id)
+            done[seq.request.request_id] = seq
 
     def _admit(self, pending: deque[Request], running: list[_Running], step: int) -> list[_Running]:
         admitted: list[_Running] = []

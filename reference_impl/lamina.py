@@ -35,7 +35,6 @@ import datetime
 import json
 import os
 import signal
-import socket
 import sys
 import threading
 import time
@@ -46,10 +45,18 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 import torch.distributed as dist
 
+from reference_impl.distributed import free_port, pin_gloo_to_loopback
 from reference_impl.engine import Engine, EngineRun, Request, SamplingParams, blocks_for_requests
 from reference_impl.errors import ConfigError
 from reference_impl.kv_cache import PagedKVCache
-from reference_impl.launch import DTYPES, read_prompts, run_summary, stop_token_ids
+from reference_impl.launch import (
+    DTYPES,
+    check_common_options,
+    check_vocab,
+    read_prompts,
+    run_summary,
+    sampling_params,
+)
 from reference_impl.parallel import RowParallelLinear
 from reference_impl.workers import (
     ATTENTION,
@@ -95,35 +102,36 @@ class LaminaConfig:
     temperature: float = 0.0
     seed: int = 0
     ignore_eos: bool = False
-    attention_backend: str = "auto"  # auto | torch | triton
+    attention_backend: str = "auto"  # one of attention.BACKENDS
     launcher: str = "processes"  # processes (gloo/NCCL, recovery) | threads (one process, tp 1, for tests)
     comm_timeout_s: float = 300.0  # a receive waiting longer declares its peer dead
     kill_at: tuple[int, int] | None = None  # test hook: rank 0 SIGKILLs rank r at decode step s, (r, s)
 
     def __post_init__(self) -> None:
         layout = self.layout  # validates the worker counts against the pipeline mode
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"unknown dtype {self.dtype!r}; valid: {', '.join(DTYPES)}")
-        if self.device not in ("cpu", "cuda"):
-            raise ConfigError(f"unknown device {self.device!r}; valid: cpu, cuda")
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise ConfigError("--device cuda asked for, but torch sees no CUDA device; use --device cpu")
-        if self.block_size < 1 or self.block_size & (self.block_size - 1):
-            raise ConfigError(f"block size must be a power of two, got {self.block_size}")
-        if self.num_blocks is not None and self.num_blocks < 1:
-            raise ConfigError(f"num_blocks must be >= 1, got {self.num_blocks}")
-        if self.attention_backend not in ("auto", "torch", "triton"):
-            raise ConfigError(
-                f"unknown attention backend {self.attention_backend!r}; valid: auto, torch, triton"
-            )
+        check_common_options(
+            self.device, self.dtype, self.block_size, self.num_blocks, self.attention_backend
+        )
         if self.launcher not in LAUNCHERS:
             raise ConfigError(f"unknown launcher {self.launcher!r}; valid: {', '.join(LAUNCHERS)}")
         if self.launcher == "threads" and layout.tp > 1:
             raise ConfigError("the threads launcher has no tensor parallelism; use launcher 'processes'")
+        if self.device == "cuda" and self.launcher == "processes":
+            self._check_gpu_count(layout)
         if not self.comm_timeout_s > 0:
             raise ConfigError(f"comm_timeout_s must be > 0, got {self.comm_timeout_s}")
         if self.kill_at is not None:
             self._check_kill_at(layout)
+
+    def _check_gpu_count(self, layout: Layout) -> None:
+        # One GPU per process (NCCL cannot put two ranks on one device). The spawning launcher runs every
+        # rank on this machine; under torchrun, LOCAL_WORLD_SIZE of them run here.
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", layout.world_size))
+        if local > torch.cuda.device_count():
+            raise ConfigError(
+                f"{self.compute_workers} compute + {self.attention_workers} attention workers need {local} "
+                f"GPUs on this machine, torch sees {torch.cuda.device_count()}"
+            )
 
     def _check_kill_at(self, layout: Layout) -> None:
         rank, step = self.kill_at
@@ -226,16 +234,26 @@ class LaminaRun:
 
     @property
     def link_payload_bytes_per_token_per_layer(self) -> float | None:
-        """Decode traffic between the pools (q, k, v out; attention output back) per token per layer."""
-        if not self.decode_token_layers:
+        """Decode traffic between the pools (q, k, v out; attention output back) per token per layer.
+
+        None when nothing was decoded, and after a recovery: a killed worker's sent-byte counts die
+        with it while its decode steps stay counted, so the ratio would be inexact.
+        """
+        if not self.decode_token_layers or self.recoveries:
             return None
         return sum(self.kind(k).payload_bytes for k in DECODE_LINK_KINDS) / self.decode_token_layers
 
     @property
     def link_header_bytes_per_token_per_layer(self) -> float | None:
-        if not self.decode_token_layers:
+        """Header bytes of the same messages per token per layer (None in the same cases)."""
+        if not self.decode_token_layers or self.recoveries:
             return None
         return sum(self.kind(k).header_bytes for k in DECODE_LINK_KINDS) / self.decode_token_layers
+
+    @property
+    def recovery_s(self) -> float:
+        """Seconds spent recovering (sum of RecoveryEvent.recovery_s); part of the engine's step times."""
+        return sum(r.recovery_s for r in self.recoveries)
 
     @property
     def expected_link_bytes_per_token_per_layer(self) -> float:
@@ -259,6 +277,8 @@ class LaminaRun:
             traffic={t.kind: asdict(t) for t in self.traffic},
             workers=[_worker_summary(w) for w in self.workers],
             recoveries=[{**asdict(r), "recovery_s": r.recovery_s} for r in self.recoveries],
+            # included in decode_s (or the prefill time) of the steps that failed; subtract to compare
+            total_recovery_s=self.recovery_s,
         )
         return out
 
@@ -292,15 +312,6 @@ def connect_store(address: StoreAddress, host_it: bool, timeout_s: float) -> dis
         wait_for_workers=False,
     )
     return dist.PrefixStore(address.prefix, store)
-
-
-def _pin_gloo_to_loopback() -> None:
-    # gloo opens its data sockets on the interface the host name resolves to; on one machine keep
-    # them on loopback (as reference_impl.distributed does) so nothing leaves 127.0.0.1.
-    names = {name for _, name in socket.if_nameindex()}
-    lo = next((n for n in ("lo", "lo0") if n in names), None)
-    if lo is not None:
-        os.environ.setdefault("GLOO_SOCKET_IFNAME", lo)
 
 
 class ProcessFabric:
@@ -835,11 +846,6 @@ def _step_kind(plan: Plan) -> str:
     return "prefill" if plan.phase == Phase.PREFILL else "decode"
 
 
-def _sampling(cfg: LaminaConfig) -> SamplingParams:
-    stops = () if cfg.ignore_eos else stop_token_ids(cfg.model_dir)
-    return SamplingParams(temperature=cfg.temperature, seed=cfg.seed, stop_token_ids=stops)
-
-
 def _model_shape(cfg: LaminaConfig, model_cfg) -> ModelShape:
     elem_bytes = torch.empty((), dtype=DTYPES[cfg.dtype]).element_size()
     m = model_cfg
@@ -850,10 +856,12 @@ def serve_scheduler(
     worker: ComputeWorker, fabric, cfg: LaminaConfig, requests: list[Request], num_blocks: int, respawn=None
 ) -> LaminaRun:
     """Rank 0: serves every request with the Engine, then stops the workers and assembles the run."""
-    clock = WorkerClock()
+    clock = WorkerClock(device=worker.device)
     executor = LaminaExecutor(worker, fabric, cfg, num_blocks, clock, respawn)
     try:
-        engine_run = LaminaEngine(executor, _sampling(cfg), max_batch_size=cfg.max_batch_size).run(requests)
+        engine_run = LaminaEngine(executor, sampling_params(cfg), max_batch_size=cfg.max_batch_size).run(
+            requests
+        )
     except BaseException:
         executor.abort()  # tell the other ranks to exit; their figures are not waited for
         raise
@@ -871,15 +879,6 @@ def serve_scheduler(
 
 
 # ---- processes -----------------------------------------------------------------------------------
-
-
-def _check_requests(requests: Sequence[Request], vocab_size: int) -> None:
-    for r in requests:
-        bad = [t for t in r.prompt_ids if t >= vocab_size]
-        if bad:
-            raise ConfigError(
-                f"request {r.request_id}: token id {bad[0]} is outside the vocabulary (size {vocab_size})"
-            )
 
 
 def serve_rank(
@@ -905,7 +904,7 @@ def serve_rank(
     model_cfg = read_config(cfg.model_dir)
     store = connect_store(address, host_store, cfg.comm_timeout_s)
     if rank == 0 and epoch == 0:
-        _check_requests(requests, model_cfg.vocab_size)
+        check_vocab(requests, model_cfg.vocab_size)
         num_blocks = cfg.num_blocks or blocks_for_requests(requests, cfg.block_size)
         store.set("num_blocks", str(num_blocks))
     else:
@@ -925,7 +924,7 @@ def serve_rank(
             fabric.close()
             if respawn is not None:
                 respawn.join()
-    serve_worker(worker, fabric, WorkerClock())
+    serve_worker(worker, fabric, WorkerClock(device=device))
     fabric.close()
     return None
 
@@ -956,7 +955,7 @@ def _replacement_main(
     rank: int, cfg: LaminaConfig, address: StoreAddress, epoch: int, threads: int | None
 ) -> None:
     try:
-        _pin_gloo_to_loopback()
+        pin_gloo_to_loopback()
         serve_rank(rank, cfg, None, address, epoch=epoch, threads=threads)
     except BaseException:
         print(f"replacement for rank {rank} failed:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
@@ -966,7 +965,7 @@ def _replacement_main(
 def _process_main(rank: int, cfg: LaminaConfig, requests, address: StoreAddress, threads: int, queue) -> None:
     """Body of one spawned process; rank 0 reports the run (or the first failure) on `queue`."""
     try:
-        _pin_gloo_to_loopback()
+        pin_gloo_to_loopback()
         run = serve_rank(rank, cfg, requests, address, host_store=rank == 0, threads=threads)
         if rank == 0:
             queue.put(("ok", run))
@@ -977,8 +976,6 @@ def _process_main(rank: int, cfg: LaminaConfig, requests, address: StoreAddress,
 
 
 def _spawn(cfg: LaminaConfig, requests: list[Request]) -> LaminaRun:
-    from reference_impl.distributed import free_port
-
     world = cfg.layout.world_size
     threads = max(1, (os.cpu_count() or 1) // world)  # processes must not oversubscribe the cores
     address = StoreAddress("127.0.0.1", free_port())
@@ -990,14 +987,19 @@ def _spawn(cfg: LaminaConfig, requests: list[Request]) -> LaminaRun:
         )
         for r in range(world)
     ]
-    for proc in procs:
-        proc.start()
-    status, payload = _first_report(queue, procs[0])
-    for proc in procs:
-        proc.join(timeout=30 if status == "ok" else 0.1)
-        if proc.is_alive():
-            proc.kill()
-            proc.join()
+    status, payload = "error", None
+    try:  # whatever happens here (Ctrl-C included), no child outlives this call
+        for proc in procs:
+            proc.start()
+        status, payload = _first_report(queue, procs[0])
+    finally:
+        for proc in procs:
+            if proc.pid is None:
+                continue  # never started
+            proc.join(timeout=30 if status == "ok" else 0.1)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
     if status == "config":
         raise ConfigError(payload)
     if status != "ok":
@@ -1028,7 +1030,7 @@ def _run_threads(cfg: LaminaConfig, requests: list[Request]) -> LaminaRun:
         try:
             fabric = ThreadFabric(transports[rank], cfg.comm_timeout_s)
             worker = build_worker(rank, cfg, model_cfg, num_blocks, None, devices[rank])
-            serve_worker(worker, fabric, WorkerClock())
+            serve_worker(worker, fabric, WorkerClock(device=devices[rank]))
         except BaseException:
             errors.append(f"rank {rank}: {traceback.format_exc()}")
 
@@ -1058,7 +1060,7 @@ def generate_lamina(cfg: LaminaConfig, requests: Sequence[Request]) -> LaminaRun
         raise ConfigError("no requests to serve")
     model_cfg = read_config(cfg.model_dir)
     check_model(cfg, model_cfg)
-    _check_requests(requests, model_cfg.vocab_size)  # before any process starts
+    check_vocab(requests, model_cfg.vocab_size)  # before any process starts
     if cfg.launcher == "threads":
         return _run_threads(cfg, requests)
     return _spawn(cfg, requests)
@@ -1067,10 +1069,31 @@ def generate_lamina(cfg: LaminaConfig, requests: Sequence[Request]) -> LaminaRun
 # ---- command line (spawning launcher, or one rank under torchrun) --------------------------------
 
 
+_TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def _torchrun_env() -> tuple[int, int, str, int]:
+    """(rank, world size, store host, store port) from torchrun's variables; ConfigError if incomplete."""
+    missing = [name for name in _TORCHRUN_VARS if not os.environ.get(name)]
+    if missing:
+        raise ConfigError(
+            f"RANK and WORLD_SIZE are set but {', '.join(missing)} not: start the ranks with torchrun, "
+            "or unset RANK and WORLD_SIZE to spawn them on this machine"
+        )
+    try:
+        rank, world, port = (int(os.environ[name]) for name in ("RANK", "WORLD_SIZE", "MASTER_PORT"))
+    except ValueError:
+        got = ", ".join(f"{name}={os.environ[name]!r}" for name in ("RANK", "WORLD_SIZE", "MASTER_PORT"))
+        raise ConfigError(f"RANK, WORLD_SIZE and MASTER_PORT must be integers, got {got}") from None
+    if not 0 <= rank < world:
+        raise ConfigError(f"RANK {rank} is outside 0..WORLD_SIZE-1 (WORLD_SIZE {world})")
+    return rank, world, os.environ["MASTER_ADDR"], port
+
+
 def _torchrun_rank(cfg: LaminaConfig, prompts: str) -> LaminaRun | None:
     from reference_impl.model import read_config
 
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    rank, world, master_addr, master_port = _torchrun_env()
     if world != cfg.layout.world_size:
         raise ConfigError(
             f"torchrun started {world} processes, but {cfg.compute_workers} compute + {cfg.attention_workers} "
@@ -1079,9 +1102,7 @@ def _torchrun_rank(cfg: LaminaConfig, prompts: str) -> LaminaRun | None:
     check_model(cfg, read_config(cfg.model_dir))
     agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # torchrun's agent hosts it
     restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-    address = StoreAddress(
-        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), prefix=f"lamina/{restart}/"
-    )
+    address = StoreAddress(master_addr, master_port, prefix=f"lamina/{restart}/")
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
     threads = max(1, (os.cpu_count() or 1) // local_world)
     requests = read_prompts(prompts) if rank == 0 else None

@@ -13,11 +13,14 @@ import json
 import math
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
+from reference_impl.attention import BACKENDS, resolve_backend
 from reference_impl.engine import (
     Engine,
     EngineRun,
@@ -46,29 +49,46 @@ class GenerateConfig:
     temperature: float = 0.0
     seed: int = 0
     ignore_eos: bool = False
-    attention_backend: str = "auto"  # auto | torch | triton
+    attention_backend: str = "auto"  # one of attention.BACKENDS
 
     def __post_init__(self) -> None:
         if self.system not in SYSTEMS:
             raise ConfigError(f"unknown system {self.system!r}; valid: {', '.join(SYSTEMS)}")
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"unknown dtype {self.dtype!r}; valid: {', '.join(DTYPES)}")
-        if self.device not in ("cpu", "cuda"):
-            raise ConfigError(f"unknown device {self.device!r}; valid: cpu, cuda")
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise ConfigError("--device cuda asked for, but torch sees no CUDA device; use --device cpu")
+        check_common_options(
+            self.device, self.dtype, self.block_size, self.num_blocks, self.attention_backend
+        )
         if self.tp < 1:
             raise ConfigError(f"--tp must be >= 1, got {self.tp}")
         if self.device == "cuda" and self.tp > torch.cuda.device_count():
             raise ConfigError(f"--tp {self.tp} needs {self.tp} GPUs, torch sees {torch.cuda.device_count()}")
-        if self.block_size < 1 or self.block_size & (self.block_size - 1):
-            raise ConfigError(f"--block-size must be a power of two, got {self.block_size}")
-        if self.num_blocks is not None and self.num_blocks < 1:
-            raise ConfigError(f"--num-blocks must be >= 1, got {self.num_blocks}")
-        if self.attention_backend not in ("auto", "torch", "triton"):
-            raise ConfigError(
-                f"unknown attention backend {self.attention_backend!r}; valid: auto, torch, triton"
-            )
+
+
+# The Triton paged decode kernel takes one page as one tile of keys (attention/triton_decode.py).
+TRITON_BLOCK_SIZES = (16, 256)
+
+
+def check_common_options(
+    device: str, dtype: str, block_size: int, num_blocks: int | None, attention_backend: str
+) -> None:
+    """ConfigError for options both systems share (GenerateConfig and lamina.LaminaConfig)."""
+    if dtype not in DTYPES:
+        raise ConfigError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
+    if device not in ("cpu", "cuda"):
+        raise ConfigError(f"unknown device {device!r}; valid: cpu, cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda asked for, but torch sees no CUDA device; use --device cpu")
+    if block_size < 1 or block_size & (block_size - 1):
+        raise ConfigError(f"--block-size must be a power of two, got {block_size}")
+    if num_blocks is not None and num_blocks < 1:
+        raise ConfigError(f"--num-blocks must be >= 1, got {num_blocks}")
+    if attention_backend not in BACKENDS:
+        raise ConfigError(f"unknown attention backend {attention_backend!r}; valid: {', '.join(BACKENDS)}")
+    low, high = TRITON_BLOCK_SIZES
+    if resolve_backend(attention_backend, torch.device(device)) == "triton" and not low <= block_size <= high:
+        raise ConfigError(
+            f"the triton attention backend needs --block-size in {low}..{high}, got {block_size} "
+            "(or choose the torch backend)"
+        )
 
 
 def read_prompts(path: str | Path) -> list[Request]:
@@ -83,14 +103,17 @@ def read_prompts(path: str | Path) -> list[Request]:
         try:
             obj = json.loads(line)
             ids = obj["prompt_ids"]
-            if not isinstance(ids, list) or not all(isinstance(t, int) and t >= 0 for t in ids):
+            if not isinstance(ids, list) or not all(_is_int(t) and t >= 0 for t in ids):
                 raise ValueError("prompt_ids must be a list of non-negative integers")
+            for key in ("max_new_tokens", "arrival_step"):
+                if not _is_int(obj.get(key, 0)):
+                    raise ValueError(f"{key} must be an integer, got {obj[key]!r}")
             requests.append(
                 Request(
                     request_id=len(requests),
                     prompt_ids=tuple(ids),
-                    max_new_tokens=int(obj["max_new_tokens"]),
-                    arrival_step=int(obj.get("arrival_step", 0)),
+                    max_new_tokens=obj["max_new_tokens"],
+                    arrival_step=obj.get("arrival_step", 0),
                 )
             )
         except ConfigError as exc:
@@ -104,23 +127,52 @@ def read_prompts(path: str | Path) -> list[Request]:
     return requests
 
 
+def _is_int(value: object) -> bool:
+    """A JSON integer: not a float such as 3.7 or 3.0, not true/false (bool is an int in Python)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def stop_token_ids(model_dir: str | Path) -> tuple[int, ...]:
     """The checkpoint's end-of-sequence ids (generation_config.json, else config.json)."""
     for name in ("generation_config.json", "config.json"):
         path = Path(model_dir) / name
-        if path.is_file():
-            eos = json.loads(path.read_text()).get("eos_token_id")
-            if eos is not None:
-                return tuple(eos) if isinstance(eos, list) else (int(eos),)
+        if not path.is_file():
+            continue
+        try:
+            obj = json.loads(path.read_text())
+        except ValueError as exc:
+            raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+        if not isinstance(obj, dict):
+            raise ConfigError(f"{path}: expected a JSON object")
+        eos = obj.get("eos_token_id")
+        if eos is None:
+            continue
+        ids = eos if isinstance(eos, list) else [eos]
+        if not all(_is_int(t) and t >= 0 for t in ids):
+            raise ConfigError(
+                f"{path}: eos_token_id must be a non-negative integer or a list of them, got {eos!r}"
+            )
+        return tuple(ids)
     return ()
 
 
-def _sampling(cfg: GenerateConfig) -> SamplingParams:
+class SamplingOptions(Protocol):
+    """The sampling fields GenerateConfig and lamina.LaminaConfig share."""
+
+    model_dir: str
+    temperature: float
+    seed: int
+    ignore_eos: bool
+
+
+def sampling_params(cfg: SamplingOptions) -> SamplingParams:
+    """Sampling of a run: the checkpoint's eos ids stop a request unless cfg.ignore_eos."""
     stops = () if cfg.ignore_eos else stop_token_ids(cfg.model_dir)
     return SamplingParams(temperature=cfg.temperature, seed=cfg.seed, stop_token_ids=stops)
 
 
-def _check_vocab(requests: list[Request], vocab_size: int) -> None:
+def check_vocab(requests: Sequence[Request], vocab_size: int) -> None:
+    """ConfigError if a prompt holds a token id outside the model's vocabulary."""
     for r in requests:
         bad = [t for t in r.prompt_ids if t >= vocab_size]
         if bad:
@@ -143,12 +195,12 @@ def serve_homogeneous(
         tp_size=cfg.tp,
         group=group,
     )
-    _check_vocab(requests, model.config.vocab_size)
+    check_vocab(requests, model.config.vocab_size)
     num_blocks = cfg.num_blocks or blocks_for_requests(requests, cfg.block_size)
     executor = HomogeneousExecutor(
         model, num_blocks=num_blocks, block_size=cfg.block_size, backend=cfg.attention_backend, group=group
     )
-    return Engine(executor, _sampling(cfg), max_batch_size=cfg.max_batch_size).run(requests)
+    return Engine(executor, sampling_params(cfg), max_batch_size=cfg.max_batch_size).run(requests)
 
 
 def generate(cfg: GenerateConfig, requests: list[Request]) -> EngineRun:

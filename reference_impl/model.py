@@ -105,16 +105,35 @@ class ModelConfig:
         )
 
 
-def _req(cfg: dict[str, Any], key: str) -> Any:
+def _positive_int(cfg: dict[str, Any], key: str, default: int | None = None) -> int:
+    """config.json's `key` as an integer >= 1; `default` when absent or null (None: the key is required).
+
+    Checked before any arithmetic, so a 0, null or "32" gives a ConfigError instead of a
+    ZeroDivisionError or TypeError deep in the model code.
+    """
+    value = cfg.get(key)
+    if value is None and default is not None:
+        return default
     if key not in cfg:
         raise ConfigError(f"config.json has no {key!r}")
-    return cfg[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"config.json {key!r} must be an integer >= 1, got {value!r}")
+    return value
+
+
+def _positive_float(value: Any, key: str) -> float:
+    """A number > 0 read from config.json (ints allowed, e.g. rope_theta 500000)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ConfigError(f"config.json {key!r} must be a number > 0, got {value!r}")
+    return float(value)
 
 
 def _rope_params(cfg: dict[str, Any]) -> tuple[float, Llama3RopeScaling | None]:
     # transformers 5 writes "rope_parameters" (theta inside); older files write "rope_theta" + "rope_scaling"
     params = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
-    theta = float(params.get("rope_theta", cfg.get("rope_theta", 10000.0)))
+    if not isinstance(params, dict):
+        raise ConfigError(f"config.json rope_parameters/rope_scaling must be an object, got {params!r}")
+    theta = _positive_float(params.get("rope_theta", cfg.get("rope_theta", 10000.0)), "rope_theta")
     rope_type = params.get("rope_type", params.get("type", "default"))
     if params.get("partial_rotary_factor", 1.0) != 1.0:
         raise ConfigError("partial_rotary_factor != 1 is not supported; RoPE must cover the whole head")
@@ -124,10 +143,10 @@ def _rope_params(cfg: dict[str, Any]) -> tuple[float, Llama3RopeScaling | None]:
         raise ConfigError(f"unsupported rope_type {rope_type!r}; supported: default, llama3")
     try:
         scaling = Llama3RopeScaling(
-            factor=float(params["factor"]),
-            low_freq_factor=float(params["low_freq_factor"]),
-            high_freq_factor=float(params["high_freq_factor"]),
-            original_max_position=int(params["original_max_position_embeddings"]),
+            factor=_positive_float(params["factor"], "factor"),
+            low_freq_factor=_positive_float(params["low_freq_factor"], "low_freq_factor"),
+            high_freq_factor=_positive_float(params["high_freq_factor"], "high_freq_factor"),
+            original_max_position=_positive_int(params, "original_max_position_embeddings"),
         )
     except KeyError as e:
         raise ConfigError(f"llama3 rope scaling in config.json lacks {e.args[0]!r}") from None
@@ -142,19 +161,19 @@ def _llama_config(cfg: dict[str, Any]) -> ModelConfig:
     attention_bias, mlp_bias = bool(cfg.get("attention_bias", False)), bool(cfg.get("mlp_bias", False))
     if attention_bias != mlp_bias:
         raise ConfigError("attention_bias and mlp_bias must be equal (both biased or neither)")
-    num_heads = _req(cfg, "num_attention_heads")
+    hidden, num_heads = _positive_int(cfg, "hidden_size"), _positive_int(cfg, "num_attention_heads")
     theta, scaling = _rope_params(cfg)
     return ModelConfig(
         arch="llama",
-        vocab_size=_req(cfg, "vocab_size"),
-        hidden_size=_req(cfg, "hidden_size"),
-        intermediate_size=_req(cfg, "intermediate_size"),
-        num_layers=_req(cfg, "num_hidden_layers"),
+        vocab_size=_positive_int(cfg, "vocab_size"),
+        hidden_size=hidden,
+        intermediate_size=_positive_int(cfg, "intermediate_size"),
+        num_layers=_positive_int(cfg, "num_hidden_layers"),
         num_heads=num_heads,
-        num_kv_heads=cfg.get("num_key_value_heads") or num_heads,
-        head_dim=cfg.get("head_dim") or _req(cfg, "hidden_size") // num_heads,
-        max_position=cfg.get("max_position_embeddings", 2048),
-        norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+        num_kv_heads=_positive_int(cfg, "num_key_value_heads", default=num_heads),
+        head_dim=_positive_int(cfg, "head_dim", default=hidden // num_heads),
+        max_position=_positive_int(cfg, "max_position_embeddings", default=2048),
+        norm_eps=_positive_float(cfg.get("rms_norm_eps", 1e-6), "rms_norm_eps"),
         rope_theta=theta,
         rope_scaling=scaling,
         tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
@@ -163,7 +182,7 @@ def _llama_config(cfg: dict[str, Any]) -> ModelConfig:
 
 
 def _opt_config(cfg: dict[str, Any]) -> ModelConfig:
-    hidden, num_heads = _req(cfg, "hidden_size"), _req(cfg, "num_attention_heads")
+    hidden, num_heads = _positive_int(cfg, "hidden_size"), _positive_int(cfg, "num_attention_heads")
     if cfg.get("word_embed_proj_dim", hidden) != hidden:
         raise ConfigError(
             f"OPT word_embed_proj_dim {cfg['word_embed_proj_dim']} != hidden_size {hidden} "
@@ -181,14 +200,14 @@ def _opt_config(cfg: dict[str, Any]) -> ModelConfig:
         raise ConfigError(f"OPT hidden_size {hidden} is not a multiple of num_attention_heads {num_heads}")
     return ModelConfig(
         arch="opt",
-        vocab_size=_req(cfg, "vocab_size"),
+        vocab_size=_positive_int(cfg, "vocab_size"),
         hidden_size=hidden,
-        intermediate_size=_req(cfg, "ffn_dim"),
-        num_layers=_req(cfg, "num_hidden_layers"),
+        intermediate_size=_positive_int(cfg, "ffn_dim"),
+        num_layers=_positive_int(cfg, "num_hidden_layers"),
         num_heads=num_heads,
         num_kv_heads=num_heads,
         head_dim=hidden // num_heads,
-        max_position=cfg.get("max_position_embeddings", 2048),
+        max_position=_positive_int(cfg, "max_position_embeddings", default=2048),
         norm_eps=1e-5,  # HF OPT uses nn.LayerNorm's default eps; config.json does not carry it
         tie_embeddings=bool(cfg.get("tie_word_embeddings", True)),
         bias=bool(cfg.get("enable_bias", True)),

@@ -354,6 +354,11 @@ class StepTimes:
     network: in send calls and waiting for sends to finish; idle: blocked waiting for a message (which
     includes that message's transfer time, small on one machine next to the peer's compute); other:
     the rest (planning, bookkeeping; on rank 0 also the scheduler and sampling).
+
+    On CUDA, kernels and NCCL work run asynchronously, so a host timer alone measures launches: the
+    WorkerClock of a CUDA worker waits for the device's current stream at the end of every section,
+    so the section is charged for the work it launched (the tensor-parallel all-reduces and the sends
+    that flush waited for included). On CPU everything is synchronous and nothing is added.
     """
 
     step_id: int
@@ -370,10 +375,22 @@ class StepTimes:
 
 
 class WorkerClock:
-    """Attributes wall time to the innermost open section (nested sections do not double count)."""
+    """Attributes wall time to the innermost open section (nested sections do not double count).
 
-    def __init__(self, now: Callable[[], float] = time.perf_counter) -> None:
+    device: the worker's device; on CUDA every section ends by waiting for its current stream.
+    """
+
+    def __init__(
+        self, now: Callable[[], float] = time.perf_counter, device: torch.device | str | None = None
+    ) -> None:
         self._now = now  # seconds; injectable for tests
+        # The current stream, not torch.cuda.synchronize(device): a device-wide wait would also wait
+        # for NCCL's own streams, turning every asynchronous send into one that waits for its receiver,
+        # and two workers sending to each other (ping-pong) would then wait for each other forever.
+        # The compute stream holds the dense and attention kernels and, through Work.wait, the
+        # all-reduces and the sends a flush waits for.
+        device = None if device is None else torch.device(device)
+        self._cuda_device = device if device is not None and device.type == "cuda" else None
         self._totals = dict.fromkeys(CATEGORIES, 0.0)
         self._stack = ["other"]
         self._last = now()
@@ -393,6 +410,8 @@ class WorkerClock:
         self._stack.append(category)
         try:
             yield
+            if self._cuda_device is not None:  # charge the GPU work this section launched to it
+                torch.cuda.current_stream(self._cuda_device).synchronize()
         finally:
             self._charge()
             self._stack.pop()

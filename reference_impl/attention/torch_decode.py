@@ -29,7 +29,8 @@ def decode_attention_torch(
     ids = block_tables[:, : -(-max_len // block_size)].long()  # (B, nblk); padding entries are masked below
     k = k_cache[ids].flatten(1, 2)[:, :max_len].float()  # (B, S, Hkv, D)
     v = v_cache[ids].flatten(1, 2)[:, :max_len].float()
-    qg = q.float().view(batch, num_kv_heads, group, head_dim)  # query head h = kv head h // G, member h % G
+    # query head h = kv head h // G, member h % G; reshape, so a non-contiguous q never needs a view
+    qg = q.float().reshape(batch, num_kv_heads, group, head_dim)
     scores = torch.einsum("bhgd,bshd->bhgs", qg, k) * scale  # (B, Hkv, G, S)
     visible = torch.arange(max_len, device=q.device)[None, :] < seq_lens.to(q.device)[:, None]  # (B, S)
     scores = scores.masked_fill(~visible[:, None, None, :], float("-inf"))

@@ -101,6 +101,25 @@ def test_stop_token_ends_a_request_early():
     assert run.completions[0].finish_reason == "stop"
 
 
+def test_max_new_tokens_1_gives_exactly_the_prefill_token():
+    reqs = [Request(0, (4, 5), max_new_tokens=1), Request(1, (7,), max_new_tokens=3)]
+    ex = CountingExecutor(100)
+    run = Engine(ex).run(reqs)
+    assert run.completions[0].output_ids == (6,) and run.completions[0].finish_reason == "length"
+    assert run.completions[1].output_ids == (8, 9, 10)
+    assert all(0 not in seq_ids for seq_ids, _ in ex.calls[1:])  # request 0 is never decoded
+    assert not ex.reserved
+
+
+def test_stop_id_as_the_first_token_ends_the_request_after_its_prefill():
+    req = Request(0, (12,), max_new_tokens=20)
+    ex = CountingExecutor(100)
+    run = Engine(ex, SamplingParams(stop_token_ids=(13,))).run([req])
+    assert run.completions[0].output_ids == (13,)
+    assert run.completions[0].finish_reason == "stop"
+    assert len(ex.calls) == 1 and run.iterations[0].decode_seqs == 0 and not ex.reserved
+
+
 def test_temperature_sampling_is_seeded():
     reqs = [Request(i, (3, 4), max_new_tokens=6) for i in range(3)]
 

@@ -188,7 +188,12 @@ def test_sigkilled_attention_worker_is_replaced_and_tokens_do_not_change(lamina,
     assert event.recovery_s == pytest.approx(event.regroup_s + event.rebuild_s + event.redo_s)
     assert 0 < event.recovery_s < 60
     assert [w.rank for w in run.workers] == [0, 1, 2]  # the replacement reports as rank 2
-    assert run.summary()["recoveries"][0]["recovery_s"] == event.recovery_s
+    summary = run.summary()
+    assert summary["recoveries"][0]["recovery_s"] == event.recovery_s
+    assert summary["total_recovery_s"] == run.recovery_s == event.recovery_s
+    # the killed worker's byte counts died with it: no inexact per-token figure
+    assert run.link_payload_bytes_per_token_per_layer is None
+    assert summary["link_header_bytes_per_token_per_layer"] is None
 
 
 @pytest.mark.slow
@@ -293,6 +298,39 @@ def test_admission_is_by_the_attention_pools_capacity(models):
 def test_config_errors_name_the_problem(options, message):
     with pytest.raises(ConfigError, match=message):
         LaminaConfig(model_dir="unused", **options)
+
+
+def test_more_workers_than_gpus_is_a_config_error(monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 2)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    with pytest.raises(
+        ConfigError, match="1 compute \\+ 2 attention workers need 3 GPUs on this machine, torch"
+    ):
+        LaminaConfig(model_dir="unused", attention_workers=2, device="cuda")
+    LaminaConfig(model_dir="unused", attention_workers=1, device="cuda")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # torchrun: 2 of the 3 ranks on this machine
+    LaminaConfig(model_dir="unused", attention_workers=2, device="cuda")
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"RANK": "0", "WORLD_SIZE": "2"}, "RANK and WORLD_SIZE are set but MASTER_ADDR, MASTER_PORT not"),
+        ({"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "h", "MASTER_PORT": "x"}, "must be integers"),
+        ({"RANK": "2", "WORLD_SIZE": "2", "MASTER_ADDR": "h", "MASTER_PORT": "1"}, "RANK 2 is outside"),
+    ],
+)
+def test_incomplete_torchrun_environment_is_one_line_error(monkeypatch, capsys, tmp_path, env, message):
+    for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    from reference_impl.lamina import main
+
+    assert main(["--model-dir", str(tmp_path), "--prompts", "unused.jsonl"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
 
 
 def test_layout_that_the_model_cannot_split_fails_before_spawning(models):

@@ -247,6 +247,35 @@ def test_bad_checkpoint_is_one_line_config_error(ckpts, tmp_path, case):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("kind", ["llama2-mha", "opt"])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"num_attention_heads": 0}, "'num_attention_heads' must be an integer >= 1, got 0"),
+        ({"num_attention_heads": None}, "'num_attention_heads' must be an integer >= 1, got None"),
+        ({"hidden_size": "64"}, "'hidden_size' must be an integer >= 1, got '64'"),
+        ({"num_hidden_layers": 2.5}, "'num_hidden_layers' must be an integer >= 1, got 2.5"),
+        ({"vocab_size": True}, "'vocab_size' must be an integer >= 1, got True"),
+    ],
+)
+def test_bad_config_fields_are_one_line_config_errors(ckpts, kind, changes, message):
+    cfg = {**json.loads((ckpts[kind][0] / "config.json").read_text()), **changes}
+    with pytest.raises(ConfigError, match=message) as err:
+        ModelConfig.from_hf(cfg)
+    assert "\n" not in str(err.value)
+
+
+def test_bad_llama_only_fields_are_config_errors(ckpts):
+    base = json.loads((ckpts["llama2-mha"][0] / "config.json").read_text())
+    with pytest.raises(ConfigError, match="'rms_norm_eps' must be a number > 0, got '1e-6'"):
+        ModelConfig.from_hf({**base, "rms_norm_eps": "1e-6"})
+    with pytest.raises(ConfigError, match="'num_key_value_heads' must be an integer >= 1, got 0"):
+        ModelConfig.from_hf({**base, "num_key_value_heads": 0})
+    assert (
+        ModelConfig.from_hf({**base, "num_key_value_heads": None}).num_kv_heads == base["num_attention_heads"]
+    )
+
+
 def test_opt_with_projections_rejected(ckpts, tmp_path):
     path = _edit_config(_copy(ckpts, tmp_path, "opt"), word_embed_proj_dim=32)
     with pytest.raises(ConfigError, match="word_embed_proj_dim 32 != hidden_size 64"):

@@ -229,6 +229,29 @@ def test_clock_charges_the_innermost_section_and_steps_add_up():
         pass
 
 
+def test_clock_of_a_cuda_worker_waits_for_its_stream_inside_each_section(monkeypatch):
+    """No GPU needed: a fake stream whose synchronize takes 2 s of fake time."""
+    now, waits = FakeTime(), []
+
+    class FakeStream:
+        def synchronize(self):
+            waits.append(now.t)
+            now.t += 2.0  # the kernels the section launched finish now
+
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device: FakeStream())
+    clock = WorkerClock(now, device="cuda:0")
+    with clock.section("dense"):
+        now.t += 0.5  # launch time only
+    with pytest.raises(RuntimeError), clock.section("attention"):
+        raise RuntimeError("failed section: no wait")
+    step = clock.mark_step(0, "decode")
+    assert (step.dense_s, step.attention_s, step.other_s, len(waits)) == (2.5, 0.0, 0.0, 1)
+    cpu = WorkerClock(now, device="cpu")
+    with cpu.section("dense"):
+        now.t += 0.5
+    assert cpu.mark_step(0, "decode").dense_s == 0.5 and len(waits) == 1
+
+
 # ---- links -----------------------------------------------------------------------------------------
 
 
