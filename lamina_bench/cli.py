@@ -481,6 +481,9 @@ def _run_run(args) -> int:
     print(f"{outcome.ran} points run, {outcome.skipped} already done, {outcome.failed} failed "
           f"in {outcome.wall_s:.0f} s -> {store.path}")  # fmt: skip
     print(_summary_text(store.points()))
+    errors = model_error_text(store.path)
+    if errors:
+        print(errors)
     if not args.no_report:
         _write_report([store.path], args.report or f"reports/{store.run_id}.html")
     return 1 if outcome.failed else 0
@@ -492,6 +495,33 @@ def _summary_text(points) -> str:
             "throughput_tok_per_s", "tbt_p50_ms", "tbt_mean_ms", "tokens_per_usd", "status"]  # fmt: skip
     frame = points[[c for c in cols if c in points.columns]]
     return frame.to_string(index=False, na_rep="-", float_format=lambda x: f"{x:,.4g}")
+
+
+def model_error_text(run_dir) -> str | None:
+    """Measured points next to the model's predictions of them (from this machine's profile), with the
+    relative errors and their median; None when the run has no such pairs."""
+    import statistics
+
+    from lamina_bench.report.data import load_run, predictions
+
+    pairs = predictions(load_run(run_dir).rows)
+    if not pairs:
+        return None
+    lines = ["model error (modeled vs measured, same configuration; profile taken on this machine):",
+             f"{'system':<12} {'B':>3} {'n':>2} {'tok/s meas':>10} {'tok/s model':>11} {'err':>6} "
+             f"{'TBT ms meas':>11} {'TBT ms model':>12} {'err':>6}"]  # fmt: skip
+    errors = []
+    for p in pairs:
+        m, s = p.measured, p.modeled
+        e_tput, e_tbt = p.error_pct("throughput_tok_per_s"), p.error_pct("tbt_mean_ms")
+        errors += [abs(e) for e in (e_tput, e_tbt) if e is not None]
+        lines.append(
+            f"{m['system']:<12} {m['batch_size']:>3} {m['pipeline_batches']:>2} {m['throughput_tok_per_s']:>10.1f} "
+            f"{s['throughput_tok_per_s']:>11.1f} {e_tput:>+5.0f}% {m['tbt_mean_ms']:>11.2f} {s['tbt_mean_ms']:>12.2f} "
+            f"{e_tbt:>+5.0f}%"
+        )
+    lines.append(f"median absolute error: {statistics.median(errors):.1f}% over {len(errors)} figures")
+    return "\n".join(lines)
 
 
 def _write_report(run_dirs, out) -> None:
@@ -580,9 +610,11 @@ def _run_profile(args) -> int:
         print(
             f"  attention    batch {p.batch:>4} context {p.context_len:>6}: {p.time_s * 1e3:8.3f} ms (measured)"
         )
-    print(
-        f"  engine overhead per iteration: {profile.iteration_overhead_s * 1e3:.3f} ms (derived: a measured engine step minus the measured operators)"
-    )
+    for kind, steps in (("engine", profile.engine_steps), ("lamina", profile.lamina_steps)):
+        for p in steps:
+            print(
+                f"  {kind} step  batch {p.batch:>4} context {p.context_len:>6}: {p.time_s * 1e3:8.3f} ms (measured)"
+            )
     return 0
 
 

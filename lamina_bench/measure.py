@@ -4,10 +4,15 @@ A measured point serves `batch_size` requests of `context_len` random prompt tok
 once, and decodes `new_tokens` tokens per request. The prefill iteration is excluded (decode only, as in
 the paper); every decode iteration is one TBT sample. The same configuration is then predicted by the
 performance model from the local profile, so the model's error sits next to the measurement.
+
+On CPU a "device" is one core: every process runs one torch thread (the Lamina launcher gives each of
+its processes cores / processes = 1 thread on a 2-core machine; the homogeneous run is pinned to one
+thread to match), and the profile is taken with one thread too (ProfileSettings.cpu_threads).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import statistics
 from collections.abc import Mapping
@@ -54,6 +59,17 @@ class DecodeTimings:
             "network_ms": compute.get("network_ms"),
             "idle_ms": compute.get("idle_ms"),
         }
+
+
+@contextlib.contextmanager
+def one_cpu_thread():
+    """Run the block with one torch intra-op thread (a CPU "device" is one core), then restore."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def fixed_batch_requests(batch: int, context_len: int, new_tokens: int, vocab_size: int, seed: int = 0):

@@ -33,7 +33,14 @@ Profile file format (``"format": "lamina-bench-profile/1"``; JSON, one object; `
       "head": [{"batch": 1, "time_s": 3.0e-4}, ...],           # optional: final norm + LM head (+ sampling)
       "link": [{"nbytes": 4096, "time_s": 2.0e-5}, ...],       # optional: one-way message between workers
       "allreduce": [{"nbytes": 65536, "world_size": 2, "time_s": 3.0e-5}, ...],   # optional
-      "iteration_overhead_s": 0.0    # optional: fixed per-iteration cost of the engine (scheduler etc.)
+      "iteration_overhead_s": 0.0,   # optional: fixed per-iteration cost of the engine (scheduler etc.)
+      "engine_steps": [{"batch": 1, "context_len": 68, "time_s": 0.007}, ...],
+          # optional: measured decode steps of the homogeneous engine on one device (sampling, cache
+          # bookkeeping, KV writes included); what the operators above do not explain becomes a
+          # per-iteration engine cost c0 + c1 * batch (fitted, non-negative)
+      "lamina_steps": [{"batch": 1, "context_len": 68, "time_s": 0.03}, ...]
+          # optional: the same for the Lamina runtime (1 compute + 1 attention worker, no pipelining):
+          # the unexplained part becomes a per-layer exchange cost (message handling on both workers)
     }
 
 Using a profile: for the profiled shape (same hidden/intermediate/head sizes, dtype and tp) dense time is
@@ -284,6 +291,18 @@ class AllReducePoint:
 
 
 @dataclass(frozen=True)
+class StepPoint:
+    batch: int
+    context_len: int  # mean cached tokens per sequence over the measured steps
+    time_s: float
+
+    def __post_init__(self) -> None:
+        _check_positive("step batch", self.batch)
+        _check_positive("step context_len", self.context_len)
+        _check_positive("step time_s", self.time_s)
+
+
+@dataclass(frozen=True)
 class Profile:
     """Measured operator times of one device and backend for one model shape (format in module doc)."""
 
@@ -300,6 +319,8 @@ class Profile:
     link: tuple[TransferPoint, ...] = ()
     allreduce: tuple[AllReducePoint, ...] = ()
     iteration_overhead_s: float = 0.0
+    engine_steps: tuple[StepPoint, ...] = ()  # measured decode steps of the homogeneous engine (1 device)
+    lamina_steps: tuple[StepPoint, ...] = ()  # measured decode steps of the Lamina runtime (1 + 1 workers)
 
     def __post_init__(self) -> None:
         for name in ("device", "backend", "date"):
@@ -343,6 +364,8 @@ def profile_to_dict(profile: Profile) -> dict:
         "link": [dataclasses.asdict(p) for p in profile.link],
         "allreduce": [dataclasses.asdict(p) for p in profile.allreduce],
         "iteration_overhead_s": profile.iteration_overhead_s,
+        "engine_steps": [dataclasses.asdict(p) for p in profile.engine_steps],
+        "lamina_steps": [dataclasses.asdict(p) for p in profile.lamina_steps],
     }
 
 
@@ -364,6 +387,8 @@ def profile_from_dict(data: dict) -> Profile:
             link=tuple(TransferPoint(**p) for p in data.get("link", [])),
             allreduce=tuple(AllReducePoint(**p) for p in data.get("allreduce", [])),
             iteration_overhead_s=float(data.get("iteration_overhead_s", 0.0)),
+            engine_steps=tuple(StepPoint(**p) for p in data.get("engine_steps", [])),
+            lamina_steps=tuple(StepPoint(**p) for p in data.get("lamina_steps", [])),
         )
     except (KeyError, TypeError) as exc:
         raise UserInputError(f"profile: malformed ({type(exc).__name__}: {exc})") from None

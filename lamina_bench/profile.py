@@ -6,8 +6,9 @@ Measures, with warm-up, repeats and medians (every time here is `measured`):
 * the model head (final norm + LM head) against batch;
 * decode attention of one layer (all heads) against batch and context, through the same dispatch the
   engines use (`reference_impl.attention.decode_attention`: Triton on CUDA, torch on CPU);
-* the engine's fixed per-iteration cost: a real decode step of `HomogeneousExecutor` minus the
-  operators above (Python scheduling, cache bookkeeping, sampling);
+* whole decode steps of the homogeneous engine (`HomogeneousExecutor`) and of the Lamina runtime (one
+  compute + one attention process), from which the model fits what the operators above do not explain
+  (Python scheduling, cache bookkeeping, KV writes, sampling, message handling);
 * the transport between two worker processes (one-way latency and bandwidth) and the all-reduce, over
   gloo on 127.0.0.1 (CPU only: a single GPU cannot host the two NCCL ranks).
 The result is a `perfmodel.Profile`, written through `perfmodel.write_profile`.
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import math
 import platform
 import statistics
 import time
@@ -28,7 +28,14 @@ from pathlib import Path
 import torch
 
 from lamina_bench.errors import UserInputError
-from lamina_bench.perfmodel import AllReducePoint, AttentionPoint, DensePoint, Profile, TransferPoint
+from lamina_bench.perfmodel import (
+    AllReducePoint,
+    AttentionPoint,
+    DensePoint,
+    Profile,
+    StepPoint,
+    TransferPoint,
+)
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 LINK_SIZES_BYTES = (1_000, 16_000, 256_000, 4_000_000)
@@ -44,12 +51,14 @@ class ProfileSettings:
     dtype: str = "fp32"
     batches: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
     contexts: tuple[int, ...] = (64, 256, 1024)
-    repeats: int = 5
-    warmup: int = 2
+    repeats: int = 9
+    warmup: int = 3
     layers: int = 2  # decoder layers built for a catalog shape (times are per layer)
     block_size: int = 16
     link: bool = True  # measure transport + all-reduce between two local processes (CPU only)
-    overhead: bool = True  # measure the engine's per-iteration overhead (needs a whole model)
+    lamina: bool = True  # measure decode steps of the Lamina runtime (1 compute + 1 attention process)
+    overhead: bool = True  # measure whole decode steps of the homogeneous engine (needs a whole model)
+    cpu_threads: int | None = 1  # torch threads while profiling (a CPU "device" is one core); None: as is
     extra_versions: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -165,36 +174,21 @@ def _attention_points(model, s: ProfileSettings) -> tuple[AttentionPoint, ...]:
     return tuple(points)
 
 
-def _iteration_overhead_s(model, s: ProfileSettings, dense, head, attention) -> float:
-    """Median over a few (batch, context) of: measured engine decode step - sum of its operators."""
-    import numpy as np
+def _engine_steps(model, s: ProfileSettings) -> tuple[StepPoint, ...]:
+    """Median decode step of the homogeneous engine serving a fixed batch (the measured points' method:
+    Engine + HomogeneousExecutor, greedy) for a few batch sizes at the first profiled context; the model
+    fits what its operators do not explain."""
+    from lamina_bench.measure import fixed_batch_requests
+    from reference_impl.engine import Engine, HomogeneousExecutor, blocks_for_requests
 
-    from lamina_bench.perfmodel import _interp_extrap  # the same interpolation the model uses
-    from reference_impl.engine import HomogeneousExecutor
-
-    layers = model.config.num_layers
-    residuals = []
+    points, c, new = [], s.contexts[0], s.warmup + s.repeats + 1
     for b in (s.batches[0], s.batches[len(s.batches) // 2], s.batches[-1]):
-        c = s.contexts[0]
-        ex = HomogeneousExecutor(model, num_blocks=b * (-(-(c + s.warmup + s.repeats + 1) // s.block_size)),
-                                 block_size=s.block_size)  # fmt: skip
-        seqs = list(range(b))
-        for i in seqs:
-            ex.reserve(i, c + s.warmup + s.repeats + 1)
-        ex.forward(seqs, [[1] * c for _ in seqs])  # prefill
-        # what the engine does per decode iteration: forward, greedy sampling, ids back to Python
-        step = median_time_s(
-            lambda seqs=seqs, ex=ex: ex.forward(seqs, [[1]] * len(seqs)).argmax(-1).tolist(),
-            s.repeats,
-            s.warmup,
-            s.device,
-        )
-        d = float(_interp_extrap(b, np.array([p.batch for p in dense]), np.array([p.time_s for p in dense])))
-        h = float(_interp_extrap(b, np.array([p.batch for p in head]), np.array([p.time_s for p in head])))
-        att = [p for p in attention if p.context_len == c]
-        a = float(_interp_extrap(b, np.array([p.batch for p in att]), np.array([p.time_s for p in att])))
-        residuals.append(step - layers * (d + a) - h)
-    return max(0.0, statistics.median(residuals))
+        requests = fixed_batch_requests(b, c, new, model.config.vocab_size, seed=2)
+        ex = HomogeneousExecutor(model, blocks_for_requests(requests, s.block_size), s.block_size)
+        run = Engine(ex).run(requests)
+        steps = [it.decode_s for it in run.iterations if it.decode_seqs == b][s.warmup :]
+        points.append(StepPoint(b, c + new // 2, statistics.median(steps)))
+    return tuple(points)
 
 
 def _link_worker(rank: int, world_size: int, sizes: tuple[int, ...], repeats: int):
@@ -224,6 +218,27 @@ def _link_points(s: ProfileSettings) -> tuple[tuple[TransferPoint, ...], tuple[A
     )
 
 
+LAMINA_PROFILE_BATCHES = (1, 8)
+LAMINA_PROFILE_CONTEXT = 64
+LAMINA_PROFILE_NEW_TOKENS = 9
+
+
+def _lamina_steps(folder, s: ProfileSettings) -> tuple[StepPoint, ...]:
+    """Median decode step of the real Lamina runtime at two batch sizes (no pipelining)."""
+    from lamina_bench.measure import fixed_batch_requests
+    from reference_impl.lamina import LaminaConfig, generate_lamina
+
+    vocab = json.loads((Path(folder) / "config.json").read_text())["vocab_size"]
+    points = []
+    for b in LAMINA_PROFILE_BATCHES:
+        requests = fixed_batch_requests(b, LAMINA_PROFILE_CONTEXT, LAMINA_PROFILE_NEW_TOKENS, vocab, seed=1)
+        run = generate_lamina(LaminaConfig(model_dir=str(folder), dtype=s.dtype, ignore_eos=True), requests)
+        steps = [it.decode_s for it in run.engine.iterations if it.decode_seqs == b]
+        mean_context = LAMINA_PROFILE_CONTEXT + LAMINA_PROFILE_NEW_TOKENS // 2
+        points.append(StepPoint(b, mean_context, statistics.median(steps)))
+    return tuple(points)
+
+
 def local_device_name(device: str) -> str:
     """The profile's device key: "cpu", or the catalog name of the local GPU (its torch name otherwise)."""
     if device == "cpu":
@@ -236,20 +251,34 @@ def local_device_name(device: str) -> str:
 
 def profile_device(settings: ProfileSettings, progress: Callable[[str], None] = lambda _msg: None) -> Profile:
     """Profile the local device (see the module doc). Every time in the result is measured here."""
+    before = torch.get_num_threads()
+    if settings.cpu_threads is not None:
+        torch.set_num_threads(settings.cpu_threads)
+    try:
+        return _profile(settings, progress)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _profile(settings: ProfileSettings, progress: Callable[[str], None]) -> Profile:
     model, spec, folder = _build_model(settings)
+    engine_steps = ()
+    if settings.overhead and folder is not None:  # first, on the freshly loaded model, like a measured run
+        progress("homogeneous engine decode steps")
+        engine_steps = _engine_steps(model, settings)
     progress(f"dense part: {len(settings.batches)} batch sizes")
     dense, head = _dense_points(model, settings)
     progress(f"decode attention: {len(settings.batches) * len(settings.contexts)} (batch, context) points")
     attention = _attention_points(model, settings)
-    overhead = 0.0
-    if settings.overhead and folder is not None:
-        progress("engine decode steps (per-iteration overhead)")
-        overhead = _iteration_overhead_s(model, settings, dense, head, attention)
-    link, allreduce = (), ()
+    link, allreduce, lamina_steps = (), (), ()
     if settings.link and settings.device == "cpu":
         progress("transport and all-reduce between two local processes (gloo)")
         link, allreduce = _link_points(settings)
-    versions = {"torch": torch.__version__, "python": platform.python_version(), **settings.extra_versions}
+    if settings.lamina and settings.device == "cpu" and folder is not None:
+        progress("Lamina runtime decode steps (1 compute + 1 attention process)")
+        lamina_steps = _lamina_steps(folder, settings)
+    versions = {"torch": torch.__version__, "python": platform.python_version(),
+                "torch_threads": str(torch.get_num_threads()), **settings.extra_versions}  # fmt: skip
     try:
         import triton
 
@@ -271,5 +300,6 @@ def profile_device(settings: ProfileSettings, progress: Callable[[str], None] = 
         head=head,
         link=link,
         allreduce=allreduce,
-        iteration_overhead_s=overhead if math.isfinite(overhead) else 0.0,
+        engine_steps=engine_steps,
+        lamina_steps=lamina_steps,
     )

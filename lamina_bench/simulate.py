@@ -30,7 +30,7 @@ import dataclasses
 import heapq
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -186,10 +186,40 @@ class IterationModel:
     pipeline_batches: int
     compute: DeviceModel
     attention: DeviceModel
+    calibrate_steps: bool = True  # use the compute profile's measured whole steps (see _step_fit)
 
     @property
     def replicas(self) -> int:
         return max(1, self.pipeline_batches - 1) if self.system == "lamina" else 1
+
+    @cached_property
+    def _step_fit(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(batches, costs [s]) of what the operator composition does not explain, from the compute
+        profile's measured whole decode steps of this system on one device (homogeneous engine) or one
+        compute + one attention worker without pipelining (Lamina runtime): cost = measured step - this
+        model's step without the term (per iteration; per layer for Lamina), clamped at 0, interpolated
+        linearly in batch (held constant outside the measured batches). None without such steps or for
+        another device's profile (derived).
+        """
+        prof = self.compute.profile
+        if not self.calibrate_steps or prof is None or self.compute.derived:
+            return None
+        points = sorted(
+            prof.lamina_steps if self.system == "lamina" else prof.engine_steps, key=lambda p: p.batch
+        )
+        if not points:
+            return None
+        base = replace(self, compute_count=1, attention_count=1, pipeline_batches=1, calibrate_steps=False)
+        batch = np.array([p.batch for p in points], dtype=float)
+        context = np.array([p.batch * p.context_len for p in points], dtype=float)
+        residual = np.array([p.time_s for p in points]) - base.time_s(batch, context)
+        if self.system == "lamina":
+            residual = residual / self.model.num_layers
+        return batch, np.maximum(residual, 0.0)
+
+    def _step_cost_s(self, batch: np.ndarray) -> np.ndarray | float:
+        fit = self._step_fit
+        return 0.0 if fit is None else np.interp(batch, *fit)
 
     @property
     def tp(self) -> int:
@@ -227,7 +257,7 @@ class IterationModel:
         t_a = self.compute.attention_layer(spec, self.dtype, batch, sum_context, kv_share).time_s
         head = self.compute.head(spec, self.dtype, batch, self.tp).time_s
         dense, attn = L * t_m + head, L * t_a
-        time = dense + attn + self.compute.iteration_overhead_s
+        time = dense + attn + self.compute.iteration_overhead_s + self._step_cost_s(batch)
         return IterationBreakdown(time, dense, attn, np.zeros_like(time), time, time)
 
     def _lamina(self, batch: np.ndarray, sum_context: np.ndarray) -> IterationBreakdown:
@@ -242,8 +272,11 @@ class IterationModel:
         round_trip_bytes = b * net_bytes_per_token_per_layer(spec, self.dtype)
         send_bytes = b * e * (spec.q_size + 2 * spec.kv_size)  # q, k, v out: the larger direction
         t_n = 2.0 * latency_s + round_trip_bytes / bw_replica
+        # measured per-layer exchange cost (message handling): busy time on both pools, not overlappable
+        x = self._step_cost_s(b)
         cycle = np.maximum(
-            np.maximum(n * t_m / r, n * t_a), np.maximum(t_m + t_a + t_n, n * send_bytes / bw_pool)
+            np.maximum(n * (t_m + x) / r, n * (t_a + x)),
+            np.maximum(t_m + t_a + t_n + x, n * send_bytes / bw_pool),
         )
         time = L * cycle + n * head / r + self.compute.iteration_overhead_s
         return IterationBreakdown(

@@ -30,6 +30,7 @@ Semantics common to both:
 from __future__ import annotations
 
 import datetime
+import math
 import statistics
 import threading
 import time
@@ -74,6 +75,30 @@ def kind_id(kind: str) -> int:
     if not kind:
         raise ValueError("message kind must be a non-empty string")
     return zlib.crc32(kind.encode("utf-8"))
+
+
+_ELEMENT_SIZES = {dtype: torch.empty(0, dtype=dtype).element_size() for dtype in _DTYPE_CODES}
+
+
+def pack_payload(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """All tensors of a message as one contiguous uint8 buffer, so a message costs two transfers (header
+    and payload) whatever its tensor count. Same device as the tensors; payload_bytes(tensors) long."""
+    parts = [t.contiguous().reshape(-1).view(torch.uint8) for t in tensors if t.numel() > 0]
+    if not parts:
+        device = tensors[0].device if tensors else "cpu"
+        return torch.empty(0, dtype=torch.uint8, device=device)
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def unpack_payload(
+    buffer: torch.Tensor, specs: Sequence[TensorSpec], sizes: Sequence[int]
+) -> list[torch.Tensor]:
+    """Inverse of pack_payload: views of `buffer` with the dtypes and shapes of `specs`."""
+    out, offset = [], 0
+    for spec, size in zip(specs, sizes, strict=True):
+        out.append(buffer[offset : offset + size].view(spec.dtype).reshape(spec.shape))
+        offset += size
+    return out
 
 
 def payload_bytes(tensors: Sequence[torch.Tensor]) -> int:
@@ -536,13 +561,13 @@ class _SourceStream:
         return parsed.kind_id, tensors
 
     def _read_payload(self, parsed: MessageHeader) -> list[torch.Tensor]:
+        """The message's tensors, received as one packed byte buffer (see pack_payload) and split."""
         owner = self._owner
-        tensors = [torch.empty(s.shape, dtype=s.dtype, device=owner._wire_device) for s in parsed.specs]
-        group = owner._payload_group(self._src, owner.rank)
-        works = [dist.irecv(t, self._src, group=group, tag=_TAG) for t in tensors if t.numel() > 0]
-        for work in works:
-            work.wait()
-        return tensors
+        sizes = [math.prod(s.shape) * _ELEMENT_SIZES[s.dtype] for s in parsed.specs]
+        buffer = torch.empty(sum(sizes), dtype=torch.uint8, device=owner._wire_device)
+        if buffer.numel():
+            dist.irecv(buffer, self._src, group=owner._payload_group(self._src, owner.rank), tag=_TAG).wait()
+        return unpack_payload(buffer, parsed.specs, sizes)
 
 
 class TorchDistTransport(_EndpointBase):
@@ -550,8 +575,8 @@ class TorchDistTransport(_EndpointBase):
 
     Wire format: each message is one int64 header tensor of HEADER_LEN = 60 values (HEADER_BYTES =
     480 bytes: magic, per-pair sequence number, kind id, tensor count, then for each of MAX_TENSORS = 8
-    slots a dtype code, ndim and MAX_NDIM = 5 dims), followed by the non-empty payload tensors, all
-    with isend/irecv. Headers always travel over a gloo group (CPU; reading one never synchronizes
+    slots a dtype code, ndim and MAX_NDIM = 5 dims), followed by the payload tensors packed into one
+    byte buffer (pack_payload; nothing when the payload is empty), both with isend/irecv. Headers always travel over a gloo group (CPU; reading one never synchronizes
     the GPU). Payloads travel over the backend of the default group: gloo (CPU tensors) or NCCL
     (CUDA tensors), with one NCCL group per direction (lower -> higher rank and back) so that a send
     waiting for its matching receive (NCCL may block a send until then) never sits in front of a
@@ -601,16 +626,18 @@ class TorchDistTransport(_EndpointBase):
         t0 = time.perf_counter()
         wire = [t.detach().to(self._wire_device).contiguous() for t in tensors]
         group = self._payload_group(self.rank, dst)
+        packed = pack_payload(wire)
         with self._send_locks[dst]:  # header and payload of one message stay adjacent on the pair
             header = torch.tensor(encode_header(self._send_seq[dst], kind, wire), dtype=torch.int64)
             self._send_seq[dst] += 1
             works = [dist.isend(header, dst, group=self._header_group, tag=_TAG)]
-            works += [dist.isend(t, dst, group=group, tag=_TAG) for t in wire if t.numel() > 0]
+            if packed.numel():
+                works.append(dist.isend(packed, dst, group=group, tag=_TAG))
 
         def on_wait(s: float) -> None:
             self._recorder.add(kind, send_s=s)
 
-        handle = _WorkHandle(works, [header, *wire], on_wait)
+        handle = _WorkHandle(works, [header, packed], on_wait)
         with self._pending_lock:  # close() waits for these
             self._pending = [h for h in self._pending if not h.done()] + [handle]
         self._recorder.add(
