@@ -184,8 +184,9 @@ def _engine_steps(model, s: ProfileSettings) -> tuple[StepPoint, ...]:
     points, c, new = [], s.contexts[0], s.warmup + s.repeats + 1
     for b in (s.batches[0], s.batches[len(s.batches) // 2], s.batches[-1]):
         requests = fixed_batch_requests(b, c, new, model.config.vocab_size, seed=2)
-        ex = HomogeneousExecutor(model, blocks_for_requests(requests, s.block_size), s.block_size)
-        run = Engine(ex).run(requests)
+        for _ in range(2):  # the first run warms the process up (allocator, lazy init); keep the second
+            ex = HomogeneousExecutor(model, blocks_for_requests(requests, s.block_size), s.block_size)
+            run = Engine(ex).run(requests)
         steps = [it.decode_s for it in run.iterations if it.decode_seqs == b][s.warmup :]
         points.append(StepPoint(b, c + new // 2, statistics.median(steps)))
     return tuple(points)
