@@ -6,7 +6,7 @@ checks must fail on a broken figure and on a page that fetches something. The re
 sweep must stay under 10 MB and open (every figure drawn) in under 3 s.
 
 Chromium is installed with apt-get by the set-up when missing; the tests skip, saying why, only if that
-install fails. The real-run test takes LAMINA_BENCH_REPORT_RUN or the newest results/<run_id>/ (what
+install fails. The real-run test takes LAMINA_BENCH_REPORT_RUN or the newest results/[reference/]<run_id>/ (what
 `make bench` writes) and skips when there is none.
 """
 
@@ -125,8 +125,15 @@ def _real_run() -> Path | None:
     given = os.environ.get("LAMINA_BENCH_REPORT_RUN")
     if given:
         return Path(given)
-    runs = [m.parent for m in (REPO / "results").glob("*/manifest.json") if (m.parent / "points").is_dir()
-            or (m.parent / "points.parquet").is_file()]  # fmt: skip
+    manifests = [
+        *(REPO / "results").glob("*/manifest.json"),
+        *(REPO / "results" / "reference").glob("*/manifest.json"),
+    ]
+    runs = [
+        m.parent
+        for m in manifests
+        if (m.parent / "points").is_dir() or (m.parent / "points.parquet").is_file()
+    ]
     return (
         max(runs, key=lambda p: json.loads((p / "manifest.json").read_text()).get("start_time") or "")
         if runs
@@ -138,7 +145,7 @@ def test_report_of_a_real_run(browser, tmp_path):
     run = _real_run()
     if run is None:
         pytest.skip(
-            "no run under results/ yet (`make bench` writes one); or set LAMINA_BENCH_REPORT_RUN=<run dir>"
+            "no run under results/ or results/reference/ (`make bench` writes one); or set LAMINA_BENCH_REPORT_RUN"
         )
     html = build_report([run], tmp_path / f"{run.name}.html")
     page = html.read_text()
