@@ -22,7 +22,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="lamina-bench", description=__doc__.splitlines()[0])
+    parser = _Parser(
+        prog="lamina-bench",
+        description="Measure, profile and model attention offloading (Lamina) against homogeneous baselines. "
+        "Every figure is labelled measured, modeled or derived.",
+    )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for add in _COMMANDS:
         add(sub)
