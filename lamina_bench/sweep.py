@@ -6,7 +6,7 @@ expanded as a product; each combination is one point, identified by `point_id` (
 configuration, so resume, shard and compare match points across runs). Example:
 
     name = "example"
-    repeats = 3                       # measured repeats per point -> median and 95% CI
+    repeats = 3                       # measured repeats per point -> median and CI (results.median_ci95)
 
     [[measured]]
     model = "bench-llama-gqa"         # a bench model (random weights, built here) or a HF folder
