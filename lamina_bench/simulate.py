@@ -97,6 +97,12 @@ class SystemConfig:
                 raise UserInputError("a Lamina system needs an attention pool, e.g. --attention 4xH20")
             if self.batches < 1:
                 raise UserInputError(f"pipeline batches must be >= 1, got {self.pipeline_batches}")
+            if self.attention.count > self.model.num_kv_heads:
+                raise UserInputError(
+                    f"KV is partitioned across attention devices by KV head: {self.model.name} has "
+                    f"{self.model.num_kv_heads} KV heads, so at most {self.model.num_kv_heads} attention devices, "
+                    f"got {self.attention}"
+                )
             if self.compute.count % self.replicas:
                 raise UserInputError(
                     f"{self.batches} pipelined batches need {self.replicas} compute replicas; "

@@ -277,3 +277,15 @@ def test_cli_unknown_trace(capsys):
     ]
     assert cli.main(argv) == 2
     assert "unknown trace 'x'; valid: azure-conv" in capsys.readouterr().err
+
+
+def test_attention_pool_cannot_exceed_the_kv_heads():
+    from lamina_bench.errors import UserInputError
+    from lamina_bench.hardware import parse_mix
+    from lamina_bench.models import get_model
+    from lamina_bench.simulate import SystemConfig
+
+    spec = get_model("llama3-70b")  # 8 KV heads
+    SystemConfig("lamina", spec, parse_mix("2xH100"), parse_mix("8xH20"))
+    with pytest.raises(UserInputError, match="at most 8 attention devices"):
+        SystemConfig("lamina", spec, parse_mix("2xH100"), parse_mix("16xH20"))
