@@ -477,10 +477,14 @@ def compare_sides(
             f"cannot compare a {base.kind} ({base.path}) with a {head.kind} ({head.path}); give two of a kind"
         )
     thresholds = thresholds or Thresholds()
-    points = [_compare_entry(e, head.entries.get(k), thresholds) for k, e in base.entries.items()]
+
+    def ordered(entries):  # stable output whatever order the rows were stored in
+        return sorted(entries.items(), key=lambda item: (item[1].label, item[0]))
+
+    points = [_compare_entry(e, head.entries.get(k), thresholds) for k, e in ordered(base.entries)]
     points += [
         PointComparison(e.key, e.label, e.source, "new", thresholds.for_entry(e))
-        for k, e in head.entries.items()
+        for k, e in ordered(head.entries)
         if k not in base.entries
     ]
     notes = list(base.notes + head.notes)

@@ -304,10 +304,11 @@ def test_json_output_shape(regressed, capsys):
         "measured_pct": DEFAULT_MEASURED_THRESHOLD_PCT,
         "rel_tol": REL_TOL,
     }
-    assert data["failures"] == [{"key": make_row(1)["point_id"], "label": data["points"][0]["label"],
+    point = next(p for p in data["points"] if p["key"] == make_row(1)["point_id"])
+    assert data["failures"] == [{"key": make_row(1)["point_id"], "label": point["label"],
                                  "metric": "throughput_tok_per_s", "reason": "throughput_tok_per_s regression"}]  # fmt: skip
     assert data["counts"]["compared"] == 2 and data["counts"]["metrics_regression"] == 1
-    metric = next(m for m in data["points"][0]["metrics"] if m["metric"] == "throughput_tok_per_s")
+    metric = next(m for m in point["metrics"] if m["metric"] == "throughput_tok_per_s")
     assert metric["base"] == 1001.0 and metric["change_pct"] == pytest.approx(-10.0)
 
 
