@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -33,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# ---- commands (each: _add_X registers the parser and sets func) ----------------------------------
+# ---- commands (each: _add_X registers the parser and sets func; _COMMANDS lists them) ----------
 
 
 def _add_generate(sub) -> None:
@@ -233,9 +234,6 @@ def _run_hardware(args) -> int:
     return 0
 
 
-_COMMANDS: list = [_add_generate, _add_models, _add_hardware]
-
-
 def _add_simulate(sub) -> None:
     p = sub.add_parser(
         "simulate",
@@ -295,6 +293,8 @@ def _run_simulate(args) -> int:
         raise UserInputError(
             f"--profile-dir {args.profile_dir} is not a folder (it holds <device>-<backend>.json)"
         )
+    if (args.rate is not None or args.seed is not None) and args.arrival != "poisson":
+        raise UserInputError("--rate and --seed apply to --arrival poisson only")
     model = sim.iteration_model(config, profile_dir=args.profile_dir)
     result = sim.simulate(config, load_trace(args.trace), model=model,
                           **_given(args, arrival="arrival", rate_per_s="rate", seed="seed", requests="requests"))  # fmt: skip
@@ -329,9 +329,6 @@ def _run_search(args) -> int:
                              requests="requests"))  # fmt: skip
     print(json.dumps(result.to_dict()) if args.json else search_table(result, args.top))
     return 0
-
-
-_COMMANDS += [_add_simulate, _add_search]
 
 
 def _add_compare(sub) -> None:
@@ -419,9 +416,6 @@ def _run_baseline(args) -> int:
         tput = e.values.get("throughput_tok_per_s")
         print(f"  {e.key} {e.label}: {_fmt(tput, 1, 1)} tok/s")
     return 0
-
-
-_COMMANDS += [_add_compare, _add_baseline]
 
 
 def _add_run(sub) -> None:
@@ -549,9 +543,6 @@ def _run_merge(args) -> int:
     return 0
 
 
-_COMMANDS += [_add_run, _add_merge]
-
-
 def _add_gpu_check(sub) -> None:
     from lamina_bench.gpucheck import add_arguments  # stdlib only at import; torch loads when it runs
 
@@ -573,38 +564,38 @@ def _run_gpu_check(args) -> int:
     return run_from_args(args)
 
 
-_COMMANDS += [_add_gpu_check]
-
-
 def _add_profile(sub) -> None:
     p = sub.add_parser(
         "profile", help="measure operator times on the local device (feeds the performance model)"
     )
-    p.add_argument("--device", default="cpu", help="cpu | cuda")
+    p.add_argument("--device", help="cpu (default) | cuda")
     p.add_argument(
-        "--model", default="bench-llama-gqa", help="bench model, HF folder, or catalog model (random weights)"
+        "--model", help="bench model (default bench-llama-gqa), HF folder, or catalog model (random weights)"
     )
-    p.add_argument("--dtype", default="fp32", help="fp32 | fp16 | bf16")
+    p.add_argument("--dtype", help="fp32 (default) | fp16 | bf16")
     p.add_argument(
-        "--layers", type=int, default=2, help="layers built for a catalog model (times are per layer)"
+        "--layers", type=int, help="layers built for a catalog model (default 2; times are per layer)"
     )
-    p.add_argument("--out", default="results/profiles", help="folder; the file is <device>-<backend>.json")
+    p.add_argument("--out", help="folder (default results/profiles); the file is <device>-<backend>.json")
     p.add_argument("--quick", action="store_true", help="fewer points and repeats")
     p.set_defaults(func=_run_profile)
 
 
 def _run_profile(args) -> int:
-    from lamina_bench.perfmodel import write_profile
+    from lamina_bench.perfmodel import DEFAULT_PROFILE_DIR, write_profile
     from lamina_bench.profile import ProfileSettings, profile_device
 
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        raise UserInputError(f"--out {args.out} exists and is not a folder")
-    quick = {"batches": (1, 8), "contexts": (64, 512), "repeats": 3, "link": False} if args.quick else {}
-    settings = ProfileSettings(
-        model=args.model, device=args.device, dtype=args.dtype, layers=args.layers, **quick
-    )
+    out = Path(args.out) if args.out else DEFAULT_PROFILE_DIR
+    if out.exists() and not out.is_dir():
+        raise UserInputError(f"--out {out} exists and is not a folder")
+    given = {
+        k: getattr(args, k) for k in ("model", "device", "dtype", "layers") if getattr(args, k) is not None
+    }
+    if args.quick:
+        given.update(batches=(1, 8), contexts=(64, 512), repeats=3, link=False, lamina=False)
+    settings = ProfileSettings(**given)  # the defaults live in ProfileSettings only
     profile = profile_device(settings, progress=lambda msg: print(msg, file=sys.stderr, flush=True))
-    path = write_profile(profile, Path(args.out) / f"{profile.name}.json")
+    path = write_profile(profile, out / f"{profile.name}.json")
     print(
         f"measured profile of {profile.device} ({profile.backend}, {profile.dtype}, {profile.model.name}) -> {path}"
     )
@@ -620,9 +611,6 @@ def _run_profile(args) -> int:
                 f"  {kind} step  batch {p.batch:>4} context {p.context_len:>6}: {p.time_s * 1e3:8.3f} ms (measured)"
             )
     return 0
-
-
-_COMMANDS += [_add_profile]
 
 
 def _add_report(sub) -> None:
@@ -659,7 +647,8 @@ def _run_report(args) -> int:
     return 0
 
 
-_COMMANDS.append(_add_report)
+_COMMANDS = [_add_generate, _add_models, _add_hardware, _add_simulate, _add_search, _add_run, _add_profile,
+             _add_report, _add_compare, _add_baseline, _add_merge, _add_gpu_check]  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -669,6 +658,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UserInputError, ConfigError) as exc:
         print(f"lamina-bench: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -45,7 +45,6 @@ import platform
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tarfile
@@ -263,30 +262,11 @@ def step_box_s(remaining_s: float, weights: Mapping[str, float], name: str, late
 # ---- timing ---------------------------------------------------------------------------------------
 
 
-def median_time_s(fn: Callable[[], object], warmup: int, repeats: int, device: str) -> float:
-    """Median seconds of fn() after `warmup` calls. CUDA: events around each call, one sync at the end
-    (launches queue back to back); CPU: perf_counter."""
-    import torch
+def _time_s(fn: Callable[[], object], p) -> float:
+    """Median seconds of fn() under the plan's warm-up and repeats (profile.median_time_s)."""
+    from lamina_bench.profile import median_time_s
 
-    for _ in range(warmup):
-        fn()
-    if device != "cuda":
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return statistics.median(times)
-    torch.cuda.synchronize()
-    events = [
-        (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(repeats)
-    ]
-    for start, end in events:
-        start.record()
-        fn()
-        end.record()
-    torch.cuda.synchronize()
-    return statistics.median(start.elapsed_time(end) for start, end in events) / 1e3  # ms -> s
+    return median_time_s(fn, p.repeats, p.warmup, p.device)
 
 
 # ---- the run ----------------------------------------------------------------------------------------
@@ -486,7 +466,7 @@ def step_copy(ctx: CheckContext) -> StepOutcome:
     p = ctx.plan
     src = torch.randn(p.copy_bytes // 4, device=p.device, dtype=torch.float32)
     dst = torch.full_like(src, math.nan)  # poisoned: the check below proves every element was written
-    t = median_time_s(lambda: dst.copy_(src), p.warmup, p.repeats, p.device)
+    t = _time_s(lambda: dst.copy_(src), p)
     if not torch.equal(dst, src):
         return StepOutcome(failure="copy destination differs from its source")
     moved = copy_bytes_moved(src.numel() * 4)
@@ -505,7 +485,7 @@ def step_gemm(ctx: CheckContext) -> StepOutcome:
     a = torch.randn(n, n, device=p.device, dtype=torch.bfloat16, generator=gen)  # random, never zeros
     b = torch.randn(n, n, device=p.device, dtype=torch.bfloat16, generator=gen)
     out = torch.empty(n, n, device=p.device, dtype=torch.bfloat16)
-    t = median_time_s(lambda: torch.matmul(a, b, out=out), p.warmup, p.repeats, p.device)
+    t = _time_s(lambda: torch.matmul(a, b, out=out), p)
     rows = slice(0, 64)  # spot check 64 rows against an fp32 product of the same bf16 operands
     ref = a[rows].float() @ b.float()
     rel = float((out[rows].float() - ref).norm() / ref.norm())
@@ -594,12 +574,7 @@ def step_decode_bandwidth(ctx: CheckContext) -> StepOutcome:
     numbers, rows = {}, []
     for batch, context in p.decode_points:
         q, k, v, tables, lens = _paged_batch((context,) * batch, p.decode_dtype, p.device, seed=3)
-        t = median_time_s(
-            lambda x=(q, k, v, tables, lens): decode_attention(*x, head_dim**-0.5),
-            p.warmup,
-            p.repeats,
-            p.device,
-        )
+        t = _time_s(lambda x=(q, k, v, tables, lens): decode_attention(*x, head_dim**-0.5), p)
         kv = decode_kv_bytes(batch, context, kv_heads, head_dim, k.element_size())
         tag = f"b{batch}_ctx{context}"
         numbers[f"{tag}_time_ms"] = Quantity(t * 1e3, "ms", "measured")

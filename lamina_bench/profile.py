@@ -77,18 +77,28 @@ class ProfileSettings:
 
 
 def median_time_s(fn: Callable[[], object], repeats: int, warmup: int, device: str) -> float:
-    """Median wall time of fn() over `repeats` calls after `warmup` calls (CUDA: synchronised)."""
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    """Median seconds of fn() over `repeats` calls after `warmup` calls. CPU: perf_counter around each
+    call. CUDA: events around each call and one synchronize at the end, so launches queue back to back
+    and host overhead does not count as device time."""
     for _ in range(warmup):
         fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+    if device != "cuda":
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+    torch.cuda.synchronize()
+    events = [
+        (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(repeats)
+    ]
+    for start, end in events:
+        start.record()
         fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        end.record()
+    torch.cuda.synchronize()
+    return statistics.median(start.elapsed_time(end) for start, end in events) / 1e3  # ms -> s
 
 
 class _NoAttention:
@@ -182,7 +192,7 @@ def _engine_steps(model, s: ProfileSettings) -> tuple[StepPoint, ...]:
     from reference_impl.engine import Engine, HomogeneousExecutor, blocks_for_requests
 
     points, c, new = [], s.contexts[0], s.warmup + s.repeats + 1
-    for b in (s.batches[0], s.batches[len(s.batches) // 2], s.batches[-1]):
+    for b in sorted({s.batches[0], s.batches[len(s.batches) // 2], s.batches[-1]}):
         requests = fixed_batch_requests(b, c, new, model.config.vocab_size, seed=2)
         for _ in range(2):  # the first run warms the process up (allocator, lazy init); keep the second
             ex = HomogeneousExecutor(model, blocks_for_requests(requests, s.block_size), s.block_size)
