@@ -216,6 +216,8 @@ def _measured_points(b: dict) -> list[Point]:
     for system, batch, ctx in itertools.product(b["systems"], b["batch_sizes"], b["context_lens"]):
         depths = b["pipeline_batches"] if system == "lamina" else [1]
         for depth in depths:
+            if system == "lamina":
+                _check_lamina_layout(b["compute_workers"], b["attention_workers"], depth, where)
             config = {
                 "model": model,
                 "system": system,
@@ -233,6 +235,17 @@ def _measured_points(b: dict) -> list[Point]:
             if b["predict"]:
                 points.append(Point("modeled", {**config, "predicts": "measured"}))
     return points
+
+
+def _check_lamina_layout(compute: int, attention: int, depth: int, where: str) -> None:
+    """The runtime's own rule for worker counts and pipeline depth, checked before any work."""
+    from reference_impl.errors import ConfigError
+    from reference_impl.workers import Layout
+
+    try:
+        Layout(compute, attention, depth)
+    except ConfigError as exc:
+        raise UserInputError(f"{where}: {exc}") from None
 
 
 def _system_config(c: Mapping[str, Any]):
@@ -366,7 +379,9 @@ class _Context:
                 flush=True,
             )
             profile = profile_device(ProfileSettings(model=key[0], device=key[1], dtype=key[2]))
-            write_profile(profile, self.store.path / f"profile-{profile.name}-{key[0]}-{key[2]}.json")
+            write_profile(
+                profile, self.store.path / f"profile-{profile.name}-{Path(key[0]).name}-{key[2]}.json"
+            )
             self.profiles[key] = profile
         return self.profiles[key]
 

@@ -80,6 +80,10 @@ def test_spec_expands_to_unique_stable_points():
         ),
         ("[[measured]]\nmodel = 'bench-llama-gqa'\nbatch_sizes = [0]\n", "positive integers"),
         ("repeats = 0\n[[modeled]]\nmodels = ['llama-33b']\n", "repeats"),
+        (
+            "[[measured]]\nmodel = 'bench-llama-gqa'\nsystems = ['lamina']\npipeline_batches = [3]\n",
+            "multiple of 2",
+        ),
     ],
 )
 def test_bad_specs_fail_before_any_work_with_one_line_and_exit_2(tmp_path, text, message):
