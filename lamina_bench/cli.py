@@ -509,15 +509,22 @@ def model_error_text(run_dir) -> str | None:
              f"{'system':<12} {'B':>3} {'n':>2} {'tok/s meas':>10} {'tok/s model':>11} {'err':>6} "
              f"{'TBT ms meas':>11} {'TBT ms model':>12} {'err':>6}"]  # fmt: skip
     errors = []
+
+    def cell(value, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
     for p in pairs:
         m, s = p.measured, p.modeled
         e_tput, e_tbt = p.error_pct("throughput_tok_per_s"), p.error_pct("tbt_mean_ms")
         errors += [abs(e) for e in (e_tput, e_tbt) if e is not None]
         lines.append(
-            f"{m['system']:<12} {m['batch_size']:>3} {m['pipeline_batches']:>2} {m['throughput_tok_per_s']:>10.1f} "
-            f"{s['throughput_tok_per_s']:>11.1f} {e_tput:>+5.0f}% {m['tbt_mean_ms']:>11.2f} {s['tbt_mean_ms']:>12.2f} "
-            f"{e_tbt:>+5.0f}%"
+            f"{m['system']:<12} {m['batch_size']:>3} {m['pipeline_batches']:>2} "
+            f"{cell(m.get('throughput_tok_per_s'), '>10.1f')} {cell(s.get('throughput_tok_per_s'), '>11.1f')} "
+            f"{cell(e_tput, '>+5.0f')}% {cell(m.get('tbt_mean_ms'), '>11.2f')} {cell(s.get('tbt_mean_ms'), '>12.2f')} "
+            f"{cell(e_tbt, '>+5.0f')}%"
         )
+    if not errors:
+        return "\n".join([*lines, "median absolute error: - (no pair has both figures)"])
     lines.append(f"median absolute error: {statistics.median(errors):.1f}% over {len(errors)} figures")
     return "\n".join(lines)
 

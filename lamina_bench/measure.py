@@ -109,7 +109,8 @@ def _run_homogeneous(config, folder, requests) -> DecodeTimings:
         dtype=config["dtype"],
         ignore_eos=True,
     )
-    run = generate(cfg, requests)
+    with one_cpu_thread():  # tensor-parallel ranks are processes that set their own thread count
+        run = generate(cfg, requests)
     decode = [it for it in run.iterations if it.decode_seqs]
     return DecodeTimings(tuple(it.decode_seqs for it in decode), tuple(it.decode_s for it in decode))
 

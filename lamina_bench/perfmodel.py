@@ -37,7 +37,7 @@ Profile file format (``"format": "lamina-bench-profile/1"``; JSON, one object; `
       "engine_steps": [{"batch": 1, "context_len": 68, "time_s": 0.007}, ...],
           # optional: measured decode steps of the homogeneous engine on one device (sampling, cache
           # bookkeeping, KV writes included); what the operators above do not explain becomes a
-          # per-iteration engine cost c0 + c1 * batch (fitted, non-negative)
+          # per-iteration engine cost, interpolated in batch (constant outside the measured batches)
       "lamina_steps": [{"batch": 1, "context_len": 68, "time_s": 0.03}, ...]
           # optional: the same for the Lamina runtime (1 compute + 1 attention worker, no pipelining):
           # the unexplained part becomes a per-layer exchange cost (message handling on both workers)
@@ -445,7 +445,7 @@ def nonneg_fit(features: np.ndarray, times_s: np.ndarray) -> np.ndarray:
     return best
 
 
-def _same_layer_shape(a: ModelSpec, b: ModelSpec) -> bool:
+def same_layer_shape(a: ModelSpec, b: ModelSpec) -> bool:
     keys = ("hidden_size", "intermediate_size", "num_heads", "num_kv_heads", "head_dim", "mlp", "qkv_bias")
     return all(getattr(a, k) == getattr(b, k) for k in keys)
 
@@ -616,7 +616,7 @@ class DeviceModel:
             )
             return OpTime(t, "modeled", ROOFLINE)
         p, f = self.profile, self.fits
-        same = _same_layer_shape(spec, p.model) and dtype == p.dtype and tp == p.tp
+        same = same_layer_shape(spec, p.model) and dtype == p.dtype and tp == p.tp
         if same and not self.derived:
             t = _interp_extrap(batch, f.dense_batch, f.dense_time_s)
         else:
@@ -664,7 +664,7 @@ class DeviceModel:
         p, f = self.profile, self.fits
         bw_s, _ = self._scale
         t = f.attention[0] + f.attention[1] * batch + f.attention[2] * bw_s * nbytes
-        same = _same_layer_shape(spec, p.model) and dtype == p.dtype
+        same = same_layer_shape(spec, p.model) and dtype == p.dtype
         return OpTime(t, self._source(same), p.name)
 
     def allreduce(self, nbytes, world_size: int) -> OpTime:

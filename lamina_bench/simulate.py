@@ -54,6 +54,7 @@ from lamina_bench.perfmodel import (
     attention_layer_bytes,
     device_model,
     pool_memory,
+    same_layer_shape,
 )
 from lamina_bench.workloads import Trace, load_trace, poisson_arrivals
 
@@ -210,6 +211,11 @@ class IterationModel:
         prof = self.compute.profile
         if not self.calibrate_steps or prof is None or self.compute.derived:
             return None
+        same_model = (
+            same_layer_shape(self.model, prof.model) and self.model.num_layers == prof.model.num_layers
+        )
+        if not same_model or self.dtype != prof.dtype or self.attention.profile is not prof:
+            return None  # the residual belongs to the profiled model, dtype and device only
         points = sorted(
             prof.lamina_steps if self.system == "lamina" else prof.engine_steps, key=lambda p: p.batch
         )
@@ -278,10 +284,12 @@ class IterationModel:
         round_trip_bytes = b * net_bytes_per_token_per_layer(spec, self.dtype)
         send_bytes = b * e * (spec.q_size + 2 * spec.kv_size)  # q, k, v out: the larger direction
         t_n = 2.0 * latency_s + round_trip_bytes / bw_replica
-        # measured per-layer exchange cost (message handling): busy time on both pools, not overlappable
+        # measured per-layer exchange cost (message handling): busy time on both pools, not overlappable,
+        # paid once per non-empty micro-batch
         x = self._step_cost_s(b)
+        busy_x = np.minimum(n, np.maximum(batch, 1.0)) * x
         cycle = np.maximum(
-            np.maximum(n * (t_m + x) / r, n * (t_a + x)),
+            np.maximum((n * t_m + busy_x) / r, n * t_a + busy_x),
             np.maximum(t_m + t_a + t_n + x, n * send_bytes / bw_pool),
         )
         time = L * cycle + n * head / r + self.compute.iteration_overhead_s

@@ -207,6 +207,10 @@ def _measured_points(b: dict) -> list[Point]:
         _positive_ints(b[key], key, where)
     for key in ("new_tokens", "tp", "compute_workers", "attention_workers"):
         _positive_ints([b[key]], key, where)
+    if b["new_tokens"] < 2:
+        raise UserInputError(
+            f"{where}: new_tokens must be >= 2 (the first comes from the prefill; decode is measured)"
+        )
     if b["device"] not in ("cpu", "cuda"):
         raise UserInputError(f"{where}: device must be cpu or cuda, got {b['device']!r}")
     if b["dtype"] not in ("fp32", "fp16", "bf16"):
@@ -529,8 +533,8 @@ def run_sweep(spec: SweepSpec, store, points: list[Point], spec_path: str = "<de
     finished = store.finished_point_ids(include_failed=False)  # failed points run again on --resume
     stored = store.finished_point_ids()
     todo = [p for p in points if p.point_id not in finished]
-    # predictions first: the local profile is then taken in a fresh process, before the measured
-    # points spawn workers (taken after them, its engine steps came out up to 50% slower here)
+    # predictions first: the local profile is taken at the start, before the measured points start
+    # worker processes (the order is recorded by the row timestamps)
     todo.sort(key=lambda p: "predicts" not in p.config)
     progress = progress or Progress(len(todo))
     ctx = _Context(store=store, spec_path=spec_path)

@@ -80,14 +80,26 @@ def kind_id(kind: str) -> int:
 _ELEMENT_SIZES = {dtype: torch.empty(0, dtype=dtype).element_size() for dtype in _DTYPE_CODES}
 
 
+_ALIGN_BYTES = 8  # every tensor starts at a multiple of 8 bytes of the buffer, so each view is aligned
+
+
+def _padded(nbytes: int) -> int:
+    return -(-nbytes // _ALIGN_BYTES) * _ALIGN_BYTES
+
+
 def pack_payload(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     """All tensors of a message as one contiguous uint8 buffer, so a message costs two transfers (header
-    and payload) whatever its tensor count. Same device as the tensors; payload_bytes(tensors) long."""
-    parts = [t.contiguous().reshape(-1).view(torch.uint8) for t in tensors if t.numel() > 0]
-    if not parts:
-        device = tensors[0].device if tensors else "cpu"
-        return torch.empty(0, dtype=torch.uint8, device=device)
-    return parts[0] if len(parts) == 1 else torch.cat(parts)
+    and payload) whatever its tensor count. Each tensor starts at a multiple of 8 bytes (padding, not
+    counted in payload_bytes); same device as the tensors."""
+    device = tensors[0].device if tensors else torch.device("cpu")
+    sizes = [t.numel() * t.element_size() for t in tensors]
+    buffer = torch.empty(sum(_padded(n) for n in sizes), dtype=torch.uint8, device=device)
+    offset = 0
+    for t, n in zip(tensors, sizes, strict=True):
+        if n:
+            buffer[offset : offset + n] = t.contiguous().reshape(-1).view(torch.uint8)
+        offset += _padded(n)
+    return buffer
 
 
 def unpack_payload(
@@ -97,8 +109,13 @@ def unpack_payload(
     out, offset = [], 0
     for spec, size in zip(specs, sizes, strict=True):
         out.append(buffer[offset : offset + size].view(spec.dtype).reshape(spec.shape))
-        offset += size
+        offset += _padded(size)
     return out
+
+
+def packed_bytes(sizes: Sequence[int]) -> int:
+    """Length of the buffer pack_payload makes for tensors of these byte sizes."""
+    return sum(_padded(n) for n in sizes)
 
 
 def payload_bytes(tensors: Sequence[torch.Tensor]) -> int:
@@ -564,7 +581,7 @@ class _SourceStream:
         """The message's tensors, received as one packed byte buffer (see pack_payload) and split."""
         owner = self._owner
         sizes = [math.prod(s.shape) * _ELEMENT_SIZES[s.dtype] for s in parsed.specs]
-        buffer = torch.empty(sum(sizes), dtype=torch.uint8, device=owner._wire_device)
+        buffer = torch.empty(packed_bytes(sizes), dtype=torch.uint8, device=owner._wire_device)
         if buffer.numel():
             dist.irecv(buffer, self._src, group=owner._payload_group(self._src, owner.rank), tag=_TAG).wait()
         return unpack_payload(buffer, parsed.specs, sizes)
@@ -576,7 +593,9 @@ class TorchDistTransport(_EndpointBase):
     Wire format: each message is one int64 header tensor of HEADER_LEN = 60 values (HEADER_BYTES =
     480 bytes: magic, per-pair sequence number, kind id, tensor count, then for each of MAX_TENSORS = 8
     slots a dtype code, ndim and MAX_NDIM = 5 dims), followed by the payload tensors packed into one
-    byte buffer (pack_payload; nothing when the payload is empty), both with isend/irecv. Headers always travel over a gloo group (CPU; reading one never synchronizes
+    byte buffer (pack_payload; nothing when the payload is empty), both with isend/irecv. Each tensor
+    starts 8-byte aligned in that buffer: up to 7 padding bytes per tensor travel on top of the counted
+    payload and header (none for q/k/v/output messages whose sizes are multiples of 8 bytes). Headers always travel over a gloo group (CPU; reading one never synchronizes
     the GPU). Payloads travel over the backend of the default group: gloo (CPU tensors) or NCCL
     (CUDA tensors), with one NCCL group per direction (lower -> higher rank and back) so that a send
     waiting for its matching receive (NCCL may block a send until then) never sits in front of a

@@ -405,3 +405,22 @@ def test_inprocess_delivers_on_receiver_device() -> None:
 def test_torchdist_requires_initialized_group() -> None:
     with pytest.raises(RuntimeError, match="not initialized"):
         TorchDistTransport()
+
+
+def test_packed_payload_round_trips_mixed_dtypes_at_unaligned_sizes():
+    from reference_impl.transport import TensorSpec, pack_payload, payload_bytes, unpack_payload
+
+    tensors = [
+        torch.randn(3).half(),  # 6 bytes: the next tensor would start unaligned without padding
+        torch.randn(2, 3),
+        torch.zeros(0, dtype=torch.int64),
+        torch.tensor([True, False, True]),
+        torch.arange(5),
+        torch.randn(2, 2).t(),  # non-contiguous
+        torch.tensor(3.5, dtype=torch.bfloat16),  # 0-dim
+    ]
+    buffer = pack_payload(tensors)
+    sizes = [t.numel() * t.element_size() for t in tensors]
+    out = unpack_payload(buffer, [TensorSpec(t.dtype, tuple(t.shape)) for t in tensors], sizes)
+    assert all(a.dtype == b.dtype and torch.equal(a, b) for a, b in zip(tensors, out, strict=True))
+    assert payload_bytes(tensors) == sum(sizes)  # the padding is not payload
