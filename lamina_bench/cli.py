@@ -120,7 +120,7 @@ def _run_generate(args) -> int:
         )
     print(
         f"{summary['requests']} requests, {summary['generated_tokens']} tokens in {summary['wall_s']:.2f} s; "
-        f"decode {summary['decode_tok_per_s']:.1f} tok/s (measured), mean decode batch {summary['mean_decode_batch']}"
+        f"decode {summary['decode_tok_per_s']:.1f} tok/s (measured), mean decode batch {_fmt(summary['mean_decode_batch'], digits=2)}"
     )
     return 0
 
