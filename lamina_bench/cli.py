@@ -272,8 +272,14 @@ def _run_simulate(args) -> int:
     from lamina_bench.workloads import load_trace
 
     catalog = load_catalog(args.devices_file)
+    if args.profile_dir and not Path(args.profile_dir).is_dir():
+        raise UserInputError(
+            f"--profile-dir {args.profile_dir} is not a folder (it holds <device>-<backend>.json)"
+        )
     if args.paper:
-        rows = sim.paper_comparisons(requests=args.requests, catalog=catalog)
+        if args.dtype not in (None, "fp16"):
+            raise UserInputError("--paper reproduces the paper's fp16 setting; drop --dtype")
+        rows = sim.paper_comparisons(requests=args.requests, catalog=catalog, profile_dir=args.profile_dir)
         if args.json:
             print(json.dumps([{"model": c.model, "trace": c.trace, "homogeneous": c.homogeneous.to_dict(),
                                "lamina": c.lamina.to_dict()} for c in rows]))  # fmt: skip
@@ -289,10 +295,6 @@ def _run_simulate(args) -> int:
         **_given(args, dtype="dtype", pipeline_batches="pipeline_batches", max_batch_size="max_batch"),
     )  # fmt: skip
     sim.memory_plan(config)  # a mix the weights do not fit: one-line error before anything else
-    if args.profile_dir and not Path(args.profile_dir).is_dir():
-        raise UserInputError(
-            f"--profile-dir {args.profile_dir} is not a folder (it holds <device>-<backend>.json)"
-        )
     if (args.rate is not None or args.seed is not None) and args.arrival != "poisson":
         raise UserInputError("--rate and --seed apply to --arrival poisson only")
     model = sim.iteration_model(config, profile_dir=args.profile_dir)

@@ -694,19 +694,23 @@ class Comparison:
 
 
 def paper_comparisons(
-    requests: int | None = None, catalog: Mapping[str, DeviceSpec] | None = None
+    requests: int | None = None,
+    catalog: Mapping[str, DeviceSpec] | None = None,
+    profile_dir: str | Path | None = None,
 ) -> list[Comparison]:
-    """The paper's nine comparisons (3 models x 3 traces, saturate mode, fp16, ping-pong Lamina)."""
+    """The paper's nine comparisons (3 models x 3 traces, saturate mode, fp16, ping-pong Lamina), from
+    the stored profiles in `profile_dir` where a device has one, else the roofline."""
     catalog = load_catalog() if catalog is None else catalog
     rows = []
     for name, compute, attention, homog in PAPER_SETUPS:
         spec = get_model(name)
         lamina = SystemConfig("lamina", spec, parse_mix(compute, catalog), parse_mix(attention, catalog))
         base = SystemConfig("homogeneous", spec, parse_mix(homog, catalog))
+        models = [iteration_model(c, profile_dir=profile_dir) for c in (base, lamina)]
         for trace_name in PAPER_TRACES:
             trace = load_trace(trace_name)
-            rows.append(Comparison(name, trace_name, simulate(base, trace, requests=requests),
-                                   simulate(lamina, trace, requests=requests)))  # fmt: skip
+            rows.append(Comparison(name, trace_name, simulate(base, trace, requests=requests, model=models[0]),
+                                   simulate(lamina, trace, requests=requests, model=models[1])))  # fmt: skip
     return rows
 
 
