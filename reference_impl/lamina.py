@@ -1026,11 +1026,16 @@ def _run_threads(cfg: LaminaConfig, requests: list[Request]) -> LaminaRun:
     transports = InProcessTransport.create(cfg.layout.world_size, devices, timeout_s=cfg.comm_timeout_s)
     errors: list[str] = []
 
+    # Every worker is built here, before any thread runs: torch.fx tracing (split_model) patches
+    # nn.Module.__call__ process-wide, so a trace must never overlap a forward pass in another thread.
+    workers = [
+        build_worker(r, cfg, model_cfg, num_blocks, None, devices[r]) for r in range(cfg.layout.world_size)
+    ]
+
     def serve(rank: int) -> None:
         try:
             fabric = ThreadFabric(transports[rank], cfg.comm_timeout_s)
-            worker = build_worker(rank, cfg, model_cfg, num_blocks, None, devices[rank])
-            serve_worker(worker, fabric, WorkerClock(device=devices[rank]))
+            serve_worker(workers[rank], fabric, WorkerClock(device=devices[rank]))
         except BaseException:
             errors.append(f"rank {rank}: {traceback.format_exc()}")
 
@@ -1040,9 +1045,8 @@ def _run_threads(cfg: LaminaConfig, requests: list[Request]) -> LaminaRun:
     for t in threads:
         t.start()
     fabric = ThreadFabric(transports[0], cfg.comm_timeout_s)
-    worker = build_worker(0, cfg, model_cfg, num_blocks, None, devices[0])
     try:
-        run = serve_scheduler(worker, fabric, cfg, requests, num_blocks)
+        run = serve_scheduler(workers[0], fabric, cfg, requests, num_blocks)
     finally:
         for t in threads:
             t.join(timeout=30)
