@@ -149,17 +149,25 @@ def _add_models(sub) -> None:
 def _run_models(args) -> int:
     from dataclasses import asdict
 
-    from lamina_bench import models as m
+    from lamina_bench.catalog.models import (
+        dense_flops_per_token,
+        dtype_bytes,
+        kv_bytes_per_token,
+        list_models,
+        net_bytes_per_token_per_layer,
+        param_count,
+        weight_bytes,
+    )
 
-    m.dtype_bytes(args.dtype)  # validates
+    dtype_bytes(args.dtype)  # validates
     rows = []
-    for spec in m.list_models():
+    for spec in list_models():
         derived = {
-            "params": m.param_count(spec),
-            "weight_bytes": m.weight_bytes(spec, args.dtype),
-            "kv_bytes_per_token": m.kv_bytes_per_token(spec, args.dtype),
-            "dense_flops_per_token": m.dense_flops_per_token(spec),
-            "net_bytes_per_token_per_layer": m.net_bytes_per_token_per_layer(spec, args.dtype),
+            "params": param_count(spec),
+            "weight_bytes": weight_bytes(spec, args.dtype),
+            "kv_bytes_per_token": kv_bytes_per_token(spec, args.dtype),
+            "dense_flops_per_token": dense_flops_per_token(spec),
+            "net_bytes_per_token_per_layer": net_bytes_per_token_per_layer(spec, args.dtype),
         }
         rows.append((spec, derived))
     if args.json:
@@ -189,7 +197,8 @@ def _add_hardware(sub) -> None:
 def _run_hardware(args) -> int:
     from dataclasses import asdict
 
-    from lamina_bench.hardware import load_catalog, local_devices
+    from lamina_bench.catalog.devices import load_catalog
+    from lamina_bench.catalog.local import local_devices
 
     catalog = load_catalog(args.devices_file)
     local = local_devices(catalog)
@@ -266,10 +275,14 @@ def _given(args, **names: str) -> dict:
 
 
 def _run_simulate(args) -> int:
-    from lamina_bench import simulate as sim
-    from lamina_bench.hardware import load_catalog, parse_mix
-    from lamina_bench.models import get_model
-    from lamina_bench.workloads import load_trace
+    from lamina_bench.catalog.devices import load_catalog, parse_mix
+    from lamina_bench.catalog.models import get_model
+    from lamina_bench.catalog.workloads import load_trace
+    from lamina_bench.model.iteration import iteration_model
+    from lamina_bench.model.paper import paper_comparisons
+    from lamina_bench.model.simulator import simulate
+    from lamina_bench.model.system import SystemConfig, memory_plan
+    from lamina_bench.report.text import comparisons_markdown, result_table
 
     catalog = load_catalog(args.devices_file)
     if args.profile_dir and not Path(args.profile_dir).is_dir():
@@ -279,28 +292,28 @@ def _run_simulate(args) -> int:
     if args.paper:
         if args.dtype not in (None, "fp16"):
             raise UserInputError("--paper reproduces the paper's fp16 setting; drop --dtype")
-        rows = sim.paper_comparisons(requests=args.requests, catalog=catalog, profile_dir=args.profile_dir)
+        rows = paper_comparisons(requests=args.requests, catalog=catalog, profile_dir=args.profile_dir)
         if args.json:
             print(json.dumps([{"model": c.model, "trace": c.trace, "homogeneous": c.homogeneous.to_dict(),
                                "lamina": c.lamina.to_dict()} for c in rows]))  # fmt: skip
         else:
-            print(sim.comparisons_markdown(rows))
+            print(comparisons_markdown(rows))
         return 0
     missing = [o for o in ("model", "system", "compute", "trace") if getattr(args, o) is None]
     if missing:
         raise UserInputError(f"simulate needs --{', --'.join(missing)} (or --paper)")
-    config = sim.SystemConfig(
+    config = SystemConfig(
         args.system, get_model(args.model), parse_mix(args.compute, catalog),
         parse_mix(args.attention, catalog) if args.attention else None,
         **_given(args, dtype="dtype", pipeline_batches="pipeline_batches", max_batch_size="max_batch"),
     )  # fmt: skip
-    sim.memory_plan(config)  # a mix the weights do not fit: one-line error before anything else
+    memory_plan(config)  # a mix the weights do not fit: one-line error before anything else
     if (args.rate is not None or args.seed is not None) and args.arrival != "poisson":
         raise UserInputError("--rate and --seed apply to --arrival poisson only")
-    model = sim.iteration_model(config, profile_dir=args.profile_dir)
-    result = sim.simulate(config, load_trace(args.trace), model=model,
+    model = iteration_model(config, profile_dir=args.profile_dir)
+    result = simulate(config, load_trace(args.trace), model=model,
                           **_given(args, arrival="arrival", rate_per_s="rate", seed="seed", requests="requests"))  # fmt: skip
-    print(result.to_json() if args.json else sim.result_table(result))
+    print(result.to_json() if args.json else result_table(result))
     return 0
 
 
@@ -319,10 +332,10 @@ def _add_search(sub) -> None:
 
 
 def _run_search(args) -> int:
-    from lamina_bench.hardware import load_catalog
-    from lamina_bench.models import get_model
-    from lamina_bench.search import search, search_table
-    from lamina_bench.workloads import load_trace
+    from lamina_bench.catalog.devices import load_catalog
+    from lamina_bench.catalog.models import get_model
+    from lamina_bench.catalog.workloads import load_trace
+    from lamina_bench.model.search import search, search_table
 
     devices = [d.strip() for d in args.devices.split(",") if d.strip()] if args.devices else None
     result = search(get_model(args.model), load_trace(args.trace), devices=devices,
@@ -339,7 +352,7 @@ def _add_compare(sub) -> None:
         help="compare two runs (or two pytest-benchmark JSON files); exit 1 on a regression or missing data",
         description="Match HEAD's points to BASE's by point_id (benchmarks by name) and flag changes beyond "
         "the threshold whose 95% intervals do not overlap. Exit 0 clean, 1 regression or missing/failed "
-        "points, 2 bad input. Details: lamina_bench/regress.py.",
+        "points, 2 bad input. Details: lamina_bench/compare/.",
     )
     p.add_argument("base", help="run folder, baseline folder (results/baselines/DEVICE) or benchmark JSON")
     p.add_argument("head", help="run folder or benchmark JSON, the same kind as BASE")
@@ -357,18 +370,19 @@ def _add_compare(sub) -> None:
 
 
 def _run_compare(args) -> int:
-    from lamina_bench import regress
+    from lamina_bench.compare.compare import Thresholds, compare_paths, parse_threshold
+    from lamina_bench.compare.format import format_report
 
     limits = {}
     if args.threshold is not None:
-        limits["modeled_pct"] = regress.parse_threshold(args.threshold, "--threshold")
+        limits["modeled_pct"] = parse_threshold(args.threshold, "--threshold")
     if args.measured_threshold is not None:
-        limits["measured_pct"] = regress.parse_threshold(
+        limits["measured_pct"] = parse_threshold(
             args.measured_threshold, "--measured-threshold", allow_report=True
         )
-    report = regress.compare_paths(args.base, args.head, regress.Thresholds(**limits),
+    report = compare_paths(args.base, args.head, Thresholds(**limits),
                                    **_given(args, fail_on="fail_on"))  # fmt: skip
-    print(regress.format_report(report, args.format), end="" if args.format == "markdown" else "\n")
+    print(format_report(report, args.format), end="" if args.format == "markdown" else "\n")
     return report.exit_code
 
 
@@ -389,20 +403,27 @@ def _add_baseline(sub) -> None:
 def _run_baseline(args) -> int:
     from dataclasses import asdict
 
-    from lamina_bench import regress
+    from lamina_bench.compare.baselines import (
+        baseline_folder,
+        baseline_info,
+        baseline_table,
+        list_baselines,
+        update_baseline,
+    )
+    from lamina_bench.compare.sides import load_side
 
     root = _given(args, root="root")
     if args.action == "update":
-        info = regress.update_baseline(args.run_dir, args.device, **root)
-        print(f"baseline updated: {regress.baseline_table([info])}")
+        info = update_baseline(args.run_dir, args.device, **root)
+        print(f"baseline updated: {baseline_table([info])}")
         return 0
     if args.device is None:
-        infos = regress.list_baselines(**root)
-        print(json.dumps([asdict(i) for i in infos]) if args.json else regress.baseline_table(infos))
+        infos = list_baselines(**root)
+        print(json.dumps([asdict(i) for i in infos]) if args.json else baseline_table(infos))
         return 0
-    folder = regress.baseline_folder(args.device, **root)
-    info = regress.baseline_info(folder)
-    entries = regress.load_side(folder).entries.values()
+    folder = baseline_folder(args.device, **root)
+    info = baseline_info(folder)
+    entries = load_side(folder).entries.values()
     if args.json:
         print(
             json.dumps(
@@ -413,7 +434,7 @@ def _run_baseline(args) -> int:
             )
         )
         return 0
-    print(regress.baseline_table([info]))
+    print(baseline_table([info]))
     for e in entries:
         tput = e.values.get("throughput_tok_per_s")
         print(f"  {e.key} {e.label}: {_fmt(tput, 1, 1)} tok/s")
@@ -445,16 +466,19 @@ def _run_run(args) -> int:
     import dataclasses
     import datetime as dt
 
-    from lamina_bench import sweep
-    from lamina_bench.results import RunStore
+    from lamina_bench.report.text import model_error_text, summary_text
+    from lamina_bench.results.store import RunStore
+    from lamina_bench.sweep.resume import find_resumable, manifest_spec, parse_shard, shard
+    from lamina_bench.sweep.run import run_sweep
+    from lamina_bench.sweep.spec import DEFAULT_SPEC, QUICK_SPEC, load_spec
 
-    spec_path = args.spec or str(sweep.QUICK_SPEC if args.quick else sweep.DEFAULT_SPEC)
-    spec = sweep.load_spec(spec_path)  # every error here comes before any work
+    spec_path = args.spec or str(QUICK_SPEC if args.quick else DEFAULT_SPEC)
+    spec = load_spec(spec_path)  # every error here comes before any work
     if args.quick and args.spec:
         spec = dataclasses.replace(spec, repeats=1)
     points = list(spec.points)
     if args.shard:
-        points = sweep.shard(points, *sweep.parse_shard(args.shard))
+        points = shard(points, *parse_shard(args.shard))
     if args.point:
         points = [p for p in points if p.point_id == args.point]
         if not points:
@@ -464,8 +488,8 @@ def _run_run(args) -> int:
     out_root = Path(args.out)
     if out_root.exists() and not out_root.is_dir():
         raise UserInputError(f"--out {out_root} exists and is not a folder")
-    record = sweep.manifest_spec(spec, spec_path, args.shard, args.point)
-    run_dir = sweep.find_resumable(out_root, record) if args.resume else None
+    record = manifest_spec(spec, spec_path, args.shard, args.point)
+    run_dir = find_resumable(out_root, record) if args.resume else None
     if args.resume and run_dir is None:
         print(f"nothing to resume under {out_root} for this spec; starting a new run", file=sys.stderr)
     if run_dir is not None:
@@ -476,59 +500,18 @@ def _run_run(args) -> int:
         run_id = args.run_id or f"{spec.name}-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}{shard_tag}"
         store = RunStore.create(out_root, run_id=run_id, spec=record, argv=sys.argv)
     print(f"{len(points)} points -> {store.path}", file=sys.stderr)
-    outcome = sweep.run_sweep(spec, store, points, spec_path=spec_path)
+    outcome = run_sweep(spec, store, points, spec_path=spec_path)
     store.finalize()
     print(f"{outcome.ran} points run, {outcome.skipped} already done, {outcome.failed} failed "
           f"in {outcome.wall_s:.0f} s -> {store.path}")  # fmt: skip
-    print(_summary_text(store.points()))
-    errors = model_error_text(store.path)
+    rows = store.rows()
+    print(summary_text(rows))
+    errors = model_error_text(rows)
     if errors:
         print(errors)
     if not args.no_report:
         _write_report([store.path], args.report or f"reports/{store.run_id}.html")
     return 1 if outcome.failed else 0
-
-
-def _summary_text(points) -> str:
-    """Plain-text summary of a run: each ok row's headline metrics with its source."""
-    cols = ["source", "model", "system", "compute", "attention", "trace", "batch_size", "pipeline_batches",
-            "throughput_tok_per_s", "tbt_p50_ms", "tbt_mean_ms", "tokens_per_usd", "status"]  # fmt: skip
-    frame = points[[c for c in cols if c in points.columns]]
-    return frame.to_string(index=False, na_rep="-", float_format=lambda x: f"{x:,.4g}")
-
-
-def model_error_text(run_dir) -> str | None:
-    """Measured points next to the model's predictions of them (from this machine's profile), with the
-    relative errors and their median; None when the run has no such pairs."""
-    import statistics
-
-    from lamina_bench.report.data import load_run, predictions
-
-    pairs = predictions(load_run(run_dir).rows)
-    if not pairs:
-        return None
-    lines = ["model error (modeled vs measured, same configuration; profile taken on this machine):",
-             f"{'system':<12} {'B':>3} {'n':>2} {'tok/s meas':>10} {'tok/s model':>11} {'err':>6} "
-             f"{'TBT ms meas':>11} {'TBT ms model':>12} {'err':>6}"]  # fmt: skip
-    errors = []
-
-    def cell(value, spec: str) -> str:
-        return "-" if value is None else format(value, spec)
-
-    for p in pairs:
-        m, s = p.measured, p.modeled
-        e_tput, e_tbt = p.error_pct("throughput_tok_per_s"), p.error_pct("tbt_mean_ms")
-        errors += [abs(e) for e in (e_tput, e_tbt) if e is not None]
-        lines.append(
-            f"{m['system']:<12} {m['batch_size']:>3} {m['pipeline_batches']:>2} "
-            f"{cell(m.get('throughput_tok_per_s'), '>10.1f')} {cell(s.get('throughput_tok_per_s'), '>11.1f')} "
-            f"{cell(e_tput, '>+5.0f')}% {cell(m.get('tbt_mean_ms'), '>11.2f')} {cell(s.get('tbt_mean_ms'), '>12.2f')} "
-            f"{cell(e_tbt, '>+5.0f')}%"
-        )
-    if not errors:
-        return "\n".join([*lines, "median absolute error: - (no pair has both figures)"])
-    lines.append(f"median absolute error: {statistics.median(errors):.1f}% over {len(errors)} figures")
-    return "\n".join(lines)
 
 
 def _write_report(run_dirs, out) -> None:
@@ -545,7 +528,7 @@ def _add_merge(sub) -> None:
 
 
 def _run_merge(args) -> int:
-    from lamina_bench.results import merge_runs
+    from lamina_bench.results.merge import merge_runs
 
     store = merge_runs(args.runs, args.out, argv=sys.argv)
     print(f"merged {len(args.runs)} runs, {len(store.points())} points -> {store.path}")
@@ -591,8 +574,8 @@ def _add_profile(sub) -> None:
 
 
 def _run_profile(args) -> int:
-    from lamina_bench.perfmodel import DEFAULT_PROFILE_DIR, write_profile
-    from lamina_bench.profile import ProfileSettings, profile_device
+    from lamina_bench.measure.profile import ProfileSettings, profile_device
+    from lamina_bench.model.profiles import DEFAULT_PROFILE_DIR, write_profile
 
     out = Path(args.out) if args.out else DEFAULT_PROFILE_DIR
     if out.exists() and not out.is_dir():

@@ -264,7 +264,7 @@ def step_box_s(remaining_s: float, weights: Mapping[str, float], name: str, late
 
 def _time_s(fn: Callable[[], object], p) -> float:
     """Median seconds of fn() under the plan's warm-up and repeats (profile.median_time_s)."""
-    from lamina_bench.profile import median_time_s
+    from lamina_bench.measure.profile import median_time_s
 
     return median_time_s(fn, p.repeats, p.warmup, p.device)
 
@@ -506,7 +506,7 @@ def step_gemm(ctx: CheckContext) -> StepOutcome:
 
 def _attention_shape() -> tuple[int, int, int]:
     """(query heads, KV heads, head_dim) of the 70B model in the catalog."""
-    from lamina_bench.models import get_model
+    from lamina_bench.catalog.models import get_model
 
     spec = get_model(ATTENTION_MODEL)
     return spec.num_heads, spec.num_kv_heads, spec.head_dim
@@ -599,9 +599,9 @@ def step_decode_bandwidth(ctx: CheckContext) -> StepOutcome:
 
 
 def step_profile(ctx: CheckContext) -> StepOutcome:
-    from lamina_bench.perfmodel import write_profile
-    from lamina_bench.profile import ProfileSettings, profile_device
-    from lamina_bench.telemetry import nvml_driver_version
+    from lamina_bench.catalog.local import nvml_driver_version
+    from lamina_bench.measure.profile import ProfileSettings, profile_device
+    from lamina_bench.model.profiles import write_profile
 
     p = ctx.plan
     driver = nvml_driver_version()
@@ -629,7 +629,7 @@ def step_profile(ctx: CheckContext) -> StepOutcome:
 
 def _profile_numbers(profile) -> dict[str, Quantity]:
     """Dense time at the smallest and largest batch; the largest attention point and its KV GB/s."""
-    from lamina_bench.models import DTYPE_BYTES
+    from lamina_bench.catalog.models import DTYPE_BYTES
 
     dense = sorted(profile.dense, key=lambda d: d.batch)
     att = max(profile.attention, key=lambda a: (a.batch * a.context_len, a.batch))
@@ -667,54 +667,44 @@ def sweep_spec_dict(plan: Plan) -> dict[str, Any]:
     }
 
 
-_SWEEP_METRICS = {  # points-table column -> unit; every one measured here (telemetry included)
-    "throughput_tok_per_s": "tok/s",
-    "tbt_p50_ms": "ms",
-    "tbt_p99_ms": "ms",
-    "tbt_mean_ms": "ms",
-    "energy_j": "J",
-    "power_w_mean": "W",
-    "sm_busy_pct_mean": "%",
-    "mem_busy_pct_mean": "% of time",  # share of time memory was busy, not of bandwidth
-    "dram_bw_util_pct_mean": "%",
-}
+# Registered metrics of the sweep point reported in the summary; every one measured here (telemetry too).
+_SWEEP_METRICS = ("throughput_tok_per_s", "tbt_p50_ms", "tbt_p99_ms", "tbt_mean_ms", "energy_j", "power_w_mean",
+                  "sm_busy_pct_mean", "mem_busy_pct_mean", "dram_bw_util_pct_mean")  # fmt: skip
 
 
 def step_sweep_point(ctx: CheckContext) -> StepOutcome:
-    from lamina_bench import sweep
-    from lamina_bench.results import RunStore
+    from lamina_bench.results.metrics import METRICS
+    from lamina_bench.results.store import RunStore
+    from lamina_bench.sweep.resume import manifest_spec
+    from lamina_bench.sweep.run import Progress, run_sweep
+    from lamina_bench.sweep.spec import parse_spec
 
-    spec = sweep.parse_spec(sweep_spec_dict(ctx.plan), origin="gpucheck inline spec")
+    spec = parse_spec(sweep_spec_dict(ctx.plan), origin="gpucheck inline spec")
     run_id = f"gpucheck-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}"
-    record = sweep.manifest_spec(spec, "<gpucheck inline spec>", None)
+    record = manifest_spec(spec, "<gpucheck inline spec>", None)
     store = RunStore.create(ctx.work_dir / "runs", run_id=run_id, spec=record, argv=sys.argv)
     points = list(spec.points)
-    progress = sweep.Progress(len(points), stream=_LineStream(ctx.log))
-    sweep.run_sweep(spec, store, points, spec_path="<gpucheck inline spec>", progress=progress)
+    progress = Progress(len(points), stream=_LineStream(ctx.log))
+    run_sweep(spec, store, points, spec_path="<gpucheck inline spec>", progress=progress)
     store.finalize()
     archive = ctx.out_dir / "run.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(store.path, arcname=store.path.name)
-    row = store.points().iloc[0].to_dict()
-    numbers = {
-        k: Quantity(float(row[k]), unit, "measured")
-        for k, unit in _SWEEP_METRICS.items()
-        if _finite(row.get(k))
-    }
-    verdict = row.get("telemetry_verdict")
+    row = store.rows()[0]
+    numbers = {k: Quantity(row.metrics[k], METRICS[k].unit, "measured") for k in _SWEEP_METRICS if k in row.metrics}
     details = {
         "run_id": run_id,
         "point": points[0].label(),
         "telemetry_samples": len(store.telemetry()),
-        "telemetry_verdict": verdict if isinstance(verdict, str) else None,
+        "telemetry_verdict": row.telemetry_verdict,
         "archive_bytes": archive.stat().st_size,
     }
-    failure = f"sweep point failed: {row.get('error')}" if row["status"] != "ok" else None
+    failure = f"sweep point failed: {row.error}" if not row.ok else None
     return StepOutcome(numbers, details, files=(archive.name,), failure=failure)
 
 
 class _LineStream:
-    """A text stream (for sweep.Progress) that hands each finished line to a log function."""
+    """A text stream (for Progress) that hands each finished line to a log function."""
 
     def __init__(self, log: Callable[[str], None]) -> None:
         self.log, self.buffer = log, ""
@@ -792,13 +782,13 @@ def _triton_version() -> str:
 
 
 def _driver() -> str | None:
-    from lamina_bench.telemetry import nvml_driver_version
+    from lamina_bench.catalog.local import nvml_driver_version
 
     return nvml_driver_version()
 
 
 def _git() -> dict[str, Any]:
-    from lamina_bench.results import git_state
+    from lamina_bench.results.manifest import git_state
 
     return git_state()
 

@@ -1,4 +1,4 @@
-"""HTML comparison report: is attention offloading worth it here, and why (issue 6).
+"""HTML comparison report: is attention offloading worth it here, and why.
 
     build_report(["results/<run_id>"], "reports/<run_id>.html")      # -> Path of the written file
 
@@ -24,7 +24,7 @@ from pathlib import Path
 from lamina_bench.report.data import RunData, load_runs
 from lamina_bench.report.page import Document, esc
 from lamina_bench.report.sections import SECTIONS
-from lamina_bench.results import atomic_write_bytes
+from lamina_bench.results.files import atomic_write_bytes
 
 REPORTS_DIR = Path("reports")
 

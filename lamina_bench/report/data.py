@@ -1,31 +1,30 @@
 """Data preparation for the HTML report: runs read from their folders, rows paired, fronts and rates derived.
 
-Rows are plain dicts with every `results.POINT_COLUMNS` key (missing values None, never NaN) plus
-`run` (the run's label in the report) and `extra` (the parsed `extra_json` object). Nothing here draws
-or writes HTML; figures.py and sections.py do.
+Rows are `PointRow`s (results/row.py) whose `run_id` is the run's label in the report (its run id, made
+unique when the same run is given twice). Nothing here draws or writes HTML; figures.py and sections.py do.
 
-Conventions of the sweep (lamina_bench/sweep.py) this module relies on:
+Conventions of the sweep (lamina_bench/sweep/) this module relies on:
 - a run stores one row per point; a point with repeats is one aggregate row (`repeats` set, `repeat`
-  missing) holding the medians and CIs; single repeats, where a run stores them too, are left out of
+  None) holding the medians and CIs; single repeats, where a run stores them too, are left out of
   figures when their aggregate exists;
-- a modeled row that predicts a measured row carries `extra["predicts"] = <measured point_id>`;
-- per-pool time per decode iteration, where recorded, is `extra["pools"]` =
-  {"compute": {"dense_ms", "network_ms", "idle_ms"}, "attention": {"attention_ms", "network_ms", "idle_ms"}}.
+- a modeled row that predicts a measured row names it in `predicts` (the measured point id);
+- per-pool time per decode iteration, where recorded, is `pools` (pool -> part -> ms).
 """
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
+from lamina_bench.catalog.devices import parse_mix
 from lamina_bench.errors import UserInputError
-from lamina_bench.results import CONFIG_COLUMNS, SOURCES, RunStore
+from lamina_bench.results.metrics import SOURCES
+from lamina_bench.results.row import CONFIG_FIELDS, PointRow
+from lamina_bench.results.store import RunStore
 
 # Headline metrics, Lamina against its baseline; lower is better for the last three.
 HEADLINE_METRICS: tuple[str, ...] = (
@@ -53,23 +52,8 @@ TIME_PARTS: tuple[str, ...] = ("dense_ms", "attention_ms", "network_ms", "idle_m
 UNSPLIT_POOL = "both pools (not split)"
 
 
-def clean(value: Any) -> Any:
-    """NaN, pd.NA and NaT -> None; numpy scalars -> Python scalars; anything else unchanged."""
-    if value is None or value is pd.NA or value is pd.NaT:
-        return None
-    if hasattr(value, "item") and not isinstance(value, str | bytes):
-        value = value.item()
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return value
-
-
-def number(row: Mapping[str, Any], key: str) -> float | None:
-    """A finite float from `row[key]`, else None."""
-    value = clean(row.get(key))
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        return None
-    return float(value)
+def _float(value: int | None) -> float | None:
+    return None if value is None else float(value)
 
 
 # ---- runs -----------------------------------------------------------------------------------------
@@ -81,23 +65,13 @@ class RunData:
 
     path: Path
     label: str  # the run's name in legends and tables (its run id, made unique)
-    manifest: Mapping[str, Any]
-    rows: tuple[dict[str, Any], ...]  # every stored row, failed ones too, ordered by timestamp
+    manifest: PointRow
+    rows: tuple[PointRow, ...]  # every stored row, failed ones too, ordered by timestamp; run_id = label
     telemetry: pd.DataFrame  # results.RunStore.telemetry(): one row per sample
 
     @property
     def run_id(self) -> str:
         return str(self.manifest.get("run_id") or self.path.name)
-
-
-def _parse_extra(text: Any, where: str) -> dict[str, Any]:
-    if not text:
-        return {}
-    try:
-        extra = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UserInputError(f"{where}: extra_json is not JSON ({exc})") from None
-    return extra if isinstance(extra, dict) else {}
 
 
 def load_run(path: str | Path, label: str | None = None) -> RunData:
@@ -107,13 +81,8 @@ def load_run(path: str | Path, label: str | None = None) -> RunData:
         raise UserInputError(f"{path} is not a folder; give run folders such as results/<run_id>/")
     store = RunStore.open(path)
     label = label or store.run_id
-    rows = []
-    for record in store.points().to_dict(orient="records"):
-        row = {k: clean(v) for k, v in record.items()}
-        row["run"] = label
-        row["extra"] = _parse_extra(row.get("extra_json"), f"{path} point {row.get('point_id')}")
-        rows.append(row)
-    return RunData(path, label, dict(store.manifest), tuple(rows), store.telemetry())
+    rows = tuple(row.replace(run_id=label) for row in store.rows())
+    return RunData(path, label, dict(store.manifest), rows, store.telemetry())
 
 
 def load_runs(run_dirs: Sequence[str | Path]) -> tuple[RunData, ...]:
@@ -131,62 +100,62 @@ def load_runs(run_dirs: Sequence[str | Path]) -> tuple[RunData, ...]:
 
 # ---- row selection and labels ---------------------------------------------------------------------
 
-_SAME_POINT = [c for c in CONFIG_COLUMNS if c not in ("repeat", "repeats")] + ["run", "source", "profile"]
+_SAME_POINT = (*CONFIG_FIELDS, "run_id", "source", "profile")
 
 
-def _config_key(row: Mapping[str, Any], columns: Iterable[str] = _SAME_POINT) -> tuple:
-    return tuple(clean(row.get(c)) for c in columns)
+def _config_key(row: PointRow, columns: Iterable[str] = _SAME_POINT) -> tuple:
+    return tuple(getattr(row, c) for c in columns) + (tuple(sorted(row.settings.items())),)
 
 
-def plot_rows(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def plot_rows(rows: Iterable[PointRow]) -> list[PointRow]:
     """The ok rows figures use: aggregates, and single repeats only where no aggregate of them exists."""
-    ok = [dict(r) for r in rows if r.get("status") == "ok"]
-    aggregated = {_config_key(r) for r in ok if r.get("repeat") is None}
-    return [r for r in ok if r.get("repeat") is None or _config_key(r) not in aggregated]
+    ok = [r for r in rows if r.ok]
+    aggregated = {_config_key(r) for r in ok if r.repeat is None}
+    return [r for r in ok if r.repeat is None or _config_key(r) not in aggregated]
 
 
-def failed_rows(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    return [dict(r) for r in rows if r.get("status") != "ok"]
+def failed_rows(rows: Iterable[PointRow]) -> list[PointRow]:
+    return [r for r in rows if not r.ok]
 
 
-def mix_label(row: Mapping[str, Any]) -> str:
+def mix_label(row: PointRow) -> str:
     """Device mix: "1xH100+2xH20 n=2" for Lamina (n = pipelined batches), "2xH100" for the baseline."""
-    compute = row.get("compute") or "?"
-    if row.get("system") != "lamina":
+    compute = row.compute or "?"
+    if row.system != "lamina":
         return compute
-    depth = row.get("pipeline_batches")
-    return f"{compute}+{row.get('attention') or '?'}" + (f" n={depth}" if depth is not None else "")
+    depth = row.pipeline_batches
+    return f"{compute}+{row.attention or '?'}" + (f" n={depth}" if depth is not None else "")
 
 
-def workload_label(row: Mapping[str, Any]) -> str:
+def workload_label(row: PointRow) -> str:
     """The trace, or the fixed batch of a measured point ("B=4 ctx=128"); requests if a trace was cut."""
-    parts = [row["trace"]] if row.get("trace") else []
-    if row.get("batch_size") is not None:
-        parts.append(f"B={row['batch_size']}")
-    if row.get("context_len") is not None:
-        parts.append(f"ctx={row['context_len']}")
+    parts = [row.trace] if row.trace else []
+    if row.batch_size is not None:
+        parts.append(f"B={row.batch_size}")
+    if row.context_len is not None:
+        parts.append(f"ctx={row.context_len}")
     return " ".join(parts) or "no workload recorded"
 
 
-def config_label(row: Mapping[str, Any]) -> str:
+def config_label(row: PointRow) -> str:
     """System, mix and workload of a row, e.g. "lamina 1xH100+2xH20 n=2 · azure-conv"."""
-    return f"{row.get('system') or '?'} {mix_label(row)} · {workload_label(row)}"
+    return f"{row.system or '?'} {mix_label(row)} · {workload_label(row)}"
 
 
-def source_label(rows: Iterable[Mapping[str, Any]]) -> str:
+def source_label(rows: Iterable[PointRow]) -> str:
     """The sources present, in SOURCES order ("measured, modeled"); "no rows" when empty."""
-    present = {r.get("source") for r in rows}
+    present = {r.source for r in rows}
     return ", ".join(s for s in SOURCES if s in present) or "no rows"
 
 
-def is_measured(row: Mapping[str, Any]) -> bool:
-    return row.get("source") == "measured"
+def is_measured(row: PointRow) -> bool:
+    return row.source == "measured"
 
 
-def batch_x(row: Mapping[str, Any]) -> float | None:
+def batch_x(row: PointRow) -> float | None:
     """Batch size of a row: the configured one (measured points), else the simulated mean batch."""
-    configured = number(row, "batch_size")
-    return configured if configured is not None else number(row, "mean_batch_size")
+    configured = _float(row.batch_size)
+    return configured if configured is not None else row.value("mean_batch_size")
 
 
 # ---- 1. headline: Lamina against the homogeneous baseline of about equal cost ----------------------
@@ -196,27 +165,27 @@ def batch_x(row: Mapping[str, Any]) -> float | None:
 class HeadlinePair:
     """A Lamina row and its baseline: same run, model and workload, and cost closest to the Lamina mix."""
 
-    lamina: Mapping[str, Any]
-    baseline: Mapping[str, Any]
+    lamina: PointRow
+    baseline: PointRow
 
     def ratio(self, metric: str) -> float | None:
         """Lamina / baseline (derived); None when either is missing or the baseline is 0."""
-        a, b = number(self.lamina, metric), number(self.baseline, metric)
+        a, b = self.lamina.value(metric), self.baseline.value(metric)
         return None if a is None or b is None or b == 0 else a / b
 
 
-def _workload_key(row: Mapping[str, Any]) -> tuple:
+def _workload_key(row: PointRow) -> tuple:
     """Rows compared with each other: same run, measured vs modeled kind, model and workload."""
-    columns = ("run", "model", "trace", "batch_size", "context_len", "dtype")
+    columns = ("run_id", "model", "trace", "batch_size", "context_len", "dtype")
     return (is_measured(row), *_config_key(row, columns))
 
 
-def _closest_cost(lamina: Mapping[str, Any], candidates: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
+def _closest_cost(lamina: PointRow, candidates: Sequence[PointRow]) -> PointRow:
     """Candidate whose cost is closest to the Lamina row's; unknown costs sort last, ties to the cheaper."""
-    target = number(lamina, "cost_usd_per_hour")
+    target = lamina.value("cost_usd_per_hour")
 
-    def key(row: Mapping[str, Any]) -> tuple:
-        cost = number(row, "cost_usd_per_hour")
+    def key(row: PointRow) -> tuple:
+        cost = row.value("cost_usd_per_hour")
         if cost is None or target is None:
             return (1, math.inf, math.inf, mix_label(row))
         return (0, abs(cost - target), cost, mix_label(row))
@@ -224,24 +193,24 @@ def _closest_cost(lamina: Mapping[str, Any], candidates: Sequence[Mapping[str, A
     return min(candidates, key=key)
 
 
-def headline_pairs(rows: Iterable[Mapping[str, Any]]) -> tuple[list[HeadlinePair], list[dict[str, Any]]]:
+def headline_pairs(rows: Iterable[PointRow]) -> tuple[list[HeadlinePair], list[PointRow]]:
     """(pairs, Lamina rows without any homogeneous row of the same model and workload), from ok rows."""
     usable = plot_rows(rows)
-    baselines: dict[tuple, list[dict[str, Any]]] = {}
+    baselines: dict[tuple, list[PointRow]] = {}
     for row in usable:
-        if row.get("system") == "homogeneous":
+        if row.system == "homogeneous":
             baselines.setdefault(_workload_key(row), []).append(row)
     pairs, alone = [], []
     for row in usable:
-        if row.get("system") != "lamina":
+        if row.system != "lamina":
             continue
         candidates = baselines.get(_workload_key(row))
         if candidates:
             pairs.append(HeadlinePair(row, _closest_cost(row, candidates)))
         else:
             alone.append(row)
-    pairs.sort(key=lambda p: (p.lamina["model"] or "", workload_label(p.lamina), mix_label(p.lamina),
-                              not is_measured(p.lamina), p.lamina["run"]))  # fmt: skip
+    pairs.sort(key=lambda p: (p.lamina.model or "", workload_label(p.lamina), mix_label(p.lamina),
+                              not is_measured(p.lamina), p.lamina.run_id))  # fmt: skip
     return pairs, alone
 
 
@@ -266,23 +235,19 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
 # ---- 4. time per iteration by pool, and the link ---------------------------------------------------
 
 
-def pool_times(row: Mapping[str, Any]) -> dict[str, dict[str, float | None]]:
+def pool_times(row: PointRow) -> dict[str, dict[str, float | None]]:
     """Per-pool time per decode iteration, ms: {pool: {part: ms}} for the parts of TIME_PARTS.
 
-    `extra["pools"]` when the row has it; else the flat columns, as pool "compute" for a homogeneous row
+    `extra.pools` when the row has it; else the flat columns, as pool "compute" for a homogeneous row
     (attention runs on the same devices) and UNSPLIT_POOL for a Lamina row. Empty when nothing is known.
     """
-    pools = row.get("extra", {}).get("pools")
-    if isinstance(pools, Mapping) and pools:
-        out = {}
-        for pool, parts in pools.items():
-            if isinstance(parts, Mapping):
-                out[str(pool)] = {p: number(parts, p) for p in TIME_PARTS}
+    if row.pools:
+        out = {pool: {p: parts.get(p) for p in TIME_PARTS} for pool, parts in row.pools.items()}
         return {p: v for p, v in out.items() if any(x is not None for x in v.values())}
-    flat = {p: number(row, p) for p in TIME_PARTS}
+    flat = {p: row.value(p) for p in TIME_PARTS}
     if all(v is None for v in flat.values()):
         return {}
-    return {"compute" if row.get("system") == "homogeneous" else UNSPLIT_POOL: flat}
+    return {"compute" if row.system == "homogeneous" else UNSPLIT_POOL: flat}
 
 
 @dataclass(frozen=True)
@@ -293,17 +258,15 @@ class LineRate:
     reason: str  # how it was derived, or why it is unknown
 
 
-def nic_line_rate(row: Mapping[str, Any]) -> LineRate:
+def nic_line_rate(row: PointRow) -> LineRate:
     """min(Nc x NIC of a compute device, Na x NIC of an attention device): the link the pools share.
 
     Every byte between the pools leaves one pool's NICs and enters the other's, so the smaller total
     NIC rate bounds it. NIC rates: lamina_bench.hardware catalog (`nic_gbps`, gigabits/s).
     """
-    from lamina_bench.hardware import parse_mix
-
     totals = []
     for key in ("compute", "attention"):
-        text = row.get(key)
+        text = getattr(row, key)
         if not text:
             return LineRate(None, f"no {key} mix recorded")
         try:
@@ -318,15 +281,15 @@ def nic_line_rate(row: Mapping[str, Any]) -> LineRate:
     return LineRate(gbps, f"min of compute {totals[0][1]}, attention {totals[1][1]} (catalog nic_gbps)")
 
 
-def link_gbps(row: Mapping[str, Any]) -> tuple[float | None, str]:
+def link_gbps(row: PointRow) -> tuple[float | None, str]:
     """Link bandwidth a Lamina row needs: its peak per-iteration rate, else its mean rate (derived).
 
     Mean rate = net_bytes_per_token x throughput x 8 / 1e9 (Gb/s, decimal).
     """
-    peak = number(row, "net_peak_gbps")
+    peak = row.value("net_peak_gbps")
     if peak is not None:
         return peak, "peak"
-    per_token, tput = number(row, "net_bytes_per_token"), number(row, "throughput_tok_per_s")
+    per_token, tput = row.value("net_bytes_per_token"), row.value("throughput_tok_per_s")
     if per_token is None or tput is None:
         return None, "none"
     return per_token * tput * 8 / 1e9, "mean"
@@ -339,32 +302,32 @@ def link_gbps(row: Mapping[str, Any]) -> tuple[float | None, str]:
 class Prediction:
     """A measured row and the modeled row that predicts it; error = (modeled - measured) / measured."""
 
-    measured: Mapping[str, Any]
-    modeled: Mapping[str, Any]
+    measured: PointRow
+    modeled: PointRow
 
     def metrics(self) -> list[str]:
         """PREDICTION_METRICS both rows have."""
         return [m for m in PREDICTION_METRICS
-                if number(self.measured, m) is not None and number(self.modeled, m) is not None]  # fmt: skip
+                if self.measured.value(m) is not None and self.modeled.value(m) is not None]  # fmt: skip
 
     def error_pct(self, metric: str) -> float | None:
-        a, b = number(self.measured, metric), number(self.modeled, metric)
+        a, b = self.measured.value(metric), self.modeled.value(metric)
         return None if a is None or b is None or a == 0 else (b - a) / a * 100.0
 
 
-def predictions(rows: Iterable[Mapping[str, Any]]) -> list[Prediction]:
-    """Pairs of each run: by `extra["predicts"]` = measured point_id, else by equal configuration."""
+def predictions(rows: Iterable[PointRow]) -> list[Prediction]:
+    """Pairs of each run: by `extra.predicts` = measured point_id, else by equal configuration."""
     usable = plot_rows(rows)
-    config_columns = ["run"] + [c for c in CONFIG_COLUMNS if c not in ("repeat", "repeats", "requests")]
+    config_columns = ["run_id"] + [c for c in CONFIG_FIELDS if c != "requests"]
     measured = [r for r in usable if is_measured(r)]
-    by_id = {(r["run"], r["point_id"]): r for r in measured}
+    by_id = {(r.run_id, r.point_id): r for r in measured}
     by_config = {_config_key(r, config_columns): r for r in measured}
     out = []
     for row in usable:
-        target = row.get("extra", {}).get("predicts")
+        target = row.predicts
         if is_measured(row) or target is None:
             continue
-        match = by_id.get((row["run"], target)) or by_config.get(_config_key(row, config_columns))
+        match = by_id.get((row.run_id, target)) or by_config.get(_config_key(row, config_columns))
         if match is not None:
             out.append(Prediction(match, row))
     return out
@@ -377,11 +340,11 @@ def predictions(rows: Iterable[Mapping[str, Any]]) -> list[Prediction]:
 class RunChange:
     """One point (same point_id) in the first run and in a later one."""
 
-    base: Mapping[str, Any]
-    head: Mapping[str, Any]
+    base: PointRow
+    head: PointRow
 
     def change_pct(self, metric: str) -> float | None:
-        a, b = number(self.base, metric), number(self.head, metric)
+        a, b = self.base.value(metric), self.head.value(metric)
         return None if a is None or b is None or a == 0 else (b - a) / a * 100.0
 
 
@@ -389,12 +352,12 @@ def run_changes(runs: Sequence[RunData]) -> list[RunChange]:
     """Points of the first run found (by point_id) in each later run; both ok."""
     if len(runs) < 2:
         return []
-    base = {r["point_id"]: r for r in plot_rows(runs[0].rows)}
+    base = {r.point_id: r for r in plot_rows(runs[0].rows)}
     out = []
     for run in runs[1:]:
         for row in plot_rows(run.rows):
-            if row["point_id"] in base:
-                out.append(RunChange(base[row["point_id"]], row))
+            if row.point_id in base:
+                out.append(RunChange(base[row.point_id], row))
     return out
 
 
@@ -420,7 +383,7 @@ def telemetry_reason(run: RunData) -> str | None:
     measured = [r for r in run.rows if is_measured(r)]
     if not measured:
         return "no measured points in this run (telemetry is sampled only while a point is measured)"
-    verdicts = [r.get("telemetry_verdict") for r in measured if r.get("telemetry_verdict")]
+    verdicts = [r.telemetry_verdict for r in measured if r.telemetry_verdict]
     invalid = sorted({v.removeprefix("invalid: ") for v in verdicts if v != "valid"})
     reason = f"no telemetry samples: {'; '.join(invalid)}" if invalid else "no telemetry samples stored"
     if run.manifest.get("nvidia_driver") is None:
@@ -449,7 +412,6 @@ __all__ = [
     "load_runs",
     "mix_label",
     "nic_line_rate",
-    "number",
     "pareto_front",
     "plot_rows",
     "pool_times",

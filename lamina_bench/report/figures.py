@@ -12,7 +12,7 @@ offline report does not ship; dollars are written "USD".
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,11 +29,11 @@ from lamina_bench.report.data import (
     link_gbps,
     mix_label,
     nic_line_rate,
-    number,
     pareto_front,
     pool_times,
     source_label,
 )
+from lamina_bench.results.row import PointRow
 
 TELEMETRY_MAX_POINTS = 1500  # per device and metric; more samples are thinned (the figure says so)
 # Colours: blues for the homogeneous baseline, reds/oranges for Lamina; one shade per device mix.
@@ -101,59 +101,59 @@ class _Styles:
             self._colors[key] = shades[used % len(shades)]
         return self._colors[key]
 
-    def line(self, row: Mapping[str, Any]) -> dict[str, Any]:
-        dash = _DASHES[self._runs.index(row["run"]) % len(_DASHES)] if row["run"] in self._runs else "solid"
-        return {"color": self.color(row.get("system") or "", mix_label(row)), "dash": dash}
+    def line(self, row: PointRow) -> dict[str, Any]:
+        dash = _DASHES[self._runs.index(row.run_id) % len(_DASHES)] if row.run_id in self._runs else "solid"
+        return {"color": self.color(row.system or "", mix_label(row)), "dash": dash}
 
-    def marker(self, row: Mapping[str, Any]) -> dict[str, Any]:
-        symbol = "diamond" if row.get("system") == "lamina" else "circle"
-        return {"color": self.color(row.get("system") or "", mix_label(row)), "size": 9,
+    def marker(self, row: PointRow) -> dict[str, Any]:
+        symbol = "diamond" if row.system == "lamina" else "circle"
+        return {"color": self.color(row.system or "", mix_label(row)), "size": 9,
                 "symbol": symbol if is_measured(row) else f"{symbol}-open", "line": {"width": 2}}  # fmt: skip
 
-    def name(self, row: Mapping[str, Any], text: str) -> str:
-        prefix = f"{row['run']} · " if len(self._runs) > 1 else ""
-        return f"{prefix}{text} ({row.get('source')})"
+    def name(self, row: PointRow, text: str) -> str:
+        prefix = f"{row.run_id} · " if len(self._runs) > 1 else ""
+        return f"{prefix}{text} ({row.source})"
 
 
-def _group(rows: Iterable[Mapping[str, Any]], *keys: Any) -> dict[tuple, list[Mapping[str, Any]]]:
-    groups: dict[tuple, list[Mapping[str, Any]]] = {}
+def _group(rows: Iterable[PointRow], *keys: Any) -> dict[tuple, list[PointRow]]:
+    groups: dict[tuple, list[PointRow]] = {}
     for row in rows:
-        groups.setdefault(tuple(k(row) if callable(k) else row.get(k) for k in keys), []).append(row)
+        groups.setdefault(tuple(k(row) if callable(k) else getattr(row, k) for k in keys), []).append(row)
     return groups
 
 
-def _hover(row: Mapping[str, Any]) -> str:
-    return f"{config_label(row)}<br>{row.get('source')} · run {row.get('run')}"
+def _hover(row: PointRow) -> str:
+    return f"{config_label(row)}<br>{row.source} · run {row.run_id}"
 
 
 # ---- 2. throughput and tokens per USD against batch size --------------------------------------------
 
 
-def batch_figure(rows: Sequence[Mapping[str, Any]], model: str, runs: Sequence[str]) -> Figure | Missing:
+def batch_figure(rows: Sequence[PointRow], model: str, runs: Sequence[str]) -> Figure | Missing:
     """Two panels: throughput and tokens per USD against batch size, one line per system and mix."""
     title = f"{model}: throughput and tokens per USD against batch size"
-    rows = [r for r in rows if batch_x(r) is not None and number(r, "throughput_tok_per_s") is not None]
+    rows = [r for r in rows if batch_x(r) is not None and r.value("throughput_tok_per_s") is not None]
     if not rows:
         return Missing(title, "no row of this model has both a batch size and a throughput")
     styles = _Styles(runs)
-    priced = [r for r in rows if number(r, "tokens_per_usd") is not None]
+    priced = [r for r in rows if r.value("tokens_per_usd") is not None]
     two = bool(priced)
     data = []
-    for key, group in sorted(_group(rows, "run", "source", "system", mix_label).items(), key=str):
+    for key, group in sorted(_group(rows, "run_id", "source", "system", mix_label).items(), key=str):
         group = sorted(group, key=batch_x)
         first = group[0]
-        name = styles.name(first, f"{first.get('system')} {mix_label(first)}")
+        name = styles.name(first, f"{first.system} {mix_label(first)}")
         common = {"type": "scatter", "mode": "lines+markers", "name": name, "legendgroup": str(key),
                   "line": styles.line(first), "marker": styles.marker(first), "x": [batch_x(r) for r in group],
                   "text": [_hover(r) for r in group]}  # fmt: skip
-        data.append({**common, "y": [number(r, "throughput_tok_per_s") for r in group],
+        data.append({**common, "y": [r.value("throughput_tok_per_s") for r in group],
                      "hovertemplate": "%{text}<br>batch %{x:.4g}<br>%{y:,.4g} tok/s<extra></extra>"})  # fmt: skip
         if two:
-            data.append({**common, "y": [number(r, "tokens_per_usd") for r in group], "xaxis": "x2",
+            data.append({**common, "y": [r.value("tokens_per_usd") for r in group], "xaxis": "x2",
                          "yaxis": "y2", "showlegend": False,
                          "hovertemplate": "%{text}<br>batch %{x:.4g}<br>%{y:,.4g} tokens/USD<extra></extra>"})  # fmt: skip
-    configured = any(number(r, "batch_size") is not None for r in rows)
-    simulated = any(number(r, "batch_size") is None for r in rows)
+    configured = any(r.batch_size is not None for r in rows)
+    simulated = any(r.batch_size is None for r in rows)
     x_title = {(True, False): "batch size (configured)", (False, True): "mean batch size (simulated)"}.get(
         (configured, simulated), "batch size (configured; trace rows: mean batch)"
     )
@@ -174,31 +174,31 @@ def batch_figure(rows: Sequence[Mapping[str, Any]], model: str, runs: Sequence[s
 # ---- 3. Pareto frontier of tokens per USD against TBT ---------------------------------------------
 
 
-def pareto_figure(rows: Sequence[Mapping[str, Any]], model: str, runs: Sequence[str]) -> Figure | Missing:
+def pareto_figure(rows: Sequence[PointRow], model: str, runs: Sequence[str]) -> Figure | Missing:
     """Every configuration as a point (TBT p99, tokens per USD); the frontier of each system as a line."""
     title = f"{model}: tokens per USD against TBT p99 (Pareto frontier per system)"
     rows = [
-        r for r in rows if number(r, "tbt_p99_ms") is not None and number(r, "tokens_per_usd") is not None
+        r for r in rows if r.value("tbt_p99_ms") is not None and r.value("tokens_per_usd") is not None
     ]
     if not rows:
         return Missing(title, "no row of this model has both a TBT p99 and a price (tokens per USD)")
     styles = _Styles(runs)
     data = []
-    for (run, system), group in sorted(_group(rows, "run", "system").items(), key=str):
+    for (run, system), group in sorted(_group(rows, "run_id", "system").items(), key=str):
         for _key, points in sorted(_group(group, "source", mix_label).items(), key=str):
             first = points[0]
             data.append({"type": "scatter", "mode": "markers", "marker": styles.marker(first),
                          "name": styles.name(first, f"{system} {mix_label(first)}"),
-                         "x": [number(r, "tbt_p99_ms") for r in points],
-                         "y": [number(r, "tokens_per_usd") for r in points], "text": [_hover(r) for r in points],
+                         "x": [r.value("tbt_p99_ms") for r in points],
+                         "y": [r.value("tokens_per_usd") for r in points], "text": [_hover(r) for r in points],
                          "hovertemplate": "%{text}<br>TBT p99 %{x:.4g} ms<br>%{y:,.4g} tokens/USD<extra></extra>"})  # fmt: skip
-        coords = [(number(r, "tbt_p99_ms"), number(r, "tokens_per_usd")) for r in group]
+        coords = [(r.value("tbt_p99_ms"), r.value("tokens_per_usd")) for r in group]
         front = [group[i] for i in pareto_front(coords)]
         prefix = f"{run} · " if len(runs) > 1 else ""
         data.append({"type": "scatter", "mode": "lines", "name": f"{prefix}frontier: {system}",
                      "line": {**styles.line(front[0]), "color": _FRONTIER.get(system, "#333333"), "shape": "hv",
                               "width": 1.5},
-                     "x": [number(r, "tbt_p99_ms") for r in front], "y": [number(r, "tokens_per_usd") for r in front],
+                     "x": [r.value("tbt_p99_ms") for r in front], "y": [r.value("tokens_per_usd") for r in front],
                      "hoverinfo": "skip"})  # fmt: skip
     layout = _layout(title, source_label(rows), height=440,
                      xaxis=_axis("TBT p99 (ms), lower = more interactive"),
@@ -211,14 +211,14 @@ def pareto_figure(rows: Sequence[Mapping[str, Any]], model: str, runs: Sequence[
 # ---- 4. time per iteration by pool; link bandwidth against the NIC --------------------------------
 
 
-def breakdown_figure(rows: Sequence[Mapping[str, Any]], model: str, runs: Sequence[str]) -> Figure | Missing:
+def breakdown_figure(rows: Sequence[PointRow], model: str, runs: Sequence[str]) -> Figure | Missing:
     """Stacked bars: dense, attention, network and idle ms per decode iteration, one bar per row and pool."""
     title = f"{model}: time per decode iteration by pool"
     labelled = []
     for row in rows:
-        prefix = f"{row['run']} · " if len(runs) > 1 else ""
+        prefix = f"{row.run_id} · " if len(runs) > 1 else ""
         for pool, parts in pool_times(row).items():
-            labelled.append((f"{prefix}{config_label(row)} ({row.get('source')}) | {pool}", parts, row))
+            labelled.append((f"{prefix}{config_label(row)} ({row.source}) | {pool}", parts, row))
     if not labelled:
         return Missing(title, "no row of this model records dense/attention/network/idle times per iteration")
     data = []
@@ -239,10 +239,10 @@ def breakdown_figure(rows: Sequence[Mapping[str, Any]], model: str, runs: Sequen
     return Figure(title, source_label(used), {"data": data, "layout": layout}, tuple(notes))
 
 
-def bandwidth_figure(rows: Sequence[Mapping[str, Any]], model: str, runs: Sequence[str]) -> Figure | Missing:
+def bandwidth_figure(rows: Sequence[PointRow], model: str, runs: Sequence[str]) -> Figure | Missing:
     """Link rate a Lamina configuration needs against batch size, with the NIC line rate of each mix."""
     title = f"{model}: link bandwidth needed against batch size (Lamina)"
-    lamina = [r for r in rows if r.get("system") == "lamina" and batch_x(r) is not None
+    lamina = [r for r in rows if r.system == "lamina" and batch_x(r) is not None
               and link_gbps(r)[0] is not None]  # fmt: skip
     if not lamina:
         return Missing(title, "no Lamina row of this model records its link traffic (net_peak_gbps or "
@@ -250,7 +250,7 @@ def bandwidth_figure(rows: Sequence[Mapping[str, Any]], model: str, runs: Sequen
     styles = _Styles(runs)
     data = []
     kinds = set()
-    for _, group in sorted(_group(lamina, "run", "source", mix_label).items(), key=str):
+    for _, group in sorted(_group(lamina, "run_id", "source", mix_label).items(), key=str):
         group = sorted(group, key=batch_x)
         first = group[0]
         kind = link_gbps(first)[1]
@@ -265,7 +265,7 @@ def bandwidth_figure(rows: Sequence[Mapping[str, Any]], model: str, runs: Sequen
     lo, hi = (lo * 0.9, hi * 1.1) if lo == hi else (lo, hi)
     notes, by_rate = [], {}
     for row in lamina:
-        mix = f"{row.get('compute')}+{row.get('attention')}"
+        mix = f"{row.compute}+{row.attention}"
         rate = nic_line_rate(row)
         if rate.gbps is None:
             notes.append(f"{mix}: {rate.reason}; no line rate drawn.")
@@ -302,20 +302,20 @@ def prediction_figure(preds: Sequence[Prediction], runs: Sequence[str]) -> Figur
     for i, metric in enumerate(metrics):
         suffix = "" if i == 0 else str(i + 1)
         pairs = [p for p in preds if metric in p.metrics()]
-        values = [number(p.measured, metric) for p in pairs] + [number(p.modeled, metric) for p in pairs]
+        values = [p.measured.value(metric) for p in pairs] + [p.modeled.value(metric) for p in pairs]
         lo, hi = min(values) * 0.8, max(values) * 1.25
         data.append({"type": "scatter", "mode": "lines", "x": [lo, hi], "y": [lo, hi], "name": "modeled = measured",
                      "line": {"color": "#7f7f7f", "dash": "dot"}, "hoverinfo": "skip", "showlegend": i == 0,
                      "xaxis": f"x{suffix}", "yaxis": f"y{suffix}"})  # fmt: skip
-        for _, group in sorted(_group(pairs, lambda p: p.measured["run"], lambda p: p.measured.get("system")).items(),
+        for _, group in sorted(_group(pairs, lambda p: p.measured.run_id, lambda p: p.measured.system).items(),
                                key=str):  # fmt: skip
             first = group[0].measured
             data.append({"type": "scatter", "mode": "markers", "xaxis": f"x{suffix}", "yaxis": f"y{suffix}",
                          "marker": {**styles.marker(first), "symbol": "x"}, "showlegend": i == 0,
-                         "legendgroup": f"{first['run']}{first.get('system')}",
-                         "name": (f"{first['run']} · " if len(runs) > 1 else "") + str(first.get("system")),
-                         "x": [number(p.measured, metric) for p in group],
-                         "y": [number(p.modeled, metric) for p in group],
+                         "legendgroup": f"{first.run_id}{first.system}",
+                         "name": (f"{first.run_id} · " if len(runs) > 1 else "") + str(first.system),
+                         "x": [p.measured.value(metric) for p in group],
+                         "y": [p.modeled.value(metric) for p in group],
                          "text": [f"{config_label(p.measured)}<br>error {p.error_pct(metric):+.1f}%" for p in group],
                          "hovertemplate": "%{text}<br>measured %{x:.4g}<br>modeled %{y:.4g}<extra></extra>"})  # fmt: skip
         unit = metric.rsplit("_", 1)[-1] if metric.endswith("_ms") else "tok/s"
@@ -395,7 +395,7 @@ def telemetry_figure(run: RunData, runs: Sequence[str]) -> Figure | Missing:
 
 def _window_shapes(run: RunData, frame: pd.DataFrame, t0: float) -> list[dict[str, Any]]:
     """A shaded band over the samples of each point's window, coloured by the point's verdict."""
-    verdicts = {r["point_id"]: r.get("telemetry_verdict") for r in run.rows}
+    verdicts = {r.point_id: r.telemetry_verdict for r in run.rows}
     inside = frame[frame["point_id"].notna()]
     shapes = []
     windows = inside.groupby("point_id")["t_mono_s"].agg(["min", "max"]).sort_values("min")

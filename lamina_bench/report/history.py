@@ -20,9 +20,12 @@ from typing import Any
 
 import pandas as pd
 
+from lamina_bench.compare.sides import comparable_rows, point_label
 from lamina_bench.errors import UserInputError
-from lamina_bench.regress import DIRECTIONS, UP, comparable_rows, point_label
-from lamina_bench.results import METRIC_COLUMNS, RunStore, atomic_write_bytes
+from lamina_bench.results.files import atomic_write_bytes
+from lamina_bench.results.metrics import DOWN, METRICS, UP
+from lamina_bench.results.row import PointRow
+from lamina_bench.results.store import RunStore
 
 _ROW_COLUMNS = ("run", "point_id", "point", "metric", "value", "ci_low", "ci_high")
 
@@ -68,18 +71,16 @@ def _run_of(store: RunStore) -> HistoryRun:
     return HistoryRun(str(store.path), store.run_id, commit, dirty, start, label)
 
 
-def _metric_rows(run: HistoryRun, points: pd.DataFrame) -> list[dict[str, Any]]:
+def _metric_rows(run: HistoryRun, points: Sequence[PointRow]) -> list[dict[str, Any]]:
     rows = []
     records, _ = comparable_rows(points)  # aggregate rows stand for their single repeats
     for rec in records:
-        if rec.get("status") != "ok":
+        if not rec.ok:
             continue
-        for metric in METRIC_COLUMNS:
-            if rec.get(metric) is None:
-                continue
-            ci = (rec.get(f"{metric}_ci_low"), rec.get(f"{metric}_ci_high"))
-            rows.append(dict(zip(_ROW_COLUMNS, (run.label, rec["point_id"], point_label(rec), metric,
-                                                float(rec[metric]), *ci), strict=True)))  # fmt: skip
+        for metric, value in rec.metrics.items():
+            ci = rec.ci.get(metric, (None, None))
+            rows.append(dict(zip(_ROW_COLUMNS, (run.label, rec.point_id, point_label(rec), metric, value, *ci),
+                                 strict=True)))  # fmt: skip
     return rows
 
 
@@ -96,7 +97,7 @@ def load_history(paths: Sequence[str | Path]) -> tuple[list[HistoryRun], pd.Data
         if run.label in {r.label for r, _ in runs}:  # two runs in the same minute at the same commit
             run = dataclasses.replace(run, label=f"{run.label} ({run.run_id})")
         runs.append((run, store))
-    rows = [row for run, store in runs for row in _metric_rows(run, store.points())]
+    rows = [row for run, store in runs for row in _metric_rows(run, store.rows())]
     return [run for run, _ in runs], pd.DataFrame(rows, columns=list(_ROW_COLUMNS))
 
 
@@ -114,7 +115,7 @@ def _figure(metric: str, table: pd.DataFrame, categories: list[str]):
         fig.add_trace(go.Scatter(x=series["run"].tolist(), y=series["value"].tolist(), mode="lines+markers",
                                  name=label, error_y=error, hovertemplate=f"{html.escape(label)}<br>"
                                  f"{pid}<br>%{{x}}<br>{metric} = %{{y:.6g}}<extra></extra>"))  # fmt: skip
-    better = {UP: "higher is better", "down": "lower is better"}.get(DIRECTIONS.get(metric, ""), "")
+    better = {UP: "higher is better", DOWN: "lower is better"}.get(METRICS[metric].better, "")
     fig.update_layout(title=f"{metric}" + (f" ({better})" if better else ""), height=420,
                       xaxis=dict(type="category", categoryorder="array", categoryarray=categories,
                                  title="commit, run start (UTC)"),
@@ -147,7 +148,7 @@ def build_history_report(paths: Sequence[str | Path], out_path: str | Path) -> P
     runs, table = load_history(paths)
     categories = [r.label for r in runs]
     divs = []
-    for metric in [m for m in METRIC_COLUMNS if m in set(table["metric"])]:
+    for metric in [m for m in METRICS if m in set(table["metric"])]:
         fig = _figure(metric, table[table["metric"] == metric], categories)
         divs.append(fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"history-{metric}",
                                 config={"displaylogo": False}))  # fmt: skip

@@ -1,4 +1,4 @@
-"""The report's sections: a runs overview and the seven parts of issue 6, as HTML with registered figures.
+"""The report's sections: a runs overview and seven numbered parts, as HTML with registered figures.
 
 Each `*_section` function takes the loaded runs and the page `Document` and returns one `Section`; a part
 without data says why in place of its figure or table.
@@ -7,7 +7,7 @@ without data says why in place of its figure or table.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from lamina_bench.report import figures as figs
@@ -19,7 +19,6 @@ from lamina_bench.report.data import (
     headline_pairs,
     is_measured,
     mix_label,
-    number,
     plot_rows,
     predictions,
     run_changes,
@@ -28,13 +27,9 @@ from lamina_bench.report.data import (
     workload_label,
 )
 from lamina_bench.report.page import Document, Section, esc, fmt_num, note, source_badges, table
+from lamina_bench.results.metrics import DOWN, METRICS, UP
+from lamina_bench.results.row import PointRow
 
-# Direction of each headline metric: +1 higher is better, -1 lower is better (for the ratio's colour).
-_BETTER = {"throughput_tok_per_s": 1, "tokens_per_usd": 1, "usd_per_mtok": -1, "mean_batch_size": 1,
-           "tbt_p50_ms": -1, "tbt_p99_ms": -1}  # fmt: skip
-_HEADLINE_NAMES = {"throughput_tok_per_s": "throughput (tok/s)", "tokens_per_usd": "tokens per USD",
-                   "usd_per_mtok": "USD per M tokens", "mean_batch_size": "mean batch",
-                   "tbt_p50_ms": "TBT p50 (ms)", "tbt_p99_ms": "TBT p99 (ms)"}  # fmt: skip
 _APPENDIX_FILE_LIMIT_BYTES = 200_000  # profile files larger than this are named, not embedded
 
 
@@ -42,8 +37,8 @@ def _all_rows(runs: Sequence[RunData]) -> list[dict[str, Any]]:
     return [row for run in runs for row in run.rows]
 
 
-def _models(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    return list(dict.fromkeys(str(r.get("model")) for r in rows))
+def _models(rows: Sequence[PointRow]) -> list[str]:
+    return list(dict.fromkeys(str(r.model) for r in rows))
 
 
 def _per_model(runs: Sequence[RunData], doc: Document,
@@ -57,7 +52,7 @@ def _per_model(runs: Sequence[RunData], doc: Document,
         return note(f"Nothing to draw: {why}."), "no rows"
     parts = []
     for model in _models(rows):
-        model_rows = [r for r in rows if str(r.get("model")) == model]
+        model_rows = [r for r in rows if str(r.model) == model]
         parts.append(f"<h3>{esc(model)}</h3>")
         parts += [doc.figure(build(model_rows, model, labels)) for build in builders]
     return "".join(parts), source_label(rows)
@@ -73,15 +68,15 @@ def runs_section(runs: Sequence[RunData], doc: Document) -> Section:
     for run in runs:
         git = run.manifest.get("git") or {}
         commit = (git.get("commit") or "n/a")[:12] + (" (dirty)" if git.get("dirty") else "")
-        ok = sum(r.get("status") == "ok" for r in run.rows)
+        ok = sum(r.status == "ok" for r in run.rows)
         body.append([esc(run.label), esc(run.manifest.get("status")), esc(run.manifest.get("start_time")),
                      f"<code>{esc(commit)}</code>", esc(run.manifest.get("host")), str(ok),
                      str(len(run.rows) - ok), f"<code>{esc(run.path)}</code>"])  # fmt: skip
     html = [table(headers, body)]
     failed = failed_rows(_all_rows(runs))
     if failed:
-        rows = [[esc(r["run"]), f"<code>{esc(r['point_id'])}</code>", source_badges(r.get("source") or ""),
-                 esc(config_label(r)), esc(r.get("error"))] for r in failed]  # fmt: skip
+        rows = [[esc(r.run_id), f"<code>{esc(r.point_id)}</code>", source_badges(r.source or ""),
+                 esc(config_label(r)), esc(r.error)] for r in failed]  # fmt: skip
         html.append(f"<h3>Failed points ({len(failed)})</h3>")
         html.append(table(["run", "point", "source", "configuration", "error"], rows,
                           "Failed points are results too: each is stored with its error, never dropped."))  # fmt: skip
@@ -99,10 +94,10 @@ def _changes_table(runs: Sequence[RunData]) -> str:
         )
     body = []
     for c in changes:
-        cells = [esc(c.head["run"]), esc(config_label(c.head)), source_badges(c.head.get("source") or "")]
+        cells = [esc(c.head.run_id), esc(config_label(c.head)), source_badges(c.head.source or "")]
         for metric in ("throughput_tok_per_s", "tbt_mean_ms", "tokens_per_usd"):
             pct = c.change_pct(metric)
-            cells.append(f"{fmt_num(number(c.base, metric))} → {fmt_num(number(c.head, metric))}"
+            cells.append(f"{fmt_num(c.base.value(metric))} → {fmt_num(c.head.value(metric))}"
                          + ("" if pct is None else f" ({pct:+.1f}%)"))  # fmt: skip
         body.append(cells)
     headers = ["run", "configuration", "source", "throughput (tok/s)", "TBT mean (ms)", "tokens per USD"]
@@ -113,10 +108,11 @@ def _changes_table(runs: Sequence[RunData]) -> str:
 
 
 def _ratio_cell(pair, metric: str) -> str:
-    a, b, ratio = number(pair.lamina, metric), number(pair.baseline, metric), pair.ratio(metric)
+    a, b, ratio = pair.lamina.value(metric), pair.baseline.value(metric), pair.ratio(metric)
     if ratio is None:
         return f"{fmt_num(a)} / {fmt_num(b)}"
-    better = (ratio - 1) * _BETTER[metric]
+    sign = {UP: 1, DOWN: -1}.get(METRICS[metric].better, 0)
+    better = (ratio - 1) * sign
     css = "better" if better > 0.005 else "worse" if better < -0.005 else ""
     return f"{fmt_num(a)} / {fmt_num(b)}<br><span class='{css}'>×{ratio:.3g}</span>"
 
@@ -133,22 +129,22 @@ def headline_section(runs: Sequence[RunData], doc: Document) -> Section:
                          + (f" ({len(alone)} Lamina rows stand alone, listed below)." if alone else
                             ": the runs hold no ok Lamina row.")))  # fmt: skip
     headers = (["run"] if multi else []) + ["workload", "source", "Lamina", "baseline", "USD/hour"] + [
-        _HEADLINE_NAMES[m] for m in HEADLINE_METRICS]  # fmt: skip
+        METRICS[m].label for m in HEADLINE_METRICS]  # fmt: skip
     for model in _models([p.lamina for p in pairs]):
         body = []
-        for p in (p for p in pairs if str(p.lamina.get("model")) == model):
-            src = p.lamina.get("source"), p.baseline.get("source")
-            cells = [esc(p.lamina["run"])] if multi else []
+        for p in (p for p in pairs if str(p.lamina.model) == model):
+            src = p.lamina.source, p.baseline.source
+            cells = [esc(p.lamina.run_id)] if multi else []
             cells += [esc(workload_label(p.lamina)),
                       source_badges(src[0]) + ("" if src[0] == src[1] else " / " + source_badges(src[1])),
                       esc(mix_label(p.lamina)), esc(mix_label(p.baseline)),
-                      f"{fmt_num(number(p.lamina, 'cost_usd_per_hour'))} / {fmt_num(number(p.baseline, 'cost_usd_per_hour'))}"]  # fmt: skip
+                      f"{fmt_num(p.lamina.value('cost_usd_per_hour'))} / {fmt_num(p.baseline.value('cost_usd_per_hour'))}"]  # fmt: skip
             cells += [_ratio_cell(p, m) for m in HEADLINE_METRICS]
             body.append(cells)
         numeric = [False] * (len(headers) - len(HEADLINE_METRICS)) + [True] * len(HEADLINE_METRICS)
         html.append(f"<h3>{esc(model)}</h3>" + table(headers, body, numeric=numeric))
     if alone:
-        rows = [[esc(r["run"]), esc(config_label(r)), source_badges(r.get("source") or "")] for r in alone]
+        rows = [[esc(r.run_id), esc(config_label(r)), source_badges(r.source or "")] for r in alone]
         html.append(
             "<h3>Lamina rows without a baseline</h3>" + table(["run", "configuration", "source"], rows)
         )
@@ -193,9 +189,9 @@ def prediction_section(runs: Sequence[RunData], doc: Document) -> Section:
     for p in preds:
         for metric in p.metrics():
             err = p.error_pct(metric)
-            cells = [esc(p.measured["run"])] if multi else []
-            cells += [esc(config_label(p.measured)), esc(p.modeled.get("profile")), esc(metric),
-                      fmt_num(number(p.measured, metric)), fmt_num(number(p.modeled, metric)),
+            cells = [esc(p.measured.run_id)] if multi else []
+            cells += [esc(config_label(p.measured)), esc(p.modeled.profile), esc(metric),
+                      fmt_num(p.measured.value(metric)), fmt_num(p.modeled.value(metric)),
                       "n/a" if err is None else f"{err:+.1f}%"]  # fmt: skip
             body.append(cells)
     headers = (["run"] if multi else []) + ["configuration", "model profile", "metric", "measured", "modeled",
@@ -233,10 +229,10 @@ def _verdict_table(run: RunData) -> str:
         return ""
     body = []
     for r in measured:
-        verdict = r.get("telemetry_verdict") or "not recorded"
+        verdict = r.telemetry_verdict or "not recorded"
         css = "better" if verdict == "valid" else "worse"
         body.append([esc(config_label(r)), f"<span class='{css}'>{esc(verdict)}</span>",
-                     *(fmt_num(number(r, m)) for m in ("sm_busy_pct_mean", "mem_busy_pct_mean", "power_w_mean",
+                     *(fmt_num(r.value(m)) for m in ("sm_busy_pct_mean", "mem_busy_pct_mean", "power_w_mean",
                                                          "energy_j"))])  # fmt: skip
     headers = ["measured point", "telemetry verdict", "SM busy mean (%)", "memory busy mean (% of time)",
                "power mean (W, all devices)", "energy (J)"]  # fmt: skip
@@ -257,13 +253,26 @@ def appendix_section(runs: Sequence[RunData], doc: Document) -> Section:
         html.append("<details><summary>sweep spec</summary><pre>"
                     f"{esc(json.dumps(spec, indent=1, sort_keys=True, default=str))}</pre></details>")  # fmt: skip
         html.append(_profiles(run))
-        body = [[f"<code>{esc(r['point_id'])}</code>", source_badges(r.get("source") or ""), esc(r.get("status")),
-                 esc(config_label(r)), esc(r.get("profile")), f"<code>{esc(r.get('repro_command'))}</code>",
-                 esc(r.get("error"))] for r in run.rows]  # fmt: skip
+        body = [[f"<code>{esc(r.point_id)}</code>", source_badges(r.source or ""), esc(r.status),
+                 esc(config_label(r)), esc(r.profile), f"<code>{esc(r.repro_command)}</code>",
+                 esc(r.error)] for r in run.rows]  # fmt: skip
         html.append(table(["point", "source", "status", "configuration", "profile", "repro command", "error"],
                           body, f"every row of run {esc(run.label)} and the command that reproduces it"))  # fmt: skip
-    return Section("appendix", "7. Appendix: manifests, specs and repro commands", source_label(_all_rows(runs)),
-                   "".join(html))  # fmt: skip
+        html.append(_metrics_table(run))
+    return Section("appendix", "7. Appendix: manifests, specs, repro commands and every metric",
+                   source_label(_all_rows(runs)), "".join(html))  # fmt: skip
+
+
+def _metrics_table(run: RunData) -> str:
+    """Every registered metric any row of the run has, one column each (label and unit from the registry)."""
+    names = [m for m in METRICS if any(m in r.metrics for r in run.rows)]
+    if not names:
+        return note(f"No row of run {esc(run.label)} has a metric.")
+    headers = ["point", "source", *(f"{m} [{METRICS[m].unit}]" for m in names)]
+    body = [[f"<code>{esc(r.point_id)}</code>", source_badges(r.source), *(fmt_num(r.metrics.get(m)) for m in names)]
+            for r in run.rows]  # fmt: skip
+    caption = f"every metric of every row of run {esc(run.label)} (see the metric registry for their meaning)"
+    return "<details><summary>all metrics</summary>" + table(headers, body, caption, [False, False] + [True] * len(names)) + "</details>"
 
 
 def _profiles(run: RunData) -> str:

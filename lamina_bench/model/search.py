@@ -20,19 +20,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lamina_bench.cost import TP_COUNTS
+from lamina_bench.catalog.device_spec import DeviceSpec
+from lamina_bench.catalog.devices import DeviceMix, get_device, load_catalog
+from lamina_bench.catalog.models import ModelSpec
+from lamina_bench.catalog.workloads import Trace
 from lamina_bench.errors import UserInputError
-from lamina_bench.hardware import DeviceMix, DeviceSpec, get_device, load_catalog
-from lamina_bench.models import ModelSpec
-from lamina_bench.simulate import (
-    IterationModel,
-    SimulationResult,
-    SystemConfig,
-    iteration_model,
-    memory_plan,
-    simulate,
-)
-from lamina_bench.workloads import Trace
+from lamina_bench.model.cost import TP_COUNTS
+from lamina_bench.model.iteration import IterationModel, iteration_model
+from lamina_bench.model.simulator import SimulationResult, simulate
+from lamina_bench.model.system import SystemConfig, memory_plan
 
 POOL_COUNTS = (1, 2, 4, 8)
 PIPELINE_DEPTHS = (1, 2, 3, 4)

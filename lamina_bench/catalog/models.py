@@ -7,6 +7,7 @@ docstring. Sizes are exact integers (bytes, parameters); flops are floats.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from lamina_bench.errors import UserInputError
@@ -289,3 +290,30 @@ def hf_config(spec: ModelSpec) -> dict:
         "max_position_embeddings": spec.max_position,
         "hidden_act": "silu",
     }
+
+
+def same_layer_shape(a: ModelSpec, b: ModelSpec) -> bool:
+    """Whether two models' layers have the same shape (a profile of one applies to the other as measured)."""
+    keys = ("hidden_size", "intermediate_size", "num_heads", "num_kv_heads", "head_dim", "mlp", "qkv_bias")
+    return all(getattr(a, k) == getattr(b, k) for k in keys)
+
+
+def spec_from_hf_config(config: Mapping, name: str = "hf-model") -> ModelSpec:
+    """A ModelSpec from a Hugging Face config.json dict (llama / mistral / qwen2 / opt layouts)."""
+    kind = str(config.get("model_type", "llama"))
+    family = {"opt": "opt", "qwen2": "qwen2"}.get(kind, "llama")
+    try:
+        d, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
+        return ModelSpec(
+            name=name.lower(), family=family, num_layers=int(config["num_hidden_layers"]), hidden_size=d,
+            num_heads=heads, num_kv_heads=int(config.get("num_key_value_heads") or heads),
+            head_dim=int(config.get("head_dim") or d // heads),
+            intermediate_size=int(config["ffn_dim"] if family == "opt" else config["intermediate_size"]),
+            vocab_size=int(config["vocab_size"]), max_position=int(config.get("max_position_embeddings", 2048)),
+            mlp="relu" if family == "opt" else "swiglu",
+            tie_embeddings=bool(config.get("tie_word_embeddings", family == "opt")),
+            qkv_bias=family in ("opt", "qwen2") or bool(config.get("attention_bias", False)),
+            source=f"HF config.json ({kind})",
+        )  # fmt: skip
+    except KeyError as exc:
+        raise UserInputError(f"HF config is missing {exc.args[0]!r}") from None

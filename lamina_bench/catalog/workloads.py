@@ -19,7 +19,7 @@ import pandas as pd
 from lamina_bench.errors import UserInputError
 
 TRACES = ("azure-conv", "azure-code", "kimi-conv")
-TRACE_DIR = Path(__file__).parent / "data" / "traces"
+TRACE_DIR = Path(__file__).resolve().parents[1] / "data" / "traces"
 
 _AZURE_SOURCE = (
     "Azure LLM inference trace 2023 ({kind}), Azure/AzurePublicDataset "

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from lamina_bench.catalog.device_spec import DeviceSpec
+from lamina_bench.catalog.devices import DeviceMix, get_device
 from lamina_bench.errors import UserInputError
-from lamina_bench.hardware import DeviceMix, DeviceSpec, get_device
 
 # Tensor-parallel degrees the homogeneous baseline may use (one node of up to 8 devices).
 TP_COUNTS = (1, 2, 4, 8)

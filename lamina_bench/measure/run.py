@@ -21,6 +21,48 @@ from typing import Any
 
 import torch
 
+from lamina_bench.catalog.benchmodels import checkpoint_path
+from lamina_bench.catalog.models import spec_from_hf_config
+from lamina_bench.model.profiles import Profile
+from lamina_bench.model.reference import ReferencePrediction, ReferenceRun, predict_reference_run
+from reference_impl.engine import Request
+from reference_impl.lamina import LaminaConfig, generate_lamina
+from reference_impl.launch import GenerateConfig, generate
+
+MEASURED_SYSTEMS = ("homogeneous", "lamina")
+
+
+@dataclass(frozen=True)
+class MeasuredConfig:
+    """One measured configuration: `batch_size` requests of `context_len` prompt tokens, decoding
+    `new_tokens` each, on the reference implementation (homogeneous engine over `tp` processes, or the
+    Lamina runtime over `compute_workers` + `attention_workers` processes)."""
+
+    model: str  # bench model name or HF checkpoint folder
+    system: str  # homogeneous | lamina
+    device: str  # cpu | cuda
+    dtype: str  # fp32 | fp16 | bf16
+    batch_size: int
+    context_len: int
+    new_tokens: int
+    tp: int = 1
+    compute_workers: int = 1  # lamina only
+    attention_workers: int = 1  # lamina only
+    pipeline_batches: int = 1  # lamina only: 1 no overlap, 2 ping-pong, n rotational
+
+    @property
+    def lamina(self) -> bool:
+        return self.system == "lamina"
+
+    @property
+    def compute_mix(self) -> str:
+        """The compute processes as a device mix, e.g. "2xcpu" (homogeneous: the TP group)."""
+        return f"{self.compute_workers if self.lamina else self.tp}x{self.device}"
+
+    @property
+    def attention_mix(self) -> str | None:
+        return f"{self.attention_workers}x{self.device}" if self.lamina else None
+
 
 @dataclass(frozen=True)
 class DecodeTimings:
@@ -31,12 +73,13 @@ class DecodeTimings:
     breakdown_ms: Mapping[str, Any] | None = None  # per-pool dense/attention/network/idle per iteration
     net_bytes_per_token: float | None = None
 
-    def metrics(self) -> dict[str, float | None]:
+    def metrics(self) -> dict[str, float]:
+        """Registered metrics of the run (results/metrics.py); the ones not measured are left out."""
         if not self.times_s:
             return {}
         tbt_ms = sorted(t * 1e3 for t in self.times_s)
         q = statistics.quantiles(tbt_ms, n=100, method="inclusive") if len(tbt_ms) > 1 else tbt_ms * 99
-        return {
+        values = {
             "throughput_tok_per_s": sum(self.batches) / sum(self.times_s),
             "generated_tokens": float(sum(self.batches)),
             "tbt_p50_ms": statistics.median(tbt_ms),
@@ -48,6 +91,7 @@ class DecodeTimings:
             "net_bytes_per_token": self.net_bytes_per_token,
             **self._flat_breakdown(),
         }
+        return {k: v for k, v in values.items() if v is not None}
 
     def _flat_breakdown(self) -> dict[str, float | None]:
         """dense/attention/network/idle ms per decode step: each pool's own work, the compute pool's waits."""
@@ -73,8 +117,6 @@ def one_cpu_thread():
 
 
 def fixed_batch_requests(batch: int, context_len: int, new_tokens: int, vocab_size: int, seed: int = 0):
-    from reference_impl.engine import Request
-
     gen = torch.Generator().manual_seed(seed)
     return [
         Request(i, tuple(torch.randint(0, vocab_size, (context_len,), generator=gen).tolist()), new_tokens)
@@ -86,28 +128,20 @@ def _vocab_size(folder) -> int:
     return int(json.loads((folder / "config.json").read_text())["vocab_size"])
 
 
-def run_measured(config: Mapping[str, Any], seed: int = 0) -> DecodeTimings:
-    """Run one measured point's configuration (see module doc) and return its decode timings."""
-    from lamina_bench.benchmodels import checkpoint_path
-
-    folder = checkpoint_path(config["model"])
+def run_measured(config: MeasuredConfig, seed: int = 0) -> DecodeTimings:
+    """Run one measured configuration (see module doc) and return its decode timings."""
+    folder = checkpoint_path(config.model)
     requests = fixed_batch_requests(
-        config["batch_size"], config["context_len"], config["new_tokens"], _vocab_size(folder), seed
+        config.batch_size, config.context_len, config.new_tokens, _vocab_size(folder), seed
     )
-    if config["system"] == "homogeneous":
-        return _run_homogeneous(config, folder, requests)
-    return _run_lamina(config, folder, requests)
+    if config.lamina:
+        return _run_lamina(config, folder, requests)
+    return _run_homogeneous(config, folder, requests)
 
 
-def _run_homogeneous(config, folder, requests) -> DecodeTimings:
-    from reference_impl.launch import GenerateConfig, generate
-
+def _run_homogeneous(config: MeasuredConfig, folder, requests) -> DecodeTimings:
     cfg = GenerateConfig(
-        model_dir=str(folder),
-        tp=config["tp"],
-        device=config["device"],
-        dtype=config["dtype"],
-        ignore_eos=True,
+        model_dir=str(folder), tp=config.tp, device=config.device, dtype=config.dtype, ignore_eos=True
     )
     with one_cpu_thread():  # tensor-parallel ranks are processes that set their own thread count
         run = generate(cfg, requests)
@@ -115,16 +149,14 @@ def _run_homogeneous(config, folder, requests) -> DecodeTimings:
     return DecodeTimings(tuple(it.decode_seqs for it in decode), tuple(it.decode_s for it in decode))
 
 
-def _run_lamina(config, folder, requests) -> DecodeTimings:
-    from reference_impl.lamina import LaminaConfig, generate_lamina
-
+def _run_lamina(config: MeasuredConfig, folder, requests) -> DecodeTimings:
     cfg = LaminaConfig(
         model_dir=str(folder),
-        compute_workers=int(config["compute"].split("x")[0]),
-        attention_workers=int(config["attention"].split("x")[0]),
-        pipeline_batches=config["pipeline_batches"],
-        device=config["device"],
-        dtype=config["dtype"],
+        compute_workers=config.compute_workers,
+        attention_workers=config.attention_workers,
+        pipeline_batches=config.pipeline_batches,
+        device=config.device,
+        dtype=config.dtype,
         ignore_eos=True,
     )
     run = generate_lamina(cfg, requests)
@@ -145,35 +177,24 @@ def _pools_ms(run) -> dict[str, dict[str, float]]:
     for role in ("compute", "attention"):
         steps = [s for w in run.workers if w.role == role for s in w.steps if s.kind == "decode"]
         if steps:
-            pools[role] = {f"{c}_ms": 1e3 * sum(getattr(s, f"{c}_s") for s in steps) / len(steps)
-                           for c in ("dense", "attention", "network", "idle", "other")}  # fmt: skip
+            parts = ("dense", "attention", "network", "idle", "other")
+            pools[role] = {f"{c}_ms": 1e3 * sum(getattr(s, f"{c}_s") for s in steps) / len(steps) for c in parts}
     return pools
 
 
-def predict_measured(config: Mapping[str, Any], profile) -> dict[str, Any]:
-    """The performance model's prediction of a measured point's configuration from `profile` (modeled)."""
-    from lamina_bench.benchmodels import checkpoint_path
-    from lamina_bench.simulate import ReferenceRun, predict_reference_run, spec_from_hf_config
-
-    folder = checkpoint_path(config["model"])
+def predict_measured(config: MeasuredConfig, profile: Profile) -> ReferencePrediction:
+    """The performance model's prediction of a measured configuration from `profile` (modeled)."""
+    folder = checkpoint_path(config.model)
     spec = spec_from_hf_config(json.loads((folder / "config.json").read_text()), name=folder.name)
-    lamina = config["system"] == "lamina"
     run = ReferenceRun(
         model=spec,
-        system=config["system"],
-        batch_size=config["batch_size"],
-        context_len=config["context_len"],
-        decode_steps=config["new_tokens"] - 1,  # the first new token comes from the prefill
-        dtype=config["dtype"],
-        compute_workers=int(config["compute"].split("x")[0]) if lamina else config["tp"],
-        attention_workers=int(config["attention"].split("x")[0]) if lamina else 1,
-        pipeline_batches=config["pipeline_batches"],
+        system=config.system,
+        batch_size=config.batch_size,
+        context_len=config.context_len,
+        decode_steps=config.new_tokens - 1,  # the first new token comes from the prefill
+        dtype=config.dtype,
+        compute_workers=config.compute_workers if config.lamina else config.tp,
+        attention_workers=config.attention_workers if config.lamina else 1,
+        pipeline_batches=config.pipeline_batches,
     )
-    pred = predict_reference_run(profile, run)
-    return {
-        "throughput_tok_per_s": pred.throughput_tok_per_s,
-        "tbt_mean_ms": pred.mean_tbt_s * 1e3,
-        "mean_batch_size": float(config["batch_size"]),
-        "max_batch_size": float(config["batch_size"]),
-        "profile": pred.profile,
-    }
+    return predict_reference_run(profile, run)

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from lamina_bench.errors import UserInputError
-from lamina_bench.perfmodel import (
+from lamina_bench.model.profiles import (
     AllReducePoint,
     AttentionPoint,
     DensePoint,
@@ -110,9 +110,8 @@ class _NoAttention:
 
 def _build_model(settings: ProfileSettings):
     """(model, ModelSpec of the profiled shape, checkpoint folder or None) on the settings' device."""
-    from lamina_bench.benchmodels import BENCH_MODELS, checkpoint_path
-    from lamina_bench.models import get_model, hf_config
-    from lamina_bench.simulate import spec_from_hf_config
+    from lamina_bench.catalog.benchmodels import BENCH_MODELS, checkpoint_path
+    from lamina_bench.catalog.models import get_model, hf_config, spec_from_hf_config
     from reference_impl.model import DecoderModel, ModelConfig, load_model
 
     dtype = DTYPES[settings.dtype]
@@ -196,7 +195,7 @@ STEP_WARMUP = 3  # decode steps dropped from each timed run
 def _engine_steps(model, s: ProfileSettings) -> tuple[StepPoint, ...]:
     """Median decode step of the homogeneous engine serving a fixed batch (the measured points' method:
     Engine + HomogeneousExecutor, greedy); the model fits what its operators do not explain."""
-    from lamina_bench.measure import fixed_batch_requests
+    from lamina_bench.measure.run import fixed_batch_requests
     from reference_impl.engine import Engine, HomogeneousExecutor, blocks_for_requests
 
     points = []
@@ -239,7 +238,7 @@ def _link_points(s: ProfileSettings) -> tuple[tuple[TransferPoint, ...], tuple[A
 
 def _lamina_steps(folder, s: ProfileSettings) -> tuple[StepPoint, ...]:
     """Median decode step of the real Lamina runtime (1 compute + 1 attention process, no pipelining)."""
-    from lamina_bench.measure import fixed_batch_requests
+    from lamina_bench.measure.run import fixed_batch_requests
     from reference_impl.lamina import LaminaConfig, generate_lamina
 
     vocab = json.loads((Path(folder) / "config.json").read_text())["vocab_size"]
@@ -256,7 +255,7 @@ def local_device_name(device: str) -> str:
     """The profile's device key: "cpu", or the catalog name of the local GPU (its torch name otherwise)."""
     if device == "cpu":
         return "cpu"
-    from lamina_bench.hardware import match_cuda_name
+    from lamina_bench.catalog.local import match_cuda_name
 
     name = torch.cuda.get_device_name(0)
     return match_cuda_name(name) or name.replace(" ", "-")

@@ -1,0 +1,1 @@
+"""Catalogs: devices with specs and prices, model configs, workloads (traces), bench models."""

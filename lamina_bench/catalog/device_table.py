@@ -1,0 +1,145 @@
+"""The built-in device table: one dict per device, every value with its source and date.
+
+"spec_src" is the source of every spec value unless a "<field>_src" key names another one; "price_src" is
+the price's source. Units: flop/s, bytes, bytes/s, W, Gb/s, USD/h. Prices are on-demand, per device-hour,
+one documented source per device. H100 and H20 use the Lamina paper's numbers so its experiments
+reproduce ($11.06 = GCP a3-highgpu-1g list; $4.63 = the authors' estimate, H20 has no public cloud
+price). Providers and dates differ between devices, so compare with care.
+"""
+
+from __future__ import annotations
+
+_NV_H100 = "NVIDIA H100 datasheet table (archive-lib.hpctech.co.jp/gpuproduct/nvidia-h100.html); 2022-11"
+_LAMINA = "Lamina paper Table 1, arXiv 2405.01814 v2; 2024-25"
+_AWS_P5_NIC = "AWS p5: 3,200 Gb/s EFA / 8 GPUs; 2023-07"
+_PCIE4 = "PCIe Gen4 x16: 64 GB/s bidirectional / 2, PCI-SIG PCIe 4.0 spec; 2017"
+
+BUILTIN: list[dict] = [
+    dict(
+        name="H100", full_name="NVIDIA H100 SXM5 80GB", vendor="NVIDIA",
+        bf16_flops_per_s=989e12, memory_bytes=80e9, mem_bandwidth_bytes_per_s=3.35e12, power_w=700,
+        intra_link_bytes_per_s=450e9, nic_gbps=400, usd_per_hour=11.06,
+        spec_src=f"{_LAMINA}; {_NV_H100}",
+        intra_link_bytes_per_s_src="NVLink4 900 GB/s bidirectional / 2, NVIDIA H100 datasheet; 2022-11",
+        price_src="GCP a3-highgpu-1g on-demand list $11.0612/h, as used in Lamina paper Table 1; 2024-25",
+    ),
+    dict(
+        name="H100-PCIe", full_name="NVIDIA H100 PCIe 80GB", vendor="NVIDIA",
+        bf16_flops_per_s=756e12, memory_bytes=80e9, mem_bandwidth_bytes_per_s=2.0e12, power_w=350,
+        intra_link_bytes_per_s=64e9, nic_gbps=None, usd_per_hour=2.86,
+        spec_src="NVIDIA H100 PCIe product brief PB-11133-001 v02; 2022-11",
+        intra_link_bytes_per_s_src="PCIe Gen5 x16: 128 GB/s bidirectional / 2, PCI-SIG PCIe 5.0 spec; 2019",
+        price_src="Lambda on-demand 1x H100 PCIe (techbytes.app serverless-gpu-pricing-matrix); 2026-05-07",
+    ),
+    dict(
+        name="H200", full_name="NVIDIA H200 SXM 141GB", vendor="NVIDIA",
+        bf16_flops_per_s=989e12, memory_bytes=141e9, mem_bandwidth_bytes_per_s=4.8e12, power_w=700,
+        intra_link_bytes_per_s=450e9, nic_gbps=400, usd_per_hour=10.60,
+        spec_src="NVIDIA H200 datasheet figures (saulelectric.com/nvidia-h200.html); 2024",
+        intra_link_bytes_per_s_src="NVLink4 900 GB/s bidirectional / 2, NVIDIA H200 datasheet; 2024",
+        nic_gbps_src="AWS p5e/p5en: 3,200 Gb/s EFA / 8 GPUs (uncertain); 2024",
+        price_src="GCP a3-ultragpu-8g on-demand $84.81/h / 8 (uncertain, from a public code catalog); 2025",
+    ),
+    dict(
+        name="H20", full_name="NVIDIA H20 96GB", vendor="NVIDIA",
+        bf16_flops_per_s=148e12, memory_bytes=96e9, mem_bandwidth_bytes_per_s=4.0e12, power_w=400,
+        intra_link_bytes_per_s=450e9, nic_gbps=400, usd_per_hour=4.63,
+        spec_src=f"{_LAMINA}; tweaktown.com/news/95224; 2024",
+        intra_link_bytes_per_s_src="NVLink 900 GB/s bidirectional / 2 (tweaktown.com/news/95224); 2024",
+        price_src="Lamina paper Table 1, the authors' estimate (no public cloud price), arXiv 2405.01814 v2; 2024-25",
+    ),
+    dict(
+        name="H800", full_name="NVIDIA H800 SXM 80GB", vendor="NVIDIA",
+        bf16_flops_per_s=989e12, memory_bytes=80e9, mem_bandwidth_bytes_per_s=3.35e12, power_w=700,
+        intra_link_bytes_per_s=200e9, nic_gbps=400, usd_per_hour=2.00,
+        spec_src="github citsjtu2020/LLM-Prof hardware_spec.md (H800 = H100 SXM compute); 2024",
+        intra_link_bytes_per_s_src="NVLink 400 GB/s bidirectional / 2 (LLM-Prof hardware_spec.md); 2024",
+        nic_gbps_src="DeepSeek-V3 cluster, one 400 Gb/s IB NIC per GPU, arXiv 2412.19437; 2024-12",
+        price_src="DeepSeek-V3 report's assumed rental price, arXiv 2412.19437 (not a cloud list); 2024-12",
+    ),
+    dict(
+        name="A100-80G", full_name="NVIDIA A100 SXM4 80GB", vendor="NVIDIA",
+        bf16_flops_per_s=312e12, memory_bytes=80e9, mem_bandwidth_bytes_per_s=2.039e12, power_w=400,
+        intra_link_bytes_per_s=300e9, nic_gbps=50, usd_per_hour=5.07,
+        spec_src="NVIDIA A100 datasheet (github calculon-ai/calculon systems/a100_80g.json); 2021",
+        intra_link_bytes_per_s_src="NVLink3 600 GB/s bidirectional / 2, NVIDIA A100 datasheet; 2021",
+        nic_gbps_src="AWS p4de: 400 Gb/s EFA / 8 GPUs; 2022",
+        price_src="GCP a2-ultragpu-1g on-demand list (from a public code catalog); 2024-25",
+    ),
+    dict(
+        name="A100-40G", full_name="NVIDIA A100 SXM4 40GB", vendor="NVIDIA",
+        bf16_flops_per_s=312e12, memory_bytes=40e9, mem_bandwidth_bytes_per_s=1.555e12, power_w=400,
+        intra_link_bytes_per_s=300e9, nic_gbps=50, usd_per_hour=3.67,
+        spec_src="NVIDIA A100 datasheet (github winston-zhang/gpu-specs specs.md); 2020",
+        intra_link_bytes_per_s_src="NVLink3 600 GB/s bidirectional / 2, NVIDIA A100 datasheet; 2020",
+        nic_gbps_src="AWS p4d: 400 Gb/s EFA / 8 GPUs; 2020",
+        price_src="GCP a2-highgpu-1g on-demand list $3.673/h; 2024",
+    ),
+    dict(
+        name="L40S", full_name="NVIDIA L40S 48GB", vendor="NVIDIA",
+        bf16_flops_per_s=362e12, memory_bytes=48e9, mem_bandwidth_bytes_per_s=0.864e12, power_w=350,
+        intra_link_bytes_per_s=32e9, nic_gbps=50, usd_per_hour=1.861,
+        spec_src="NVIDIA L40S datasheet table (mullet.se product 355414); 2023",
+        intra_link_bytes_per_s_src=_PCIE4,
+        nic_gbps_src="AWS g6e.48xlarge: 400 Gb/s / 8 GPUs (uncertain); 2024",
+        price_src="AWS g6e.xlarge on-demand us-east-1 (modal.com/blog/nvidia-l40s-price-article); 2025-08-12",
+    ),
+    dict(
+        name="L20", full_name="NVIDIA L20 48GB", vendor="NVIDIA",
+        bf16_flops_per_s=119.5e12, memory_bytes=48e9, mem_bandwidth_bytes_per_s=0.864e12, power_w=275,
+        intra_link_bytes_per_s=32e9, nic_gbps=None, usd_per_hour=None,
+        spec_src="github citsjtu2020/LLM-Prof hardware_spec.md (FP16 119.5 TFLOPS, uncertain); 2024",
+        intra_link_bytes_per_s_src=_PCIE4,
+    ),
+    dict(
+        name="L4", full_name="NVIDIA L4 24GB", vendor="NVIDIA",
+        bf16_flops_per_s=121e12, memory_bytes=24e9, mem_bandwidth_bytes_per_s=0.300e12, power_w=72,
+        intra_link_bytes_per_s=32e9, nic_gbps=None, usd_per_hour=0.70,
+        spec_src="NVIDIA L4 datasheet figures (grokipedia.com/page/NVIDIA_L4_vs_L40S); 2023",
+        intra_link_bytes_per_s_src=_PCIE4,
+        price_src="GCP g2-standard-4 (1x L4) on-demand list; 2024-26",
+    ),
+    dict(
+        name="RTX4090", full_name="NVIDIA GeForce RTX 4090 24GB", vendor="NVIDIA",
+        bf16_flops_per_s=165e12, memory_bytes=24e9, mem_bandwidth_bytes_per_s=1.008e12, power_w=450,
+        intra_link_bytes_per_s=32e9, nic_gbps=None, usd_per_hour=0.34,
+        spec_src="NVIDIA Ada whitepaper figures, BF16 with FP32 accumulate (waredb.com rtx-4090); 2022-10",
+        intra_link_bytes_per_s_src=_PCIE4,
+        price_src="RunPod community pod (deploybase.ai/articles/rtx-4090-cloud); 2026-03",
+    ),
+    dict(
+        name="A10", full_name="NVIDIA A10 24GB", vendor="NVIDIA",
+        bf16_flops_per_s=125e12, memory_bytes=24e9, mem_bandwidth_bytes_per_s=0.600e12, power_w=150,
+        intra_link_bytes_per_s=32e9, nic_gbps=None, usd_per_hour=0.86,
+        spec_src="NVIDIA A10 datasheet (github winston-zhang/gpu-specs specs.md); 2021",
+        intra_link_bytes_per_s_src=_PCIE4,
+        price_src="Lambda on-demand 1x A10 (techbytes.app serverless-gpu-pricing-matrix); 2026-05-07",
+    ),
+    dict(
+        name="B200", full_name="NVIDIA B200 (HGX, 1000 W)", vendor="NVIDIA",
+        bf16_flops_per_s=2250e12, memory_bytes=180e9, mem_bandwidth_bytes_per_s=8.0e12, power_w=1000,
+        intra_link_bytes_per_s=900e9, nic_gbps=400, usd_per_hour=5.98,
+        spec_src="glennklockwood.com/garden/processors/B200 (180 GB usable of 192 physical); 2025",
+        intra_link_bytes_per_s_src="NVLink5 1,800 GB/s bidirectional / 2; 2025",
+        nic_gbps_src="HGX B200 node 8x400G NICs (uncertain); 2025",
+        price_src="RunPod pod on-demand (deploybase.ai/articles/b200-vs-h200-vs-h100); 2026-03",
+    ),
+    dict(
+        name="MI300X", full_name="AMD Instinct MI300X 192GB", vendor="AMD",
+        bf16_flops_per_s=1307e12, memory_bytes=192e9, mem_bandwidth_bytes_per_s=5.3e12, power_w=750,
+        intra_link_bytes_per_s=448e9, nic_gbps=400, usd_per_hour=1.85,
+        spec_src="AMD MI300X datasheet figures (gpu.blog instinct-mi300x); 2023-12",
+        intra_link_bytes_per_s_src="7 Infinity Fabric links x 128 GB/s bidirectional / 2 "
+        "(wheelersnetwork.com 2024/01); 2024-01",
+        nic_gbps_src="Azure ND MI300X v5: 8x400G (uncertain); 2024",
+        price_src="Vultr on-demand (cliffcenter.com/research/amd-inference-economics); 2026-05-18",
+    ),
+    dict(
+        name="TPU-v6e", full_name="Google TPU v6e (Trillium)", vendor="Google",
+        bf16_flops_per_s=918e12, memory_bytes=32e9, mem_bandwidth_bytes_per_s=1.638e12, power_w=None,
+        intra_link_bytes_per_s=400e9, nic_gbps=None, usd_per_hour=2.70,
+        spec_src="cloud.google.com/tpu/docs/v6e; 2024-25",
+        intra_link_bytes_per_s_src="ICI 800 GB/s bidirectional per chip / 2, cloud.google.com/tpu/docs/v6e; 2024",
+        price_src=f"GCP on-demand per chip, as in {_LAMINA}",
+    ),
+]  # fmt: skip

@@ -1,0 +1,1 @@
+"""Measured points: the reference implementation run here, operator profiling, NVML telemetry."""

@@ -1,0 +1,254 @@
+"""Trace-driven decode simulation of a system on a device mix: replay + iteration model -> metrics.
+
+Decode only (the paper's throughput setting): prompts occupy KV but prefill time is excluded; each
+generated token costs one decode iteration whose attention reads the request's current context
+(prompt + tokens generated so far). Scheduling: `model/replay.py`; iteration time: `model/iteration.py`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from lamina_bench.catalog.models import dense_flops_per_token, net_bytes_per_token_per_layer
+from lamina_bench.catalog.workloads import Trace, poisson_arrivals
+from lamina_bench.errors import UserInputError
+from lamina_bench.model.cost import mixes_cost_usd_per_hour, tokens_per_usd, usd_per_mtok
+from lamina_bench.model.iteration import IterationModel, iteration_model
+from lamina_bench.model.replay import Replay, replay
+from lamina_bench.model.roofline import attention_layer_bytes
+from lamina_bench.model.system import SystemConfig, memory_plan
+
+ARRIVALS = ("saturate", "trace", "poisson")
+
+
+
+@dataclass(frozen=True)
+class SimulationResult:
+    """One simulated run; `to_dict` holds at least the `simulate --json` keys of DESIGN.md."""
+
+    system: str
+    model: str
+    trace: str
+    compute: str
+    attention: str | None
+    dtype: str
+    pipeline_batches: int
+    arrival: str
+    max_batch_limit: int | None
+    requests: int  # requests served
+    rejected_requests: int  # prompt + output larger than the whole KV capacity
+    generated_tokens: int
+    iterations: int
+    makespan_s: float
+    throughput_tok_per_s: float  # all tokens / makespan (includes the drain at the end of the trace)
+    mean_batch_size: float | None  # tokens / iterations
+    # Saturate mode only: over the iterations that start while requests still wait in the queue (the
+    # system is full), i.e. without the drain, whose length a single long request sets. None otherwise.
+    saturated_throughput_tok_per_s: float | None
+    saturated_mean_batch_size: float | None
+    max_batch_size: int
+    tbt_mean_ms: float | None  # token-weighted: every token's TBT is its iteration's duration
+    tbt_p50_ms: float | None
+    tbt_p90_ms: float | None
+    tbt_p99_ms: float | None
+    kv_capacity_tokens: int
+    kv_peak_tokens: int
+    cost_usd_per_hour: float | None
+    tokens_per_usd: float | None
+    usd_per_mtok: float | None
+    saturated_tokens_per_usd: float | None
+    net_bytes_per_token: float  # compute <-> attention link, all layers (homogeneous: no such link, 0)
+    net_peak_gbps: float  # highest per-iteration link rate needed (bytes / iteration time), derived
+    net_mean_gbps: float
+    compute_busy_fraction: float | None
+    attention_busy_fraction: float | None  # None for homogeneous (attention runs on the compute devices)
+    # Mean over iterations of one whole iteration and its parts, ms (the report's per-pool time bars):
+    # dense/attention/network of one micro-batch (Lamina) or of the batch (homogeneous), and the time
+    # each compute / attention device is busy per iteration (all micro-batches).
+    iteration_mean_ms: float | None
+    dense_mean_ms: float | None
+    attention_mean_ms: float | None
+    network_mean_ms: float | None
+    compute_busy_mean_ms: float | None
+    attention_busy_mean_ms: float | None
+    compute_flops_utilization: float | None  # dense model flops / (time * peak), derived
+    kv_bandwidth_utilization: float | None  # KV bytes read / (time * peak bandwidth) of the KV pool, derived
+    source: str
+    profile: str
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def row_fields(self) -> dict[str, Any]:
+        """This result as PointRow fields (results/row.py): registered metrics, per-pool times and notes.
+
+        Saturate mode reports the phase where requests still queue (the steady state), not the drain
+        after the last admission (`throughput_basis`), and keeps the whole-trace figures beside it.
+        """
+        values = {k: getattr(self, k) for k in _ROW_METRICS}
+        notes: dict[str, Any] = {}
+        if self.saturated_throughput_tok_per_s is not None:
+            whole = {k: values[k] for k in _SATURATED_METRICS}
+            notes.update(throughput_basis="saturated phase", whole_trace=_present(whole))
+            values.update(
+                throughput_tok_per_s=self.saturated_throughput_tok_per_s,
+                mean_batch_size=self.saturated_mean_batch_size,
+                tokens_per_usd=self.saturated_tokens_per_usd,
+                usd_per_mtok=usd_per_mtok(self.saturated_throughput_tok_per_s, self.cost_usd_per_hour),
+            )
+        pools = self.pools_ms()
+        compute, attention = pools["compute"], pools.get("attention", {})
+        lamina = self.system == "lamina"
+        values.update(
+            dense_ms=compute["dense_ms"],
+            attention_ms=attention.get("attention_ms", compute.get("attention_ms")),
+            network_ms=self.network_mean_ms * self.pipeline_batches if lamina else None,
+            idle_ms=compute["idle_ms"],
+        )
+        return {"source": self.source, "profile": self.profile, "requests": self.requests,
+                "rejected_requests": self.rejected_requests, "metrics": _present(values), "pools": pools,
+                **notes}  # fmt: skip
+
+    def pools_ms(self) -> dict[str, dict[str, float]]:
+        """Per-pool time per decode iteration (ms, mean over the replay) for the report's stacked bars."""
+        it = self.iteration_mean_ms
+        if self.system == "homogeneous":  # dense and attention one after the other on the same devices
+            idle = it - self.dense_mean_ms - self.attention_mean_ms
+            return {"compute": {"dense_ms": self.dense_mean_ms, "attention_ms": self.attention_mean_ms,
+                                "idle_ms": idle}}  # fmt: skip
+        # the link overlaps with both pools' work (pipelining), so it is not stacked; it is network_ms
+        return {
+            "compute": {"dense_ms": self.compute_busy_mean_ms, "idle_ms": it - self.compute_busy_mean_ms},
+            "attention": {"attention_ms": self.attention_busy_mean_ms, "idle_ms": it - self.attention_busy_mean_ms},
+        }
+
+
+# Registered metrics a simulation fills in directly, and those saturate mode reports for its saturated phase.
+_ROW_METRICS = ("throughput_tok_per_s", "generated_tokens", "tbt_p50_ms", "tbt_p90_ms", "tbt_p99_ms",
+                "tbt_mean_ms", "mean_batch_size", "max_batch_size", "cost_usd_per_hour", "tokens_per_usd",
+                "usd_per_mtok", "net_bytes_per_token", "net_peak_gbps")  # fmt: skip
+_SATURATED_METRICS = ("throughput_tok_per_s", "mean_batch_size", "tokens_per_usd", "usd_per_mtok")
+
+
+def _present(values: dict[str, Any]) -> dict[str, float]:
+    return {k: v for k, v in values.items() if v is not None}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+
+def _weighted_percentiles(
+    values: np.ndarray, weights: np.ndarray, percents: tuple[float, ...]
+) -> list[float]:
+    """Percentiles of `values` where each value counts `weights` times (lower value at ties)."""
+    order = np.argsort(values, kind="stable")
+    cum = np.cumsum(weights[order])
+    idx = np.searchsorted(cum, np.asarray(percents) / 100.0 * cum[-1], side="left")
+    return [float(v) for v in values[order][np.minimum(idx, len(values) - 1)]]
+
+
+def ratio(num: float, den: float | None) -> float | None:
+    return None if den is None or den <= 0 else num / den
+
+
+def _saturated(rep: Replay, time_s: np.ndarray) -> tuple[float | None, float | None]:
+    """(throughput, mean batch) over iterations before the last admission (queue non-empty at their start)."""
+    window = int(rep.admit_iteration.max()) if len(rep.admit_iteration) else 0
+    if window <= 0:
+        return None, None
+    tokens = float(rep.batch[:window].sum())
+    return tokens / float(time_s[:window].sum()), tokens / window
+
+
+def summarize(config: SystemConfig, model: IterationModel, trace_name: str, arrival: str, rep: Replay,
+              kv_capacity_tokens: int) -> SimulationResult:  # fmt: skip
+    """Metrics of a replay (see SimulationResult)."""
+    spec = config.model
+    bd = model.breakdown(rep.batch, rep.sum_context)
+    tokens = int(rep.batch.sum())
+    makespan = rep.end_s
+    served = int(np.count_nonzero(rep.admit_iteration >= 0))
+    tbt = [None] * 4
+    if tokens:
+        mean_ms = float(np.sum(bd.time_s * rep.batch) / tokens * 1e3)
+        tbt = [mean_ms] + [v * 1e3 for v in _weighted_percentiles(bd.time_s, rep.batch, (50, 90, 99))]
+    lamina = config.system == "lamina"
+    net_per_token = (
+        float(net_bytes_per_token_per_layer(spec, config.dtype) * spec.num_layers) if lamina else 0.0
+    )
+    rate_gbps = rep.batch * net_per_token * 8 / np.maximum(bd.time_s, 1e-30) / 1e9
+    cost = mixes_cost_usd_per_hour(config.compute, config.attention)
+    throughput = tokens / makespan if makespan > 0 else 0.0
+    kv_pool = config.attention or config.compute
+    peak_flops = config.compute.device.bf16_flops_per_s
+    peak_bw = kv_pool.device.mem_bandwidth_bytes_per_s
+    kv_bytes = float(attention_layer_bytes(spec, config.dtype, 0.0, rep.sum_context.sum())) * spec.num_layers
+    sat_tput, sat_batch = _saturated(rep, bd.time_s) if arrival == "saturate" else (None, None)
+    mean_ms = {k: float(getattr(bd, k).mean()) * 1e3 if rep.iterations else None
+               for k in ("time_s", "dense_s", "attention_s", "network_s", "compute_busy_s", "attention_busy_s")}  # fmt: skip
+    return SimulationResult(
+        system=config.system, model=spec.name, trace=trace_name, compute=str(config.compute),
+        attention=str(config.attention) if lamina else None, dtype=config.dtype,
+        pipeline_batches=config.batches, arrival=arrival, max_batch_limit=config.max_batch_size,
+        requests=served, rejected_requests=len(rep.admit_iteration) - served, generated_tokens=tokens,
+        iterations=rep.iterations, makespan_s=makespan, throughput_tok_per_s=throughput,
+        mean_batch_size=tokens / rep.iterations if rep.iterations else None,
+        saturated_throughput_tok_per_s=sat_tput, saturated_mean_batch_size=sat_batch,
+        max_batch_size=int(rep.batch.max()) if rep.iterations else 0,
+        tbt_mean_ms=tbt[0], tbt_p50_ms=tbt[1], tbt_p90_ms=tbt[2], tbt_p99_ms=tbt[3],
+        kv_capacity_tokens=kv_capacity_tokens,
+        kv_peak_tokens=int(rep.kv_reserved_tokens.max()) if rep.iterations else 0,
+        cost_usd_per_hour=cost, tokens_per_usd=tokens_per_usd(throughput, cost),
+        usd_per_mtok=usd_per_mtok(throughput, cost),
+        saturated_tokens_per_usd=None if sat_tput is None else tokens_per_usd(sat_tput, cost),
+        net_bytes_per_token=net_per_token,
+        net_peak_gbps=float(rate_gbps.max()) if lamina and rep.iterations else 0.0,
+        net_mean_gbps=tokens * net_per_token * 8 / makespan / 1e9 if makespan > 0 else 0.0,
+        compute_busy_fraction=ratio(float(bd.compute_busy_s.sum()), makespan),
+        attention_busy_fraction=ratio(float(bd.attention_busy_s.sum()), makespan) if lamina else None,
+        iteration_mean_ms=mean_ms["time_s"], dense_mean_ms=mean_ms["dense_s"],
+        attention_mean_ms=mean_ms["attention_s"], network_mean_ms=mean_ms["network_s"],
+        compute_busy_mean_ms=mean_ms["compute_busy_s"], attention_busy_mean_ms=mean_ms["attention_busy_s"],
+        compute_flops_utilization=None if peak_flops is None else ratio(
+            dense_flops_per_token(spec) * tokens, makespan * config.compute.count * peak_flops),
+        kv_bandwidth_utilization=None if peak_bw is None else ratio(kv_bytes, makespan * kv_pool.count * peak_bw),
+        source=model.source, profile=model.profile,
+    )  # fmt: skip
+
+
+def simulate(
+    config: SystemConfig,
+    trace: Trace,
+    arrival: str = "saturate",
+    rate_per_s: float | None = None,
+    seed: int = 0,
+    requests: int | None = None,
+    model: IterationModel | None = None,
+) -> SimulationResult:
+    """Replay `trace` (its first `requests`) on `config`; deterministic for a given seed.
+
+    arrival: "saturate" (all queued at t=0), "trace" (the trace's timestamps) or "poisson" (at
+    `rate_per_s`, seeded). `model` defaults to `iteration_model(config)` (stored profiles or roofline).
+    """
+    if arrival not in ARRIVALS:
+        raise UserInputError(f"unknown arrival mode {arrival!r}; valid: {', '.join(ARRIVALS)}")
+    if requests is not None:
+        if requests < 1:
+            raise UserInputError(f"--requests must be >= 1, got {requests}")
+        trace = trace.head(requests)
+    if arrival == "poisson":
+        if rate_per_s is None:
+            raise UserInputError("arrival mode 'poisson' needs a rate (requests/s), e.g. --rate 5")
+        arrival_s = poisson_arrivals(len(trace), rate_per_s, seed)
+    else:
+        arrival_s = trace.arrival_s
+    plan = memory_plan(config)
+    model = model or iteration_model(config)
+    rep = replay(trace.prompt_len, trace.output_len, arrival_s, plan.kv_capacity_tokens, model.time_s,
+                 config.max_batch_size, follow_arrivals=arrival != "saturate")  # fmt: skip
+    return summarize(config, model, trace.name, arrival, rep, plan.kv_capacity_tokens)

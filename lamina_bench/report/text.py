@@ -1,0 +1,99 @@
+"""Plain-text and markdown tables for the command line: runs, model error, simulations, the paper's table."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+
+from lamina_bench.model.paper import Comparison
+from lamina_bench.model.simulator import SimulationResult
+from lamina_bench.report.data import predictions
+from lamina_bench.results.row import PointRow
+from lamina_bench.results.table import points_frame
+
+_SUMMARY_COLUMNS = ("source", "model", "system", "compute", "attention", "trace", "batch_size",
+                    "pipeline_batches", "throughput_tok_per_s", "tbt_p50_ms", "tbt_mean_ms", "tokens_per_usd",
+                    "status")  # fmt: skip
+
+
+def summary_text(rows: Sequence[PointRow]) -> str:
+    """Plain-text summary of a run: each row's headline metrics with its source."""
+    frame = points_frame(rows)[list(_SUMMARY_COLUMNS)]
+    return frame.to_string(index=False, na_rep="-", float_format=lambda x: f"{x:,.4g}")
+
+
+def _cell(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def model_error_text(rows: Sequence[PointRow]) -> str | None:
+    """Measured points next to the model's predictions of them (from this machine's profile), with the
+    relative errors and their median; None when the rows hold no such pairs."""
+    pairs = predictions(rows)
+    if not pairs:
+        return None
+    lines = ["model error (modeled vs measured, same configuration; profile taken on this machine):",
+             f"{'system':<12} {'B':>3} {'n':>2} {'tok/s meas':>10} {'tok/s model':>11} {'err':>6} "
+             f"{'TBT ms meas':>11} {'TBT ms model':>12} {'err':>6}"]  # fmt: skip
+    errors = []
+    for p in pairs:
+        m, s = p.measured, p.modeled
+        e_tput, e_tbt = p.error_pct("throughput_tok_per_s"), p.error_pct("tbt_mean_ms")
+        errors += [abs(e) for e in (e_tput, e_tbt) if e is not None]
+        lines.append(
+            f"{m.system:<12} {m.batch_size:>3} {m.pipeline_batches:>2} "
+            f"{_cell(m.value('throughput_tok_per_s'), '>10.1f')} {_cell(s.value('throughput_tok_per_s'), '>11.1f')} "
+            f"{_cell(e_tput, '>+5.0f')}% {_cell(m.value('tbt_mean_ms'), '>11.2f')} "
+            f"{_cell(s.value('tbt_mean_ms'), '>12.2f')} {_cell(e_tbt, '>+5.0f')}%"
+        )
+    if not errors:
+        return "\n".join([*lines, "median absolute error: - (no pair has both figures)"])
+    lines.append(f"median absolute error: {statistics.median(errors):.1f}% over {len(errors)} figures")
+    return "\n".join(lines)
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def comparisons_markdown(rows: list[Comparison]) -> str:
+    """A markdown table of `paper_comparisons` (one line per model x trace) and what its columns mean."""
+    head = (
+        "| model | trace | homogeneous | Lamina | tok/s H | tok/s L | L/H | mean batch H | mean batch L "
+        "| TBT p50/p99 ms H | TBT p50/p99 ms L | tok/$ H | tok/$ L | L/H tok/$ | L/H whole trace | rejected H/L |"
+    )
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for c in rows:
+        h, la = c.homogeneous, c.lamina
+        lines.append(
+            f"| {c.model} | {c.trace} | {h.compute} | {la.compute}+{la.attention} "
+            f"| {_fmt(h.saturated_throughput_tok_per_s, ',.0f')} | {_fmt(la.saturated_throughput_tok_per_s, ',.0f')} "
+            f"| {_fmt(c.throughput_ratio, '.2f')} "
+            f"| {_fmt(h.saturated_mean_batch_size, '.0f')} | {_fmt(la.saturated_mean_batch_size, '.0f')} "
+            f"| {_fmt(h.tbt_p50_ms, '.1f')}/{_fmt(h.tbt_p99_ms, '.1f')} "
+            f"| {_fmt(la.tbt_p50_ms, '.1f')}/{_fmt(la.tbt_p99_ms, '.1f')} "
+            f"| {_fmt(h.saturated_tokens_per_usd, ',.0f')} | {_fmt(la.saturated_tokens_per_usd, ',.0f')} "
+            f"| {_fmt(c.tokens_per_usd_ratio, '.2f')} | {_fmt(c.whole_trace_throughput_ratio, '.2f')} "
+            f"| {h.rejected_requests}/{la.rejected_requests} |"
+        )
+    first = rows[0].lamina if rows else None
+    if first is not None:
+        lines += [
+            "",
+            f"Saturate mode (all requests queued at t=0, decode only, {first.dtype}), Lamina ping-pong "
+            f"(n={first.pipeline_batches}). tok/s, mean batch and tok/$ cover the saturated phase (requests "
+            "still queued); 'L/H whole trace' includes the drain after the last admission. TBT over all tokens. "
+            "Rejected: requests whose prompt + output exceed the whole KV capacity. "
+            f"Source: {first.source}, profile: {first.profile}.",
+        ]
+    return "\n".join(lines)
+
+
+def result_table(result: SimulationResult) -> str:
+    """`key  value` lines of one result, for the CLI."""
+    width = max(len(k) for k in result.to_dict())
+    out = []
+    for key, value in result.to_dict().items():
+        text = "n/a" if value is None else (f"{value:,.4g}" if isinstance(value, float) else str(value))
+        out.append(f"{key:<{width}}  {text}")
+    return "\n".join(out)

@@ -1,0 +1,1 @@
+"""Results: the metric registry, typed point rows, the run store (atomic, resumable), manifests, merging."""

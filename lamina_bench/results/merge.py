@@ -1,0 +1,64 @@
+"""Merging runs: the union of the points of several runs, e.g. the shards of one sweep."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from lamina_bench.errors import UserInputError
+from lamina_bench.results.files import atomic_write_json
+from lamina_bench.results.row import PointRow
+from lamina_bench.results.store import RunStore
+
+# Fields that may differ between two stores of the same point without it being a conflict.
+_VOLATILE = ("run_id", "wall_s", "timestamp", "repro_command")
+
+
+def _comparable(row: PointRow) -> dict[str, Any]:
+    return {k: v for k, v in row.to_record().items() if k not in _VOLATILE}
+
+
+def merge_runs(paths: Sequence[str | Path], out: str | Path, argv: Sequence[str] | None = None) -> RunStore:
+    """Union of the points (and telemetry, requests) of several runs, e.g. the shards of one sweep.
+
+    A point_id present in several runs must agree on every column except run_id, wall_s, timestamp and
+    repro_command, else UserInputError. Rows keep the run_id of the run that produced them.
+    """
+    if not paths:
+        raise UserInputError("merge_runs: give at least one run folder")
+    stores = [RunStore.open(p) for p in paths]
+    merged: dict[str, PointRow] = {}
+    origin: dict[str, Path] = {}
+    for store in stores:
+        for row in store.rows():
+            pid = row.point_id
+            if pid in merged and _comparable(merged[pid]) != _comparable(row):
+                before = _comparable(merged[pid])
+                differs = [k for k, v in _comparable(row).items() if before.get(k) != v]
+                raise UserInputError(
+                    f"point {pid} differs between {origin[pid]} and {store.path} in {', '.join(differs)}"
+                )
+            merged.setdefault(pid, row)
+            origin.setdefault(pid, store.path)
+    out = Path(out)
+    specs = [s.manifest.get("spec") for s in stores]
+    spec = specs[0] if all(s == specs[0] for s in specs) else specs
+    devices = [s.manifest.get("devices") for s in stores]
+    target = RunStore._create_at(out, out.name, spec, argv, devices)
+    target.manifest["merged_from"] = [{"path": str(s.path), **_merge_source(s.manifest)} for s in stores]
+    for row in merged.values():
+        atomic_write_json(target.path / "points" / f"{row.point_id}.json", row.to_record())
+    for kind in ("telemetry", "requests"):
+        tables = [t for t in (s._table(kind) for s in stores) if t is not None]
+        if tables:
+            target._add_part(kind, pd.concat(tables, ignore_index=True))
+    target.finalize()
+    return target
+
+
+def _merge_source(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    keys = ("run_id", "status", "start_time", "end_time", "git", "command_line", "host")
+    return {k: manifest.get(k) for k in keys}

@@ -1,0 +1,205 @@
+"""The results store: one run folder, written so that a crash loses nothing.
+
+Layout of `results/<run_id>/`:
+    manifest.json       spec, command line, git commit and dirty flag, package versions, devices, driver,
+                        host, start and end time
+    points/<id>.json    one PointRow per finished point (results/row.py), written atomically the moment it
+                        finishes: the rows of the run, and the only thing read back
+    points.parquet      the same rows as one flat table (results/table.py), exported by finalize() for
+                        analysis; never read back, so it cannot disagree with the rows
+    telemetry/part-*.parquet, telemetry.parquet     the telemetry table (results/telemetry.py)
+    requests/part-*.parquet,  requests.parquet      optional per-request records
+
+Every file is written to a temporary file in the same folder, fsynced, then renamed over the target
+(os.replace is atomic on POSIX), so a killed run leaves each file either old or new, never half-written.
+Readers skip the temporaries (`.*.tmp`) a kill can leave behind.
+
+A row's `point_id` is unique within a run: hash everything that tells rows apart (mode/source, repeat).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import secrets
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from lamina_bench.errors import UserInputError
+from lamina_bench.results.files import atomic_write_json, atomic_write_parquet
+from lamina_bench.results.manifest import build_manifest, detect_devices, utc_now
+from lamina_bench.results.row import PointRow
+from lamina_bench.results.table import points_frame
+from lamina_bench.results.telemetry import TELEMETRY_COLUMNS, TelemetrySample, samples_frame
+
+_RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class RunStore:
+    """One run folder. Single writer: one process adds points (measured runs write from rank 0)."""
+
+    def __init__(self, path: str | Path, manifest: Mapping[str, Any]) -> None:
+        self.path = Path(path)
+        self.manifest = dict(manifest)
+        self._lock = threading.Lock()
+
+    @property
+    def run_id(self) -> str:
+        return str(self.manifest["run_id"])
+
+    @classmethod
+    def create(
+        cls,
+        root: str | Path,
+        run_id: str | None = None,
+        spec: Any = None,
+        argv: Sequence[str] | None = None,
+        *,
+        devices: Any = None,
+    ) -> RunStore:
+        """Make `root/<run_id>/` (run_id default: UTC time + random suffix) and write its manifest.
+
+        devices: JSON-able description; None detects them (lamina_bench.hardware.local_devices()).
+        """
+        run_id = run_id or f"{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+        if not _RUN_ID_RE.match(run_id):
+            raise UserInputError(f"run id {run_id!r} must be letters, digits, '.', '_' or '-' (no slashes)")
+        return cls._create_at(Path(root) / run_id, run_id, spec, argv, devices)
+
+    @classmethod
+    def _create_at(
+        cls, path: Path, run_id: str, spec: Any, argv: Sequence[str] | None, devices: Any
+    ) -> RunStore:
+        if path.exists():
+            raise UserInputError(
+                f"run folder {path} already exists; resume it (--resume) or pick another run id"
+            )
+        path.mkdir(parents=True)
+        (path / "points").mkdir()
+        argv = list(sys.argv) if argv is None else list(argv)
+        manifest = build_manifest(run_id, spec, argv, detect_devices() if devices is None else devices)
+        atomic_write_json(path / "manifest.json", manifest)
+        return cls(path, manifest)
+
+    @classmethod
+    def open(cls, path: str | Path) -> RunStore:
+        path = Path(path)
+        manifest_path = path / "manifest.json"
+        if not manifest_path.is_file():
+            raise UserInputError(f"{path} is not a run folder: it has no manifest.json")
+        return cls(path, json.loads(manifest_path.read_text()))
+
+    # points -------------------------------------------------------------------------------------
+
+    def add_point(self, row: PointRow, *, replace: bool = False) -> PointRow:
+        """Persist one finished point now (points/<point_id>.json, atomically); returns the stored row.
+
+        run_id and timestamp are filled in when missing. Storing a point_id twice is an error unless
+        replace=True (e.g. a failed point rerun).
+        """
+        stored = row.replace(run_id=row.run_id or self.run_id, timestamp=row.timestamp or utc_now())
+        target = self.path / "points" / f"{stored.point_id}.json"
+        with self._lock:
+            if target.exists() and not replace:
+                raise ValueError(f"point {stored.point_id} is already stored in {self.path}; pass replace=True")
+            target.parent.mkdir(exist_ok=True)
+            atomic_write_json(target, stored.to_record())
+        return stored
+
+    def rows(self) -> list[PointRow]:
+        """Every stored point, ordered by timestamp then point_id; UserInputError naming a bad file."""
+        folder = self.path / "points"
+        if not folder.is_dir():
+            raise UserInputError(f"{self.path} has no points/ folder: not a run folder, or a damaged one")
+        rows = [read_point(file) for file in sorted(folder.glob("[0-9a-f]*.json"))]
+        return sorted(rows, key=lambda r: (r.timestamp or "", r.point_id))
+
+    def points(self) -> pd.DataFrame:
+        """The stored rows as a flat table (results/table.py)."""
+        return points_frame(self.rows())
+
+    def finished_point_ids(self, include_failed: bool = True) -> set[str]:
+        """Point ids already stored (what `--resume` skips); include_failed=False to rerun failures."""
+        return {r.point_id for r in self.rows() if include_failed or r.ok}
+
+    # telemetry and per-request records -------------------------------------------------------------
+
+    def add_telemetry(self, rows: Sequence[TelemetrySample] | pd.DataFrame) -> None:
+        """Append telemetry samples (TelemetrySample list or a TELEMETRY_COLUMNS frame) as one part file."""
+        frame = rows if isinstance(rows, pd.DataFrame) else samples_frame(list(rows))
+        missing = sorted(set(TELEMETRY_COLUMNS) - set(frame.columns))
+        if missing:
+            raise ValueError(f"telemetry rows lack columns {missing}; see telemetry.TELEMETRY_COLUMNS")
+        frame = frame[list(TELEMETRY_COLUMNS)].astype(TELEMETRY_COLUMNS)
+        if "run_id" not in frame.columns:
+            frame.insert(0, "run_id", pd.array([self.run_id] * len(frame), dtype="string"))
+        self._add_part("telemetry", frame)
+
+    def add_requests(self, rows: Sequence[Mapping[str, Any]] | pd.DataFrame) -> None:
+        """Append per-request records (free-form columns; a point_id column ties them to points)."""
+        frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
+        if len(frame) and "point_id" not in frame.columns:
+            raise ValueError("request records need a point_id column to tie them to their point")
+        self._add_part("requests", frame)
+
+    def _add_part(self, kind: str, frame: pd.DataFrame) -> None:
+        if frame.empty:
+            return
+        folder = self.path / kind
+        with self._lock:
+            folder.mkdir(exist_ok=True)
+            numbers = [int(p.stem.split("-")[1]) for p in folder.glob("part-*.parquet")]
+            atomic_write_parquet(folder / f"part-{max(numbers, default=-1) + 1:06d}.parquet", frame)
+
+    def _table(self, kind: str) -> pd.DataFrame | None:
+        """Parts if any (the source of truth while running), else the consolidated file, else None."""
+        parts = sorted((self.path / kind).glob("part-*.parquet"))
+        if parts:
+            return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+        single = self.path / f"{kind}.parquet"
+        return pd.read_parquet(single) if single.is_file() else None
+
+    def telemetry(self) -> pd.DataFrame:
+        table = self._table("telemetry")
+        if table is None:
+            columns = {"run_id": "string", **TELEMETRY_COLUMNS}
+            return pd.DataFrame(columns=list(columns)).astype(columns)
+        return table
+
+    def requests(self) -> pd.DataFrame | None:
+        return self._table("requests")
+
+    # end of run -----------------------------------------------------------------------------------
+
+    def finalize(self, status: str = "finished") -> None:
+        """Consolidate points/telemetry/requests to single Parquet files and close the manifest."""
+        rows = self.rows()
+        atomic_write_parquet(self.path / "points.parquet", points_frame(rows))
+        for kind in ("telemetry", "requests"):
+            table = self._table(kind)
+            if table is not None:
+                atomic_write_parquet(self.path / f"{kind}.parquet", table)
+        self.manifest.update(
+            status=status,
+            end_time=utc_now(),
+            points_ok=sum(r.ok for r in rows),
+            points_failed=sum(not r.ok for r in rows),
+        )
+        atomic_write_json(self.path / "manifest.json", self.manifest)
+
+
+def read_point(path: Path) -> PointRow:
+    """One points/<id>.json file as a row; UserInputError (one line) when it is not one."""
+    try:
+        row = PointRow.from_record(json.loads(path.read_text()))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValueError, TypeError) as exc:
+        raise UserInputError(f"{path}: not a valid point row ({' '.join(str(exc).split())})") from None
+    if row.point_id != path.stem:
+        raise UserInputError(f"{path}: holds point {row.point_id}, not {path.stem}")
+    return row

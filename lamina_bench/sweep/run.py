@@ -1,0 +1,173 @@
+"""Running a sweep: every point measured, predicted or simulated, each row stored the moment it finishes.
+
+A point that fails becomes a row with status "failed" and its error, and the sweep goes on. Predictions
+run first: the profile of this machine they are calibrated from is taken before the measured points
+start worker processes (the row timestamps record the order).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lamina_bench.catalog.workloads import load_trace
+from lamina_bench.measure.nvml import TelemetrySampler
+from lamina_bench.measure.profile import ProfileSettings, profile_device
+from lamina_bench.measure.run import MeasuredConfig, predict_measured, run_measured
+from lamina_bench.measure.telemetry import combine_summaries
+from lamina_bench.model.profiles import Profile, write_profile
+from lamina_bench.model.simulator import simulate
+from lamina_bench.results.row import PointRow
+from lamina_bench.results.stats import aggregate_repeats
+from lamina_bench.results.store import RunStore
+from lamina_bench.sweep.points import ModeledConfig, Point
+from lamina_bench.sweep.spec import SweepSpec
+
+
+@dataclass(frozen=True)
+class SweepOutcome:
+    run_dir: Path
+    ran: int
+    skipped: int  # already finished (resume)
+    failed: int
+    wall_s: float
+
+
+class Progress:
+    """One status line per finished point with percent done and ETA (from the mean time per point)."""
+
+    def __init__(self, total: int, stream=None):
+        self.total, self.done, self.start = total, 0, time.perf_counter()
+        self.stream = stream if stream is not None else sys.stderr
+
+    def update(self, label: str, status: str, wall_s: float) -> None:
+        self.done += 1
+        elapsed = time.perf_counter() - self.start
+        eta_s = elapsed / self.done * (self.total - self.done)
+        print(
+            f"[{self.done:>{len(str(self.total))}}/{self.total}] {100 * self.done / self.total:3.0f}% "
+            f"ETA {int(eta_s) // 60}:{int(eta_s) % 60:02d}  {label}  {status} ({wall_s:.1f} s)",
+            file=self.stream,
+            flush=True,
+        )
+
+
+@dataclass
+class _Context:
+    """State shared by the points of one sweep: local profiles (taken on first need) and telemetry."""
+
+    store: RunStore
+    spec_path: str
+    sampler: TelemetrySampler
+    profiles: dict[tuple[str, str, str], Profile] = field(default_factory=dict)
+
+    def local_profile(self, config: MeasuredConfig) -> Profile:
+        """A profile of this machine for the point's model, device and dtype (written into the run)."""
+        key = (config.model, config.device, config.dtype)
+        if key not in self.profiles:
+            print(f"profiling {key[1]} ({key[0]}, {key[2]}) for the model's predictions ...", file=sys.stderr,
+                  flush=True)  # fmt: skip
+            profile = profile_device(ProfileSettings(model=key[0], device=key[1], dtype=key[2]))
+            name = f"profile-{profile.name}-{Path(key[0]).name}-{key[2]}.json"
+            write_profile(profile, self.store.path / name)
+            self.profiles[key] = profile
+        return self.profiles[key]
+
+
+def _failed(row: PointRow, exc: BaseException) -> PointRow:
+    message = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line
+    return row.replace(status="failed", error=message)
+
+
+def _simulated(base: PointRow, config: ModeledConfig) -> PointRow:
+    result = simulate(config.system_config(), load_trace(config.trace), arrival=config.arrival,
+                      rate_per_s=config.rate_per_s or None, requests=config.requests or None)  # fmt: skip
+    return base.replace(**result.row_fields())
+
+
+def _predicted(base: PointRow, config: MeasuredConfig, ctx: _Context) -> PointRow:
+    prediction = predict_measured(config, ctx.local_profile(config))
+    return base.replace(profile=prediction.profile, metrics=prediction.metrics())
+
+
+def _measured(base: PointRow, config: MeasuredConfig, ctx: _Context, repeats: int) -> PointRow:
+    """One row of `repeats` runs (median and CI from 3 on), with telemetry of the whole point."""
+    rows, pools = [], {}
+    with ctx.sampler.window(base.point_id):
+        for i in range(repeats):
+            try:
+                timings = run_measured(config)
+            except Exception as exc:  # noqa: BLE001 - a failing repeat is recorded, not raised
+                rows.append(_failed(base.replace(repeat=i), exc))
+                continue
+            rows.append(base.replace(repeat=i, metrics=timings.metrics()))
+            pools = pools or dict(timings.breakdown_ms or {})
+    row = aggregate_repeats(rows, base.point_id) if repeats > 1 else rows[0].replace(repeat=None, repeats=1)
+    telemetry = combine_summaries(ctx.sampler.window_summary(base.point_id))
+    verdict = telemetry.pop("telemetry_verdict")
+    present = {k: v for k, v in telemetry.items() if v is not None}
+    return row.replace(pools=pools, telemetry_verdict=verdict, metrics={**row.metrics, **present})
+
+
+def execute(point: Point, ctx: _Context, repeats: int) -> PointRow:
+    """The row of one point; failures become a failed row with the error, never an exception."""
+    base = point.row(repro_command(point, ctx.spec_path))
+    try:
+        if point.kind == "measured":
+            return _measured(base, point.config, ctx, repeats)
+        if point.kind == "prediction":
+            return _predicted(base, point.config, ctx)
+        return _simulated(base, point.config)
+    except Exception as exc:  # noqa: BLE001 - a failed point is a row, and the sweep goes on
+        return _failed(base, exc)
+
+
+def repro_command(point: Point, spec_path: str) -> str:
+    """The command that reproduces a point: `simulate` for a modeled one, else `run SPEC --point ID`."""
+    c = point.config
+    if not isinstance(c, ModeledConfig):
+        return f"lamina-bench run {spec_path} --point {point.point_id}"
+    cmd = (f"lamina-bench simulate --model {c.model} --system {c.system} --compute {c.compute} "
+           f"--trace {c.trace} --arrival {c.arrival} --dtype {c.dtype}")  # fmt: skip
+    if c.attention:
+        cmd += f" --attention {c.attention} --pipeline-batches {c.pipeline_batches}"
+    if c.requests:
+        cmd += f" --requests {c.requests}"
+    if c.arrival == "poisson":
+        cmd += f" --rate {c.rate_per_s}"
+    return cmd
+
+
+def _flush_telemetry(store: RunStore, sampler: TelemetrySampler, written: int) -> int:
+    """Persist the samples taken since the last flush; returns how many are persisted in all."""
+    samples = sampler.samples()
+    if len(samples) > written:
+        store.add_telemetry(samples[written:])
+    return len(samples)
+
+
+def run_sweep(spec: SweepSpec, store: RunStore, points: list[Point], spec_path: str = "<default>",
+              progress: Progress | None = None) -> SweepOutcome:  # fmt: skip
+    """Run every point not yet in `store` (resume), persisting each row the moment it finishes."""
+    start = time.perf_counter()
+    rows = store.rows()
+    finished = {r.point_id for r in rows if r.ok}  # failed points run again on --resume
+    stored = {r.point_id for r in rows}
+    todo = [p for p in points if p.point_id not in finished]
+    todo.sort(key=lambda p: p.kind != "prediction")  # predictions first (module doc)
+    progress = progress or Progress(len(todo))
+    failed = written = 0
+    with TelemetrySampler() as sampler:
+        ctx = _Context(store=store, spec_path=spec_path, sampler=sampler)
+        for point in todo:
+            t0 = time.perf_counter()
+            row = execute(point, ctx, spec.repeats)
+            row = row.replace(wall_s=time.perf_counter() - t0)
+            store.add_point(row, replace=point.point_id in stored)
+            written = _flush_telemetry(store, sampler, written)  # a crash loses at most this point's samples
+            failed += not row.ok
+            progress.update(point.label(), "ok" if row.ok else f"FAILED: {row.error}", row.wall_s)
+        _flush_telemetry(store, sampler, written)
+    return SweepOutcome(store.path, len(todo), len(points) - len(todo), failed, time.perf_counter() - start)
