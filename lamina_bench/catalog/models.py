@@ -264,6 +264,18 @@ def net_bytes_per_token_per_layer(spec: ModelSpec, dtype: str = "fp16") -> int:
     return dtype_bytes(dtype) * (2 * spec.q_size + 2 * spec.kv_size)
 
 
+def derived_sizes(spec: ModelSpec, dtype: str = "fp16") -> dict[str, float]:
+    """Every size derived from a config: parameters, weight bytes, KV bytes per token, dense FLOPs per
+    token and link bytes per token per layer (all derived)."""
+    return {
+        "params": param_count(spec),
+        "weight_bytes": weight_bytes(spec, dtype),
+        "kv_bytes_per_token": kv_bytes_per_token(spec, dtype),
+        "dense_flops_per_token": dense_flops_per_token(spec),
+        "net_bytes_per_token_per_layer": net_bytes_per_token_per_layer(spec, dtype),
+    }
+
+
 def hf_config(spec: ModelSpec) -> dict:
     """A Hugging Face config.json dict with this shape (for building a random-weight model)."""
     common = {

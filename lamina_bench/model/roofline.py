@@ -6,7 +6,13 @@ reasoning, and a profile replaces all of them for its device.
 
 from __future__ import annotations
 
-from lamina_bench.catalog.models import DTYPE_BYTES, ModelSpec, kv_bytes_per_token, layer_matmul_params
+from lamina_bench.catalog.models import (
+    DTYPE_BYTES,
+    ModelSpec,
+    kv_bytes_per_token,
+    layer_matmul_params,
+    net_bytes_per_token_per_layer,
+)
 from lamina_bench.errors import UserInputError
 
 ROOFLINE = "roofline"
@@ -112,6 +118,5 @@ def min_link_bandwidth_bytes_per_s(
     """
     if slowdown <= 0 or mtime_s + atime_s <= 0:
         raise UserInputError(f"slowdown ({slowdown}) and MTIME + ATIME ({mtime_s + atime_s} s) must be > 0")
-    g = spec.num_heads / spec.num_kv_heads
-    per_token_layer = (2.0 + 2.0 / g) * DTYPE_BYTES[dtype] * spec.hidden_size
+    per_token_layer = net_bytes_per_token_per_layer(spec, dtype)
     return per_token_layer * batch * spec.num_layers / (slowdown * (mtime_s + atime_s))

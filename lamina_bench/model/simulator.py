@@ -84,6 +84,9 @@ class SimulationResult:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
     def row_fields(self) -> dict[str, Any]:
         """This result as PointRow fields (results/row.py): registered metrics, per-pool times and notes.
 
@@ -137,9 +140,6 @@ _SATURATED_METRICS = ("throughput_tok_per_s", "mean_batch_size", "tokens_per_usd
 
 def _present(values: dict[str, Any]) -> dict[str, float]:
     return {k: v for k, v in values.items() if v is not None}
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict())
 
 
 def _weighted_percentiles(

@@ -6,6 +6,7 @@ import statistics
 from collections.abc import Sequence
 
 from lamina_bench.model.paper import Comparison
+from lamina_bench.model.search import Candidate, SearchResult
 from lamina_bench.model.simulator import SimulationResult
 from lamina_bench.report.data import predictions
 from lamina_bench.results.row import PointRow
@@ -97,3 +98,40 @@ def result_table(result: SimulationResult) -> str:
         text = "n/a" if value is None else (f"{value:,.4g}" if isinstance(value, float) else str(value))
         out.append(f"{key:<{width}}  {text}")
     return "\n".join(out)
+
+
+def search_table(result: SearchResult, top: int = 15) -> str:
+    """Markdown: the ranked configurations, then best homogeneous next to best Lamina."""
+    lines = [
+        f"search: {result.model} on {result.trace} (first {result.requests_used} requests, saturate mode), "
+        f"TBT p99 SLO {result.tbt_slo_ms if result.tbt_slo_ms is not None else 'none'} ms, budget "
+        f"{result.budget_usd_per_hour if result.budget_usd_per_hour is not None else 'none'} $/h; "
+        f"{result.screened} configurations estimated ({len(result.dropped)} dropped: weights do not fit, SLO), "
+        f"{len(result.ranked)} replayed; ranked by saturated tok/$ (source: {_search_sources(result)})",
+        "",
+        "| # | system | compute | attention | n | batch cap | tok/s | mean batch | TBT p99 ms | $/h | tok/$ |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for i, cand in enumerate(result.ranked[:top], 1):
+        lines.append(_search_row(str(i), cand))
+    lines += ["", "| best | system | compute | attention | n | batch cap | tok/s | mean batch | TBT p99 ms | $/h | tok/$ |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for label, cand in (("homogeneous", result.best_homogeneous), ("lamina", result.best_lamina)):
+        lines.append(_search_row(label, cand) if cand is not None else f"| {label} | none feasible |")
+    return "\n".join(lines)
+
+
+def _search_sources(result: SearchResult) -> str:
+    seen = sorted({f"{c.result.source}, profile {c.result.profile}" for c in result.ranked})
+    return "; ".join(seen) or "n/a"
+
+
+def _search_row(label: str, cand: Candidate) -> str:
+    c, r = cand.config, cand.result
+    tput = r.saturated_throughput_tok_per_s or r.throughput_tok_per_s
+    batch = r.saturated_mean_batch_size or r.mean_batch_size or 0.0
+    return (
+        f"| {label} | {c.system} | {c.compute} | {c.attention or '-'} | {c.batches} "
+        f"| {c.max_batch_size or '-'} | {tput:,.0f} | {batch:.0f} | {r.tbt_p99_ms:.1f} "
+        f"| {r.cost_usd_per_hour:.2f} | {cand.tokens_per_usd:,.0f} |"
+    )
