@@ -691,7 +691,9 @@ def step_sweep_point(ctx: CheckContext) -> StepOutcome:
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(store.path, arcname=store.path.name)
     row = store.rows()[0]
-    numbers = {k: Quantity(row.metrics[k], METRICS[k].unit, "measured") for k in _SWEEP_METRICS if k in row.metrics}
+    numbers = {
+        k: Quantity(row.metrics[k], METRICS[k].unit, "measured") for k in _SWEEP_METRICS if k in row.metrics
+    }
     details = {
         "run_id": run_id,
         "point": points[0].label(),

@@ -108,15 +108,28 @@ def load_catalog(user_file: str | Path | None = None) -> dict[str, DeviceSpec]:
 
 # Alternative spellings (after _norm) -> catalog name.
 _ALIASES = {
-    "h100sxm": "H100", "h100sxm5": "H100", "h10080g": "H100", "h10080gb": "H100",
-    "h100pcie80g": "H100-PCIe", "h200sxm": "H200", "h2096g": "H20",
-    "a10080gb": "A100-80G", "a100sxm480gb": "A100-80G", "a100sxm80g": "A100-80G",
-    "a10040gb": "A100-40G", "a100sxm440gb": "A100-40G",
-    "4090": "RTX4090", "geforcertx4090": "RTX4090",
-    "mi300": "MI300X", "instinctmi300x": "MI300X",
-    "v6e": "TPU-v6e", "trillium": "TPU-v6e", "tpuv6etrillium": "TPU-v6e",
-    "b200sxm": "B200", "host": "CPU",
-}  # fmt: skip
+    "h100sxm": "H100",
+    "h100sxm5": "H100",
+    "h10080g": "H100",
+    "h10080gb": "H100",
+    "h100pcie80g": "H100-PCIe",
+    "h200sxm": "H200",
+    "h2096g": "H20",
+    "a10080gb": "A100-80G",
+    "a100sxm480gb": "A100-80G",
+    "a100sxm80g": "A100-80G",
+    "a10040gb": "A100-40G",
+    "a100sxm440gb": "A100-40G",
+    "4090": "RTX4090",
+    "geforcertx4090": "RTX4090",
+    "mi300": "MI300X",
+    "instinctmi300x": "MI300X",
+    "v6e": "TPU-v6e",
+    "trillium": "TPU-v6e",
+    "tpuv6etrillium": "TPU-v6e",
+    "b200sxm": "B200",
+    "host": "CPU",
+}
 
 
 def _norm(name: str) -> str:

@@ -57,10 +57,18 @@ def local_cpu() -> DeviceSpec:
     model, vendor = _cpu_info()
     memory, source = _host_memory()
     return DeviceSpec(
-        name="CPU", full_name=model, vendor=vendor, bf16_flops_per_s=None, memory_bytes=memory,
-        mem_bandwidth_bytes_per_s=None, power_w=None, intra_link_bytes_per_s=None, nic_gbps=None,
-        usd_per_hour=None, sources={"memory_bytes": source},
-    )  # fmt: skip
+        name="CPU",
+        full_name=model,
+        vendor=vendor,
+        bf16_flops_per_s=None,
+        memory_bytes=memory,
+        mem_bandwidth_bytes_per_s=None,
+        power_w=None,
+        intra_link_bytes_per_s=None,
+        nic_gbps=None,
+        usd_per_hour=None,
+        sources={"memory_bytes": source},
+    )
 
 
 # ---- user file --------------------------------------------------------------------------------------
@@ -107,15 +115,23 @@ def _cuda_device(index: int, catalog: Mapping[str, DeviceSpec]) -> DeviceSpec:
     key = match_cuda_name(props.name)
     if key is not None and key in catalog:
         base = catalog[key]
-        return replace(base, memory_bytes=float(props.total_memory),
-                       sources={**base.sources, "memory_bytes": memory_src})  # fmt: skip
+        return replace(
+            base, memory_bytes=float(props.total_memory), sources={**base.sources, "memory_bytes": memory_src}
+        )
     name = re.sub(r"\s+", "-", props.name.strip()) or f"cuda{index}"
     return DeviceSpec(
-        name=name, full_name=props.name, vendor=props.name.split()[0] if props.name else "unknown",
-        bf16_flops_per_s=None, memory_bytes=float(props.total_memory), mem_bandwidth_bytes_per_s=None,
-        power_w=None, intra_link_bytes_per_s=None, nic_gbps=None, usd_per_hour=None,
+        name=name,
+        full_name=props.name,
+        vendor=props.name.split()[0] if props.name else "unknown",
+        bf16_flops_per_s=None,
+        memory_bytes=float(props.total_memory),
+        mem_bandwidth_bytes_per_s=None,
+        power_w=None,
+        intra_link_bytes_per_s=None,
+        nic_gbps=None,
+        usd_per_hour=None,
         sources={"memory_bytes": memory_src},
-    )  # fmt: skip
+    )
 
 
 def local_devices(catalog: Mapping[str, DeviceSpec]) -> list[DeviceSpec]:

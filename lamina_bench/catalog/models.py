@@ -317,15 +317,20 @@ def spec_from_hf_config(config: Mapping, name: str = "hf-model") -> ModelSpec:
     try:
         d, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
         return ModelSpec(
-            name=name.lower(), family=family, num_layers=int(config["num_hidden_layers"]), hidden_size=d,
-            num_heads=heads, num_kv_heads=int(config.get("num_key_value_heads") or heads),
+            name=name.lower(),
+            family=family,
+            num_layers=int(config["num_hidden_layers"]),
+            hidden_size=d,
+            num_heads=heads,
+            num_kv_heads=int(config.get("num_key_value_heads") or heads),
             head_dim=int(config.get("head_dim") or d // heads),
             intermediate_size=int(config["ffn_dim"] if family == "opt" else config["intermediate_size"]),
-            vocab_size=int(config["vocab_size"]), max_position=int(config.get("max_position_embeddings", 2048)),
+            vocab_size=int(config["vocab_size"]),
+            max_position=int(config.get("max_position_embeddings", 2048)),
             mlp="relu" if family == "opt" else "swiglu",
             tie_embeddings=bool(config.get("tie_word_embeddings", family == "opt")),
             qkv_bias=family in ("opt", "qwen2") or bool(config.get("attention_bias", False)),
             source=f"HF config.json ({kind})",
-        )  # fmt: skip
+        )
     except KeyError as exc:
         raise UserInputError(f"HF config is missing {exc.args[0]!r}") from None

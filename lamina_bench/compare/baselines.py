@@ -120,11 +120,15 @@ def baseline_info(path: str | Path) -> BaselineInfo:
     rows = store.rows()
     meta = store.manifest.get("baseline") or {}
     return BaselineInfo(
-        device=str(meta.get("device") or Path(path).name), path=str(path), run_id=store.manifest.get("run_id"),
-        description=describe_manifest(store.manifest), updated_at=meta.get("updated_at"),
-        points_ok=sum(r.ok for r in rows), points_failed=sum(not r.ok for r in rows),
+        device=str(meta.get("device") or Path(path).name),
+        path=str(path),
+        run_id=store.manifest.get("run_id"),
+        description=describe_manifest(store.manifest),
+        updated_at=meta.get("updated_at"),
+        points_ok=sum(r.ok for r in rows),
+        points_failed=sum(not r.ok for r in rows),
         sources=dict(sorted(Counter(r.source for r in rows).items())),
-    )  # fmt: skip
+    )
 
 
 def baseline_folder(device: str, root: str | Path = BASELINES_ROOT) -> Path:
@@ -156,5 +160,3 @@ def baseline_table(infos: Sequence[BaselineInfo]) -> str:
         )
         lines.append(f"  {b.path}")
     return "\n".join(lines)
-
-

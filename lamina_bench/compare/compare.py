@@ -17,7 +17,7 @@ reported as new.
 
 Thresholds are per source, because modeled numbers are deterministic while CPU timings are not:
     modeled and derived rows: `--threshold PCT`, default 0 (any change beyond float noise, REL_TOL)
-    measured rows, benchmarks, and modeled predictions of measured points (extra_json "predicts": they
+    measured rows, benchmarks, and modeled predictions of measured points (rows with `predicts`: they
     are calibrated from a profile taken during the run, so they carry its noise):
     `--measured-threshold PCT`, default 25%, or `report` to show the changes without ever failing on
     them (missing and failed points still fail).
@@ -42,7 +42,6 @@ from lamina_bench.errors import UserInputError
 from lamina_bench.results.metrics import DOWN, METRICS, NEUTRAL, UP
 
 # ---- metric directions and thresholds ------------------------------------------------------------
-
 
 
 def direction(metric: str) -> str:
@@ -258,7 +257,7 @@ class ComparisonReport:
                     "reason": f.reason,
                 }
                 for f in self.failures()
-            ],  # fmt: skip
+            ],
             "errors": list(self.errors),
             "notes": list(self.notes),
             "points": [_point_dict(p) for p in self.points],
@@ -267,15 +266,26 @@ class ComparisonReport:
 
 def _point_dict(p: PointComparison) -> dict[str, Any]:
     return {
-        "key": p.key, "label": p.label, "source": p.source, "state": p.state,
-        "threshold_pct": p.threshold_pct, "detail": p.detail,
+        "key": p.key,
+        "label": p.label,
+        "source": p.source,
+        "state": p.state,
+        "threshold_pct": p.threshold_pct,
+        "detail": p.detail,
         "metrics": [
-            {"metric": d.metric, "direction": d.direction, "base": d.base, "head": d.head,
-             "change_pct": d.change_pct, "base_interval": d.base_interval,
-             "head_interval": d.head_interval, "verdict": d.verdict}
+            {
+                "metric": d.metric,
+                "direction": d.direction,
+                "base": d.base,
+                "head": d.head,
+                "change_pct": d.change_pct,
+                "base_interval": d.base_interval,
+                "head_interval": d.head_interval,
+                "verdict": d.verdict,
+            }
             for d in p.deltas
         ],
-    }  # fmt: skip
+    }
 
 
 def compare_sides(

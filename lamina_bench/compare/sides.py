@@ -16,8 +16,6 @@ from lamina_bench.results.store import RunStore
 BENCH_METRIC = "median_s"
 
 
-
-
 @dataclass(frozen=True)
 class Entry:
     """One comparable row: a run point (key = point_id) or a benchmark (key = pytest node id)."""
@@ -31,7 +29,7 @@ class Entry:
     intervals: Mapping[str, tuple[float, float]] = field(default_factory=dict)  # 95% CI or IQR
     profile: str | None = None
     # True when the numbers rest on timings taken in the run: measured rows, benchmarks, and modeled
-    # predictions of measured points (extra_json "predicts"), calibrated from a profile taken in the run.
+    # predictions of measured points (rows with `predicts`), calibrated from a profile taken in the run.
     timed: bool = True
 
 
@@ -74,9 +72,16 @@ def _timed(row: PointRow) -> bool:
 
 def _row_entry(row: PointRow) -> Entry:
     return Entry(
-        key=row.point_id, label=point_label(row), source=row.source, status=row.status, error=row.error,
-        values=dict(row.metrics), intervals=dict(row.ci), profile=row.profile, timed=_timed(row),
-    )  # fmt: skip
+        key=row.point_id,
+        label=point_label(row),
+        source=row.source,
+        status=row.status,
+        error=row.error,
+        values=dict(row.metrics),
+        intervals=dict(row.ci),
+        profile=row.profile,
+        timed=_timed(row),
+    )
 
 
 def comparable_rows(rows: Sequence[PointRow]) -> tuple[list[PointRow], int]:

@@ -289,8 +289,12 @@ def _profile(settings: ProfileSettings, progress: Callable[[str], None]) -> Prof
     if settings.lamina and settings.device == "cpu" and folder is not None:
         progress("Lamina runtime decode steps (1 compute + 1 attention process)")
         lamina_steps = _lamina_steps(folder, settings)
-    versions = {"torch": torch.__version__, "python": platform.python_version(),
-                "torch_threads": str(torch.get_num_threads()), **settings.extra_versions}  # fmt: skip
+    versions = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "torch_threads": str(torch.get_num_threads()),
+        **settings.extra_versions,
+    }
     try:
         import triton
 

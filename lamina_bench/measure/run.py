@@ -178,7 +178,9 @@ def _pools_ms(run) -> dict[str, dict[str, float]]:
         steps = [s for w in run.workers if w.role == role for s in w.steps if s.kind == "decode"]
         if steps:
             parts = ("dense", "attention", "network", "idle", "other")
-            pools[role] = {f"{c}_ms": 1e3 * sum(getattr(s, f"{c}_s") for s in steps) / len(steps) for c in parts}
+            pools[role] = {
+                f"{c}_ms": 1e3 * sum(getattr(s, f"{c}_s") for s in steps) / len(steps) for c in parts
+            }
     return pools
 
 

@@ -180,8 +180,17 @@ def iteration_model(
     """The iteration-time model of `config`: stored profiles per device, else `derive_from`, else roofline."""
     cm = device_model(config.compute.device, backend, profile_dir, derive_from)
     if config.system == "homogeneous":
-        return IterationModel(config.model, config.dtype, "homogeneous", config.compute.count,
-                              config.compute.count, 1, cm, cm)  # fmt: skip
+        return IterationModel(
+            config.model, config.dtype, "homogeneous", config.compute.count, config.compute.count, 1, cm, cm
+        )
     am = device_model(config.attention.device, backend, profile_dir, derive_from)
-    return IterationModel(config.model, config.dtype, "lamina", config.compute.count, config.attention.count,
-                          config.batches, cm, am)  # fmt: skip
+    return IterationModel(
+        config.model,
+        config.dtype,
+        "lamina",
+        config.compute.count,
+        config.attention.count,
+        config.batches,
+        cm,
+        am,
+    )

@@ -61,6 +61,12 @@ def paper_comparisons(
         models = [iteration_model(c, profile_dir=profile_dir) for c in (base, lamina)]
         for trace_name in PAPER_TRACES:
             trace = load_trace(trace_name)
-            rows.append(Comparison(name, trace_name, simulate(base, trace, requests=requests, model=models[0]),
-                                   simulate(lamina, trace, requests=requests, model=models[1])))  # fmt: skip
+            rows.append(
+                Comparison(
+                    name,
+                    trace_name,
+                    simulate(base, trace, requests=requests, model=models[0]),
+                    simulate(lamina, trace, requests=requests, model=models[1]),
+                )
+            )
     return rows

@@ -42,9 +42,11 @@ from pathlib import Path
 
 from lamina_bench.catalog.models import DTYPE_BYTES, ModelSpec
 from lamina_bench.errors import UserInputError
+from lamina_bench.results.files import atomic_write_json
 
 PROFILE_FORMAT = "lamina-bench-profile/1"
 DEFAULT_PROFILE_DIR = Path(__file__).resolve().parents[2] / "results" / "profiles"
+
 
 def _check_positive(what: str, value: float) -> None:
     if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
@@ -204,8 +206,6 @@ def profile_from_dict(data: dict) -> Profile:
 
 def write_profile(profile: Profile, path: str | Path) -> Path:
     """Write `profile` as JSON, atomically; the profiler calls this and nothing else."""
-    from lamina_bench.results.files import atomic_write_json
-
     path = Path(path)
     if path.parent.exists() and not path.parent.is_dir():
         raise UserInputError(f"cannot write the profile into {path.parent}: it is not a folder")

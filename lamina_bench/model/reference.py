@@ -35,8 +35,14 @@ class ReferenceRun:
     def __post_init__(self) -> None:
         if self.system not in SYSTEMS:
             raise UserInputError(f"unknown system {self.system!r}; valid: {', '.join(SYSTEMS)}")
-        for name in ("batch_size", "context_len", "decode_steps", "compute_workers", "attention_workers",
-                     "pipeline_batches"):  # fmt: skip
+        for name in (
+            "batch_size",
+            "context_len",
+            "decode_steps",
+            "compute_workers",
+            "attention_workers",
+            "pipeline_batches",
+        ):
             if getattr(self, name) < 1:
                 raise UserInputError(f"{name} must be >= 1, got {getattr(self, name)}")
 
@@ -51,8 +57,12 @@ class ReferencePrediction:
 
     def metrics(self) -> dict[str, float]:
         """The prediction as registered metrics (results/metrics.py)."""
-        return {"throughput_tok_per_s": self.throughput_tok_per_s, "tbt_mean_ms": self.mean_tbt_s * 1e3,
-                "mean_batch_size": float(self.batch_size), "max_batch_size": float(self.batch_size)}  # fmt: skip
+        return {
+            "throughput_tok_per_s": self.throughput_tok_per_s,
+            "tbt_mean_ms": self.mean_tbt_s * 1e3,
+            "mean_batch_size": float(self.batch_size),
+            "max_batch_size": float(self.batch_size),
+        }
 
 
 def predict_reference_run(
@@ -66,9 +76,16 @@ def predict_reference_run(
     """
     dm = DeviceModel(device, profile)
     lamina = run.system == "lamina"
-    model = IterationModel(run.model, run.dtype, run.system, run.compute_workers,
-                           run.attention_workers if lamina else run.compute_workers,
-                           run.pipeline_batches if lamina else 1, dm, dm)  # fmt: skip
+    model = IterationModel(
+        run.model,
+        run.dtype,
+        run.system,
+        run.compute_workers,
+        run.attention_workers if lamina else run.compute_workers,
+        run.pipeline_batches if lamina else 1,
+        dm,
+        dm,
+    )
     steps = np.arange(run.decode_steps)
     times = model.time_s(run.batch_size, run.batch_size * (run.context_len + steps))
     return ReferencePrediction(

@@ -61,8 +61,14 @@ def replay(
     prompt = np.asarray(prompt_len, dtype=np.int64)
     output = np.asarray(output_len, dtype=np.int64)
     runnable = np.flatnonzero(prompt + output <= kv_capacity_tokens)  # the rest can never run
-    state = _Scheduler(prompt[runnable], output[runnable], np.asarray(arrival_s, dtype=np.float64)[runnable],
-                       int(kv_capacity_tokens), max_batch_size, time_fn if follow_arrivals else None)  # fmt: skip
+    state = _Scheduler(
+        prompt[runnable],
+        output[runnable],
+        np.asarray(arrival_s, dtype=np.float64)[runnable],
+        int(kv_capacity_tokens),
+        max_batch_size,
+        time_fn if follow_arrivals else None,
+    )
     while state.step():
         pass
     return _assemble(state, runnable, len(prompt), time_fn)

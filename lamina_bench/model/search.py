@@ -107,8 +107,13 @@ def _candidate_configs(spec: ModelSpec, devices: Sequence[DeviceSpec]) -> list[S
                 for na in POOL_COUNTS:
                     for depth in PIPELINE_DEPTHS:
                         try:
-                            cfg = SystemConfig("lamina", spec, DeviceMix(nc, cdev), DeviceMix(na, adev),
-                                               pipeline_batches=depth)  # fmt: skip
+                            cfg = SystemConfig(
+                                "lamina",
+                                spec,
+                                DeviceMix(nc, cdev),
+                                DeviceMix(na, adev),
+                                pipeline_batches=depth,
+                            )
                         except UserInputError:
                             continue
                         configs.append(cfg)
@@ -236,9 +241,19 @@ def search(
     ranked = _replay_best(scored, subset, tbt_slo_ms, simulate_top, dropped)
     best_h = next((c for c in ranked if c.config.system == "homogeneous"), None)
     best_l = next((c for c in ranked if c.config.system == "lamina"), None)
-    return SearchResult(model.name, trace.name, len(subset), tbt_slo_ms, budget_usd_per_hour,
-                        tuple(d.name for d in specs), len(scored), tuple(dropped), tuple(ranked),
-                        best_h, best_l)  # fmt: skip
+    return SearchResult(
+        model.name,
+        trace.name,
+        len(subset),
+        tbt_slo_ms,
+        budget_usd_per_hour,
+        tuple(d.name for d in specs),
+        len(scored),
+        tuple(dropped),
+        tuple(ranked),
+        best_h,
+        best_l,
+    )
 
 
 def _search_devices(devices: Sequence[str] | None, catalog: Mapping[str, DeviceSpec]) -> list[DeviceSpec]:

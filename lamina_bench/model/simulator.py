@@ -26,7 +26,6 @@ from lamina_bench.model.system import SystemConfig, memory_plan
 ARRIVALS = ("saturate", "trace", "poisson")
 
 
-
 @dataclass(frozen=True)
 class SimulationResult:
     """One simulated run; `to_dict` holds at least the `simulate --json` keys of DESIGN.md."""
@@ -113,28 +112,54 @@ class SimulationResult:
             network_ms=self.network_mean_ms * self.pipeline_batches if lamina else None,
             idle_ms=compute["idle_ms"],
         )
-        return {"source": self.source, "profile": self.profile, "requests": self.requests,
-                "rejected_requests": self.rejected_requests, "metrics": _present(values), "pools": pools,
-                **notes}  # fmt: skip
+        return {
+            "source": self.source,
+            "profile": self.profile,
+            "requests": self.requests,
+            "rejected_requests": self.rejected_requests,
+            "metrics": _present(values),
+            "pools": pools,
+            **notes,
+        }
 
     def pools_ms(self) -> dict[str, dict[str, float]]:
         """Per-pool time per decode iteration (ms, mean over the replay) for the report's stacked bars."""
         it = self.iteration_mean_ms
         if self.system == "homogeneous":  # dense and attention one after the other on the same devices
             idle = it - self.dense_mean_ms - self.attention_mean_ms
-            return {"compute": {"dense_ms": self.dense_mean_ms, "attention_ms": self.attention_mean_ms,
-                                "idle_ms": idle}}  # fmt: skip
+            return {
+                "compute": {
+                    "dense_ms": self.dense_mean_ms,
+                    "attention_ms": self.attention_mean_ms,
+                    "idle_ms": idle,
+                }
+            }
         # the link overlaps with both pools' work (pipelining), so it is not stacked; it is network_ms
         return {
             "compute": {"dense_ms": self.compute_busy_mean_ms, "idle_ms": it - self.compute_busy_mean_ms},
-            "attention": {"attention_ms": self.attention_busy_mean_ms, "idle_ms": it - self.attention_busy_mean_ms},
+            "attention": {
+                "attention_ms": self.attention_busy_mean_ms,
+                "idle_ms": it - self.attention_busy_mean_ms,
+            },
         }
 
 
 # Registered metrics a simulation fills in directly, and those saturate mode reports for its saturated phase.
-_ROW_METRICS = ("throughput_tok_per_s", "generated_tokens", "tbt_p50_ms", "tbt_p90_ms", "tbt_p99_ms",
-                "tbt_mean_ms", "mean_batch_size", "max_batch_size", "cost_usd_per_hour", "tokens_per_usd",
-                "usd_per_mtok", "net_bytes_per_token", "net_peak_gbps")  # fmt: skip
+_ROW_METRICS = (
+    "throughput_tok_per_s",
+    "generated_tokens",
+    "tbt_p50_ms",
+    "tbt_p90_ms",
+    "tbt_p99_ms",
+    "tbt_mean_ms",
+    "mean_batch_size",
+    "max_batch_size",
+    "cost_usd_per_hour",
+    "tokens_per_usd",
+    "usd_per_mtok",
+    "net_bytes_per_token",
+    "net_peak_gbps",
+)
 _SATURATED_METRICS = ("throughput_tok_per_s", "mean_batch_size", "tokens_per_usd", "usd_per_mtok")
 
 
@@ -165,8 +190,14 @@ def _saturated(rep: Replay, time_s: np.ndarray) -> tuple[float | None, float | N
     return tokens / float(time_s[:window].sum()), tokens / window
 
 
-def summarize(config: SystemConfig, model: IterationModel, trace_name: str, arrival: str, rep: Replay,
-              kv_capacity_tokens: int) -> SimulationResult:  # fmt: skip
+def summarize(
+    config: SystemConfig,
+    model: IterationModel,
+    trace_name: str,
+    arrival: str,
+    rep: Replay,
+    kv_capacity_tokens: int,
+) -> SimulationResult:
     """Metrics of a replay (see SimulationResult)."""
     spec = config.model
     bd = model.breakdown(rep.batch, rep.sum_context)
@@ -189,21 +220,38 @@ def summarize(config: SystemConfig, model: IterationModel, trace_name: str, arri
     peak_bw = kv_pool.device.mem_bandwidth_bytes_per_s
     kv_bytes = float(attention_layer_bytes(spec, config.dtype, 0.0, rep.sum_context.sum())) * spec.num_layers
     sat_tput, sat_batch = _saturated(rep, bd.time_s) if arrival == "saturate" else (None, None)
-    mean_ms = {k: float(getattr(bd, k).mean()) * 1e3 if rep.iterations else None
-               for k in ("time_s", "dense_s", "attention_s", "network_s", "compute_busy_s", "attention_busy_s")}  # fmt: skip
+    mean_ms = {
+        k: float(getattr(bd, k).mean()) * 1e3 if rep.iterations else None
+        for k in ("time_s", "dense_s", "attention_s", "network_s", "compute_busy_s", "attention_busy_s")
+    }
     return SimulationResult(
-        system=config.system, model=spec.name, trace=trace_name, compute=str(config.compute),
-        attention=str(config.attention) if lamina else None, dtype=config.dtype,
-        pipeline_batches=config.batches, arrival=arrival, max_batch_limit=config.max_batch_size,
-        requests=served, rejected_requests=len(rep.admit_iteration) - served, generated_tokens=tokens,
-        iterations=rep.iterations, makespan_s=makespan, throughput_tok_per_s=throughput,
+        system=config.system,
+        model=spec.name,
+        trace=trace_name,
+        compute=str(config.compute),
+        attention=str(config.attention) if lamina else None,
+        dtype=config.dtype,
+        pipeline_batches=config.batches,
+        arrival=arrival,
+        max_batch_limit=config.max_batch_size,
+        requests=served,
+        rejected_requests=len(rep.admit_iteration) - served,
+        generated_tokens=tokens,
+        iterations=rep.iterations,
+        makespan_s=makespan,
+        throughput_tok_per_s=throughput,
         mean_batch_size=tokens / rep.iterations if rep.iterations else None,
-        saturated_throughput_tok_per_s=sat_tput, saturated_mean_batch_size=sat_batch,
+        saturated_throughput_tok_per_s=sat_tput,
+        saturated_mean_batch_size=sat_batch,
         max_batch_size=int(rep.batch.max()) if rep.iterations else 0,
-        tbt_mean_ms=tbt[0], tbt_p50_ms=tbt[1], tbt_p90_ms=tbt[2], tbt_p99_ms=tbt[3],
+        tbt_mean_ms=tbt[0],
+        tbt_p50_ms=tbt[1],
+        tbt_p90_ms=tbt[2],
+        tbt_p99_ms=tbt[3],
         kv_capacity_tokens=kv_capacity_tokens,
         kv_peak_tokens=int(rep.kv_reserved_tokens.max()) if rep.iterations else 0,
-        cost_usd_per_hour=cost, tokens_per_usd=tokens_per_usd(throughput, cost),
+        cost_usd_per_hour=cost,
+        tokens_per_usd=tokens_per_usd(throughput, cost),
         usd_per_mtok=usd_per_mtok(throughput, cost),
         saturated_tokens_per_usd=None if sat_tput is None else tokens_per_usd(sat_tput, cost),
         net_bytes_per_token=net_per_token,
@@ -211,14 +259,21 @@ def summarize(config: SystemConfig, model: IterationModel, trace_name: str, arri
         net_mean_gbps=tokens * net_per_token * 8 / makespan / 1e9 if makespan > 0 else 0.0,
         compute_busy_fraction=ratio(float(bd.compute_busy_s.sum()), makespan),
         attention_busy_fraction=ratio(float(bd.attention_busy_s.sum()), makespan) if lamina else None,
-        iteration_mean_ms=mean_ms["time_s"], dense_mean_ms=mean_ms["dense_s"],
-        attention_mean_ms=mean_ms["attention_s"], network_mean_ms=mean_ms["network_s"],
-        compute_busy_mean_ms=mean_ms["compute_busy_s"], attention_busy_mean_ms=mean_ms["attention_busy_s"],
-        compute_flops_utilization=None if peak_flops is None else ratio(
-            dense_flops_per_token(spec) * tokens, makespan * config.compute.count * peak_flops),
-        kv_bandwidth_utilization=None if peak_bw is None else ratio(kv_bytes, makespan * kv_pool.count * peak_bw),
-        source=model.source, profile=model.profile,
-    )  # fmt: skip
+        iteration_mean_ms=mean_ms["time_s"],
+        dense_mean_ms=mean_ms["dense_s"],
+        attention_mean_ms=mean_ms["attention_s"],
+        network_mean_ms=mean_ms["network_s"],
+        compute_busy_mean_ms=mean_ms["compute_busy_s"],
+        attention_busy_mean_ms=mean_ms["attention_busy_s"],
+        compute_flops_utilization=None
+        if peak_flops is None
+        else ratio(dense_flops_per_token(spec) * tokens, makespan * config.compute.count * peak_flops),
+        kv_bandwidth_utilization=None
+        if peak_bw is None
+        else ratio(kv_bytes, makespan * kv_pool.count * peak_bw),
+        source=model.source,
+        profile=model.profile,
+    )
 
 
 def simulate(
@@ -249,6 +304,13 @@ def simulate(
         arrival_s = trace.arrival_s
     plan = memory_plan(config)
     model = model or iteration_model(config)
-    rep = replay(trace.prompt_len, trace.output_len, arrival_s, plan.kv_capacity_tokens, model.time_s,
-                 config.max_batch_size, follow_arrivals=arrival != "saturate")  # fmt: skip
+    rep = replay(
+        trace.prompt_len,
+        trace.output_len,
+        arrival_s,
+        plan.kv_capacity_tokens,
+        model.time_s,
+        config.max_batch_size,
+        follow_arrivals=arrival != "saturate",
+    )
     return summarize(config, model, trace.name, arrival, rep, plan.kv_capacity_tokens)

@@ -17,32 +17,70 @@ def fmt(value: float | None, scale: float = 1.0, digits: int = 1) -> str:
 def text_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """Left-aligned columns with a rule under the header."""
     widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=True)]
-    lines = ["  ".join(str(x).ljust(w) for x, w in zip(r, widths, strict=True)).rstrip() for r in [headers, *rows]]
+    lines = [
+        "  ".join(str(x).ljust(w) for x, w in zip(r, widths, strict=True)).rstrip() for r in [headers, *rows]
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
 
 def models_text(rows: Sequence[tuple[ModelSpec, Mapping[str, float]]], dtype: str) -> str:
     """The model catalog with its derived sizes (`catalog.models.derived_sizes`)."""
-    headers = ["model", "layers", "d", "heads/kv", "ffn", "vocab", "params (B)", f"weights GB ({dtype})",
-               "KV B/token", "net B/token/layer", "source"]  # fmt: skip
+    headers = [
+        "model",
+        "layers",
+        "d",
+        "heads/kv",
+        "ffn",
+        "vocab",
+        "params (B)",
+        f"weights GB ({dtype})",
+        "KV B/token",
+        "net B/token/layer",
+        "source",
+    ]
     body = [
-        [s.name, s.num_layers, s.hidden_size, f"{s.num_heads}/{s.num_kv_heads}", s.intermediate_size, s.vocab_size,
-         fmt(d["params"], 1e9, 2), fmt(d["weight_bytes"], 1e9, 1), f"{d['kv_bytes_per_token']:,}",
-         f"{d['net_bytes_per_token_per_layer']:,}", s.source]
+        [
+            s.name,
+            s.num_layers,
+            s.hidden_size,
+            f"{s.num_heads}/{s.num_kv_heads}",
+            s.intermediate_size,
+            s.vocab_size,
+            fmt(d["params"], 1e9, 2),
+            fmt(d["weight_bytes"], 1e9, 1),
+            f"{d['kv_bytes_per_token']:,}",
+            f"{d['net_bytes_per_token_per_layer']:,}",
+            s.source,
+        ]
         for s, d in rows
-    ]  # fmt: skip
+    ]
     return text_table(headers, body) + "\n\nAll sizes derived from the configs (GB = 1e9 bytes)."
 
 
-_DEVICE_HEADERS = ("device", "bf16 TFLOP/s", "memory GB", "bandwidth TB/s", "power W", "link GB/s/dir", "NIC Gb/s",
-                   "$/hour")  # fmt: skip
+_DEVICE_HEADERS = (
+    "device",
+    "bf16 TFLOP/s",
+    "memory GB",
+    "bandwidth TB/s",
+    "power W",
+    "link GB/s/dir",
+    "NIC Gb/s",
+    "$/hour",
+)
 
 
 def _device_row(d: DeviceSpec) -> list[str]:
-    return [d.name, fmt(d.bf16_flops_per_s, 1e12, 0), fmt(d.memory_bytes, 1e9, 0),
-            fmt(d.mem_bandwidth_bytes_per_s, 1e12, 2), fmt(d.power_w, 1, 0), fmt(d.intra_link_bytes_per_s, 1e9, 0),
-            fmt(d.nic_gbps, 1, 0), fmt(d.usd_per_hour, 1, 2)]  # fmt: skip
+    return [
+        d.name,
+        fmt(d.bf16_flops_per_s, 1e12, 0),
+        fmt(d.memory_bytes, 1e9, 0),
+        fmt(d.mem_bandwidth_bytes_per_s, 1e12, 2),
+        fmt(d.power_w, 1, 0),
+        fmt(d.intra_link_bytes_per_s, 1e9, 0),
+        fmt(d.nic_gbps, 1, 0),
+        fmt(d.usd_per_hour, 1, 2),
+    ]
 
 
 def hardware_text(catalog: Mapping[str, DeviceSpec], local: Sequence[DeviceSpec], sources: bool) -> str:
@@ -51,8 +89,10 @@ def hardware_text(catalog: Mapping[str, DeviceSpec], local: Sequence[DeviceSpec]
     for title, devices in (("catalog", list(catalog.values())), ("local devices (detected)", list(local))):
         parts += [f"{title}:", text_table(_DEVICE_HEADERS, [_device_row(d) for d in devices]), ""]
     if not sources:
-        parts.append("Values are dense (no sparsity) vendor figures; prices are on-demand rental. "
-                     "--sources lists each value's source and date.")  # fmt: skip
+        parts.append(
+            "Values are dense (no sparsity) vendor figures; prices are on-demand rental. "
+            "--sources lists each value's source and date."
+        )
         return "\n".join(parts)
     for d in catalog.values():
         parts.append(f"{d.name} ({d.full_name}):")
@@ -62,11 +102,19 @@ def hardware_text(catalog: Mapping[str, DeviceSpec], local: Sequence[DeviceSpec]
 
 def profile_text(profile: Profile, path: object) -> str:
     """What a profile measured, one line per point (every time measured)."""
-    lines = [f"measured profile of {profile.device} ({profile.backend}, {profile.dtype}, {profile.model.name}) -> {path}"]
-    lines += [f"  dense layer  batch {p.batch:>4}: {p.time_s * 1e3:8.3f} ms (measured)" for p in profile.dense]
-    lines += [f"  attention    batch {p.batch:>4} context {p.context_len:>6}: {p.time_s * 1e3:8.3f} ms (measured)"
-              for p in profile.attention]  # fmt: skip
+    lines = [
+        f"measured profile of {profile.device} ({profile.backend}, {profile.dtype}, {profile.model.name}) -> {path}"
+    ]
+    lines += [
+        f"  dense layer  batch {p.batch:>4}: {p.time_s * 1e3:8.3f} ms (measured)" for p in profile.dense
+    ]
+    lines += [
+        f"  attention    batch {p.batch:>4} context {p.context_len:>6}: {p.time_s * 1e3:8.3f} ms (measured)"
+        for p in profile.attention
+    ]
     for kind, steps in (("engine", profile.engine_steps), ("lamina", profile.lamina_steps)):
-        lines += [f"  {kind} step  batch {p.batch:>4} context {p.context_len:>6}: {p.time_s * 1e3:8.3f} ms (measured)"
-                  for p in steps]  # fmt: skip
+        lines += [
+            f"  {kind} step  batch {p.batch:>4} context {p.context_len:>6}: {p.time_s * 1e3:8.3f} ms (measured)"
+            for p in steps
+        ]
     return "\n".join(lines)

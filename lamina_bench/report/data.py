@@ -14,9 +14,10 @@ Conventions of the sweep (lamina_bench/sweep/) this module relies on:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -65,7 +66,7 @@ class RunData:
 
     path: Path
     label: str  # the run's name in legends and tables (its run id, made unique)
-    manifest: PointRow
+    manifest: Mapping[str, Any]
     rows: tuple[PointRow, ...]  # every stored row, failed ones too, ordered by timestamp; run_id = label
     telemetry: pd.DataFrame  # results.RunStore.telemetry(): one row per sample
 
@@ -209,8 +210,15 @@ def headline_pairs(rows: Iterable[PointRow]) -> tuple[list[HeadlinePair], list[P
             pairs.append(HeadlinePair(row, _closest_cost(row, candidates)))
         else:
             alone.append(row)
-    pairs.sort(key=lambda p: (p.lamina.model or "", workload_label(p.lamina), mix_label(p.lamina),
-                              not is_measured(p.lamina), p.lamina.run_id))  # fmt: skip
+    pairs.sort(
+        key=lambda p: (
+            p.lamina.model or "",
+            workload_label(p.lamina),
+            mix_label(p.lamina),
+            not is_measured(p.lamina),
+            p.lamina.run_id,
+        )
+    )
     return pairs, alone
 
 
@@ -238,7 +246,7 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
 def pool_times(row: PointRow) -> dict[str, dict[str, float | None]]:
     """Per-pool time per decode iteration, ms: {pool: {part: ms}} for the parts of TIME_PARTS.
 
-    `extra.pools` when the row has it; else the flat columns, as pool "compute" for a homogeneous row
+    `pools` when the row has it; else the flat columns, as pool "compute" for a homogeneous row
     (attention runs on the same devices) and UNSPLIT_POOL for a Lamina row. Empty when nothing is known.
     """
     if row.pools:
@@ -262,7 +270,7 @@ def nic_line_rate(row: PointRow) -> LineRate:
     """min(Nc x NIC of a compute device, Na x NIC of an attention device): the link the pools share.
 
     Every byte between the pools leaves one pool's NICs and enters the other's, so the smaller total
-    NIC rate bounds it. NIC rates: lamina_bench.hardware catalog (`nic_gbps`, gigabits/s).
+    NIC rate bounds it. NIC rates: the device catalog (`nic_gbps`, gigabits/s).
     """
     totals = []
     for key in ("compute", "attention"):
@@ -307,8 +315,11 @@ class Prediction:
 
     def metrics(self) -> list[str]:
         """PREDICTION_METRICS both rows have."""
-        return [m for m in PREDICTION_METRICS
-                if self.measured.value(m) is not None and self.modeled.value(m) is not None]  # fmt: skip
+        return [
+            m
+            for m in PREDICTION_METRICS
+            if self.measured.value(m) is not None and self.modeled.value(m) is not None
+        ]
 
     def error_pct(self, metric: str) -> float | None:
         a, b = self.measured.value(metric), self.modeled.value(metric)
@@ -316,7 +327,7 @@ class Prediction:
 
 
 def predictions(rows: Iterable[PointRow]) -> list[Prediction]:
-    """Pairs of each run: by `extra.predicts` = measured point_id, else by equal configuration."""
+    """Pairs of each run: by `predicts` = measured point_id, else by equal configuration."""
     usable = plot_rows(rows)
     config_columns = ["run_id"] + [c for c in CONFIG_FIELDS if c != "requests"]
     measured = [r for r in usable if is_measured(r)]

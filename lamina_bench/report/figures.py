@@ -11,20 +11,14 @@ offline report does not ship; dollars are written "USD".
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import pandas as pd
-
 from lamina_bench.report.data import (
     TIME_PARTS,
-    Prediction,
-    RunData,
     batch_x,
     config_label,
-    downsample,
     is_measured,
     link_gbps,
     mix_label,
@@ -41,9 +35,9 @@ _SHADES = {
     "homogeneous": ("#1f77b4", "#6baed6", "#08519c", "#17becf", "#4292c6", "#2171b5"),
     "lamina": ("#d62728", "#ff7f0e", "#a50f15", "#e377c2", "#fd8d3c", "#8c564b"),
 }
-_OTHER = ("#2ca02c", "#9467bd", "#7f7f7f", "#bcbd22")
+OTHER_COLORS = ("#2ca02c", "#9467bd", "#7f7f7f", "#bcbd22")
 _FRONTIER = {"homogeneous": "#08306b", "lamina": "#67000d"}  # darkest shade of each system
-_DASHES = ("solid", "dash", "dot", "dashdot", "longdash")  # one per run
+DASHES = ("solid", "dash", "dot", "dashdot", "longdash")  # one per run
 _PART_COLORS = {
     "dense_ms": "#1f77b4",
     "attention_ms": "#ff7f0e",
@@ -71,7 +65,7 @@ class Missing:
     reason: str
 
 
-def _layout(title: str, source: str, height: int = 420, **extra: Any) -> dict[str, Any]:
+def base_layout(title: str, source: str, height: int = 420, **extra: Any) -> dict[str, Any]:
     return {
         "title": {"text": f"{title}<br><span style='font-size:12px'>source: {source}</span>", "x": 0.01},
         "height": height,
@@ -82,11 +76,11 @@ def _layout(title: str, source: str, height: int = 420, **extra: Any) -> dict[st
     }
 
 
-def _axis(title: str, **extra: Any) -> dict[str, Any]:
+def axis(title: str, **extra: Any) -> dict[str, Any]:
     return {"title": {"text": title}, "zeroline": False, **extra}
 
 
-class _Styles:
+class Styles:
     """Stable colour per (system, mix), dash per run, filled markers for measured, open for modeled."""
 
     def __init__(self, runs: Sequence[str]) -> None:
@@ -96,26 +90,30 @@ class _Styles:
     def color(self, system: str, mix: str) -> str:
         key = (system, mix)
         if key not in self._colors:
-            shades = _SHADES.get(system, _OTHER)
+            shades = _SHADES.get(system, OTHER_COLORS)
             used = sum(1 for s, _ in self._colors if s == system)
             self._colors[key] = shades[used % len(shades)]
         return self._colors[key]
 
     def line(self, row: PointRow) -> dict[str, Any]:
-        dash = _DASHES[self._runs.index(row.run_id) % len(_DASHES)] if row.run_id in self._runs else "solid"
+        dash = DASHES[self._runs.index(row.run_id) % len(DASHES)] if row.run_id in self._runs else "solid"
         return {"color": self.color(row.system or "", mix_label(row)), "dash": dash}
 
     def marker(self, row: PointRow) -> dict[str, Any]:
         symbol = "diamond" if row.system == "lamina" else "circle"
-        return {"color": self.color(row.system or "", mix_label(row)), "size": 9,
-                "symbol": symbol if is_measured(row) else f"{symbol}-open", "line": {"width": 2}}  # fmt: skip
+        return {
+            "color": self.color(row.system or "", mix_label(row)),
+            "size": 9,
+            "symbol": symbol if is_measured(row) else f"{symbol}-open",
+            "line": {"width": 2},
+        }
 
     def name(self, row: PointRow, text: str) -> str:
         prefix = f"{row.run_id} · " if len(self._runs) > 1 else ""
         return f"{prefix}{text} ({row.source})"
 
 
-def _group(rows: Iterable[PointRow], *keys: Any) -> dict[tuple, list[PointRow]]:
+def group_rows(rows: Iterable[PointRow], *keys: Any) -> dict[tuple, list[PointRow]]:
     groups: dict[tuple, list[PointRow]] = {}
     for row in rows:
         groups.setdefault(tuple(k(row) if callable(k) else getattr(row, k) for k in keys), []).append(row)
@@ -135,37 +133,64 @@ def batch_figure(rows: Sequence[PointRow], model: str, runs: Sequence[str]) -> F
     rows = [r for r in rows if batch_x(r) is not None and r.value("throughput_tok_per_s") is not None]
     if not rows:
         return Missing(title, "no row of this model has both a batch size and a throughput")
-    styles = _Styles(runs)
+    styles = Styles(runs)
     priced = [r for r in rows if r.value("tokens_per_usd") is not None]
     two = bool(priced)
     data = []
-    for key, group in sorted(_group(rows, "run_id", "source", "system", mix_label).items(), key=str):
+    for key, group in sorted(group_rows(rows, "run_id", "source", "system", mix_label).items(), key=str):
         group = sorted(group, key=batch_x)
         first = group[0]
         name = styles.name(first, f"{first.system} {mix_label(first)}")
-        common = {"type": "scatter", "mode": "lines+markers", "name": name, "legendgroup": str(key),
-                  "line": styles.line(first), "marker": styles.marker(first), "x": [batch_x(r) for r in group],
-                  "text": [_hover(r) for r in group]}  # fmt: skip
-        data.append({**common, "y": [r.value("throughput_tok_per_s") for r in group],
-                     "hovertemplate": "%{text}<br>batch %{x:.4g}<br>%{y:,.4g} tok/s<extra></extra>"})  # fmt: skip
+        common = {
+            "type": "scatter",
+            "mode": "lines+markers",
+            "name": name,
+            "legendgroup": str(key),
+            "line": styles.line(first),
+            "marker": styles.marker(first),
+            "x": [batch_x(r) for r in group],
+            "text": [_hover(r) for r in group],
+        }
+        data.append(
+            {
+                **common,
+                "y": [r.value("throughput_tok_per_s") for r in group],
+                "hovertemplate": "%{text}<br>batch %{x:.4g}<br>%{y:,.4g} tok/s<extra></extra>",
+            }
+        )
         if two:
-            data.append({**common, "y": [r.value("tokens_per_usd") for r in group], "xaxis": "x2",
-                         "yaxis": "y2", "showlegend": False,
-                         "hovertemplate": "%{text}<br>batch %{x:.4g}<br>%{y:,.4g} tokens/USD<extra></extra>"})  # fmt: skip
+            data.append(
+                {
+                    **common,
+                    "y": [r.value("tokens_per_usd") for r in group],
+                    "xaxis": "x2",
+                    "yaxis": "y2",
+                    "showlegend": False,
+                    "hovertemplate": "%{text}<br>batch %{x:.4g}<br>%{y:,.4g} tokens/USD<extra></extra>",
+                }
+            )
     configured = any(r.batch_size is not None for r in rows)
     simulated = any(r.batch_size is None for r in rows)
     x_title = {(True, False): "batch size (configured)", (False, True): "mean batch size (simulated)"}.get(
         (configured, simulated), "batch size (configured; trace rows: mean batch)"
     )
-    layout = _layout(title, source_label(rows), xaxis=_axis(x_title, domain=[0, 0.46] if two else [0, 1]),
-                     yaxis=_axis("throughput (tok/s)", rangemode="tozero"))  # fmt: skip
+    layout = base_layout(
+        title,
+        source_label(rows),
+        xaxis=axis(x_title, domain=[0, 0.46] if two else [0, 1]),
+        yaxis=axis("throughput (tok/s)", rangemode="tozero"),
+    )
     notes = []
     if two:
-        layout.update(xaxis2=_axis(x_title, domain=[0.56, 1], anchor="y2"),
-                      yaxis2=_axis("tokens per USD", anchor="x2", rangemode="tozero"))  # fmt: skip
+        layout.update(
+            xaxis2=axis(x_title, domain=[0.56, 1], anchor="y2"),
+            yaxis2=axis("tokens per USD", anchor="x2", rangemode="tozero"),
+        )
     else:
-        notes.append("Tokens per USD not drawn: no row of this model has a price "
-                     f"({', '.join(sorted({mix_label(r) for r in rows}))} have no usd_per_hour in the catalog).")  # fmt: skip
+        notes.append(
+            "Tokens per USD not drawn: no row of this model has a price "
+            f"({', '.join(sorted({mix_label(r) for r in rows}))} have no usd_per_hour in the catalog)."
+        )
     if simulated:
         notes.append("Trace rows (modeled) have no configured batch: their x is the simulated mean batch.")
     return Figure(title, source_label(rows), {"data": data, "layout": layout}, tuple(notes))
@@ -177,35 +202,61 @@ def batch_figure(rows: Sequence[PointRow], model: str, runs: Sequence[str]) -> F
 def pareto_figure(rows: Sequence[PointRow], model: str, runs: Sequence[str]) -> Figure | Missing:
     """Every configuration as a point (TBT p99, tokens per USD); the frontier of each system as a line."""
     title = f"{model}: tokens per USD against TBT p99 (Pareto frontier per system)"
-    rows = [
-        r for r in rows if r.value("tbt_p99_ms") is not None and r.value("tokens_per_usd") is not None
-    ]
+    rows = [r for r in rows if r.value("tbt_p99_ms") is not None and r.value("tokens_per_usd") is not None]
     if not rows:
         return Missing(title, "no row of this model has both a TBT p99 and a price (tokens per USD)")
-    styles = _Styles(runs)
+    styles = Styles(runs)
     data = []
-    for (run, system), group in sorted(_group(rows, "run_id", "system").items(), key=str):
-        for _key, points in sorted(_group(group, "source", mix_label).items(), key=str):
+    for (run, system), group in sorted(group_rows(rows, "run_id", "system").items(), key=str):
+        for _key, points in sorted(group_rows(group, "source", mix_label).items(), key=str):
             first = points[0]
-            data.append({"type": "scatter", "mode": "markers", "marker": styles.marker(first),
-                         "name": styles.name(first, f"{system} {mix_label(first)}"),
-                         "x": [r.value("tbt_p99_ms") for r in points],
-                         "y": [r.value("tokens_per_usd") for r in points], "text": [_hover(r) for r in points],
-                         "hovertemplate": "%{text}<br>TBT p99 %{x:.4g} ms<br>%{y:,.4g} tokens/USD<extra></extra>"})  # fmt: skip
+            data.append(
+                {
+                    "type": "scatter",
+                    "mode": "markers",
+                    "marker": styles.marker(first),
+                    "name": styles.name(first, f"{system} {mix_label(first)}"),
+                    "x": [r.value("tbt_p99_ms") for r in points],
+                    "y": [r.value("tokens_per_usd") for r in points],
+                    "text": [_hover(r) for r in points],
+                    "hovertemplate": "%{text}<br>TBT p99 %{x:.4g} ms<br>%{y:,.4g} tokens/USD<extra></extra>",
+                }
+            )
         coords = [(r.value("tbt_p99_ms"), r.value("tokens_per_usd")) for r in group]
         front = [group[i] for i in pareto_front(coords)]
         prefix = f"{run} · " if len(runs) > 1 else ""
-        data.append({"type": "scatter", "mode": "lines", "name": f"{prefix}frontier: {system}",
-                     "line": {**styles.line(front[0]), "color": _FRONTIER.get(system, "#333333"), "shape": "hv",
-                              "width": 1.5},
-                     "x": [r.value("tbt_p99_ms") for r in front], "y": [r.value("tokens_per_usd") for r in front],
-                     "hoverinfo": "skip"})  # fmt: skip
-    layout = _layout(title, source_label(rows), height=440,
-                     xaxis=_axis("TBT p99 (ms), lower = more interactive"),
-                     yaxis=_axis("tokens per USD, higher = cheaper", rangemode="tozero"))  # fmt: skip
-    return Figure(title, source_label(rows), {"data": data, "layout": layout},
-                  ("A point is on its system's frontier when no configuration of that system is both faster "
-                   "(lower TBT p99) and cheaper (more tokens per USD).",))  # fmt: skip
+        data.append(
+            {
+                "type": "scatter",
+                "mode": "lines",
+                "name": f"{prefix}frontier: {system}",
+                "line": {
+                    **styles.line(front[0]),
+                    "color": _FRONTIER.get(system, "#333333"),
+                    "shape": "hv",
+                    "width": 1.5,
+                },
+                "x": [r.value("tbt_p99_ms") for r in front],
+                "y": [r.value("tokens_per_usd") for r in front],
+                "hoverinfo": "skip",
+            }
+        )
+    layout = base_layout(
+        title,
+        source_label(rows),
+        height=440,
+        xaxis=axis("TBT p99 (ms), lower = more interactive"),
+        yaxis=axis("tokens per USD, higher = cheaper", rangemode="tozero"),
+    )
+    return Figure(
+        title,
+        source_label(rows),
+        {"data": data, "layout": layout},
+        (
+            "A point is on its system's frontier when no configuration of that system is both faster "
+            "(lower TBT p99) and cheaper (more tokens per USD).",
+        ),
+    )
 
 
 # ---- 4. time per iteration by pool; link bandwidth against the NIC --------------------------------
@@ -223,16 +274,29 @@ def breakdown_figure(rows: Sequence[PointRow], model: str, runs: Sequence[str]) 
         return Missing(title, "no row of this model records dense/attention/network/idle times per iteration")
     data = []
     for part in TIME_PARTS:
-        data.append({"type": "bar", "orientation": "h", "name": _PART_NAMES[part],
-                     "marker": {"color": _PART_COLORS[part]}, "y": [label for label, _, _ in labelled],
-                     "x": [parts.get(part) for _, parts, _ in labelled],
-                     "hovertemplate": f"%{{y}}<br>{_PART_NAMES[part]} %{{x:.4g}} ms<extra></extra>"})  # fmt: skip
+        data.append(
+            {
+                "type": "bar",
+                "orientation": "h",
+                "name": _PART_NAMES[part],
+                "marker": {"color": _PART_COLORS[part]},
+                "y": [label for label, _, _ in labelled],
+                "x": [parts.get(part) for _, parts, _ in labelled],
+                "hovertemplate": f"%{{y}}<br>{_PART_NAMES[part]} %{{x:.4g}} ms<extra></extra>",
+            }
+        )
     used = [row for _, _, row in labelled]
     height = max(320, 110 + 26 * len(labelled))
-    layout = _layout(title, source_label(used), height=height, barmode="stack",
-                     xaxis=_axis("ms per decode iteration"),
-                     yaxis={"automargin": True, "autorange": "reversed", "type": "category"},
-                     margin={"t": 70, "b": 50, "l": 20, "r": 20}, legend={"traceorder": "normal"})  # fmt: skip
+    layout = base_layout(
+        title,
+        source_label(used),
+        height=height,
+        barmode="stack",
+        xaxis=axis("ms per decode iteration"),
+        yaxis={"automargin": True, "autorange": "reversed", "type": "category"},
+        margin={"t": 70, "b": 50, "l": 20, "r": 20},
+        legend={"traceorder": "normal"},
+    )
     notes = ["Idle is time the pool waits on the other pool or the link."]
     if any("not split" in label for label, _, _ in labelled):
         notes.append("Rows without a per-pool record show the flat per-iteration columns as one bar.")
@@ -242,24 +306,36 @@ def breakdown_figure(rows: Sequence[PointRow], model: str, runs: Sequence[str]) 
 def bandwidth_figure(rows: Sequence[PointRow], model: str, runs: Sequence[str]) -> Figure | Missing:
     """Link rate a Lamina configuration needs against batch size, with the NIC line rate of each mix."""
     title = f"{model}: link bandwidth needed against batch size (Lamina)"
-    lamina = [r for r in rows if r.system == "lamina" and batch_x(r) is not None
-              and link_gbps(r)[0] is not None]  # fmt: skip
+    lamina = [
+        r for r in rows if r.system == "lamina" and batch_x(r) is not None and link_gbps(r)[0] is not None
+    ]
     if not lamina:
-        return Missing(title, "no Lamina row of this model records its link traffic (net_peak_gbps or "
-                              "net_bytes_per_token with a throughput)")  # fmt: skip
-    styles = _Styles(runs)
+        return Missing(
+            title,
+            "no Lamina row of this model records its link traffic (net_peak_gbps or "
+            "net_bytes_per_token with a throughput)",
+        )
+    styles = Styles(runs)
     data = []
     kinds = set()
-    for _, group in sorted(_group(lamina, "run_id", "source", mix_label).items(), key=str):
+    for _, group in sorted(group_rows(lamina, "run_id", "source", mix_label).items(), key=str):
         group = sorted(group, key=batch_x)
         first = group[0]
         kind = link_gbps(first)[1]
         kinds.add(kind)
-        data.append({"type": "scatter", "mode": "lines+markers", "line": styles.line(first),
-                     "marker": styles.marker(first), "name": styles.name(first, f"{mix_label(first)} ({kind})"),
-                     "x": [batch_x(r) for r in group], "y": [link_gbps(r)[0] for r in group],
-                     "text": [_hover(r) for r in group],
-                     "hovertemplate": "%{text}<br>batch %{x:.4g}<br>%{y:.4g} Gb/s<extra></extra>"})  # fmt: skip
+        data.append(
+            {
+                "type": "scatter",
+                "mode": "lines+markers",
+                "line": styles.line(first),
+                "marker": styles.marker(first),
+                "name": styles.name(first, f"{mix_label(first)} ({kind})"),
+                "x": [batch_x(r) for r in group],
+                "y": [link_gbps(r)[0] for r in group],
+                "text": [_hover(r) for r in group],
+                "hovertemplate": "%{text}<br>batch %{x:.4g}<br>%{y:.4g} Gb/s<extra></extra>",
+            }
+        )
     xs = [batch_x(r) for r in lamina]
     lo, hi = min(xs), max(xs)
     lo, hi = (lo * 0.9, hi * 1.1) if lo == hi else (lo, hi)
@@ -273,156 +349,32 @@ def bandwidth_figure(rows: Sequence[PointRow], model: str, runs: Sequence[str]) 
             by_rate.setdefault(rate.gbps, {})[mix] = rate.reason
     notes = list(dict.fromkeys(notes))
     for i, (gbps, mixes) in enumerate(sorted(by_rate.items())):
-        data.append({"type": "scatter", "mode": "lines", "name": f"NIC line rate {gbps:g} Gb/s: {', '.join(mixes)}",
-                     "x": [lo, hi], "y": [gbps, gbps], "hoverinfo": "name",
-                     "line": {"color": "#555555", "dash": _DASHES[1 + i % (len(_DASHES) - 1)], "width": 1.5}})  # fmt: skip
+        data.append(
+            {
+                "type": "scatter",
+                "mode": "lines",
+                "name": f"NIC line rate {gbps:g} Gb/s: {', '.join(mixes)}",
+                "x": [lo, hi],
+                "y": [gbps, gbps],
+                "hoverinfo": "name",
+                "line": {"color": "#555555", "dash": DASHES[1 + i % (len(DASHES) - 1)], "width": 1.5},
+            }
+        )
         notes += [f"{mix}: line rate {gbps:g} Gb/s = {reason} (derived)." for mix, reason in mixes.items()]
     if "mean" in kinds:
-        notes.append("(mean): net_bytes_per_token x throughput x 8 / 1e9, the average rate (derived); "
-                     "(peak): the highest per-iteration rate the row records.")  # fmt: skip
-    layout = _layout(title, source_label(lamina), xaxis=_axis("batch size"),
-                     yaxis=_axis("link bandwidth (Gb/s)", rangemode="tozero"))  # fmt: skip
-    return Figure(title, f"{source_label(lamina)}; line rate derived", {"data": data, "layout": layout},
-                  tuple(notes))  # fmt: skip
-
-
-# ---- 5. measured against modeled ----------------------------------------------------------------
-
-
-def prediction_figure(preds: Sequence[Prediction], runs: Sequence[str]) -> Figure | Missing:
-    """Parity plots (modeled against measured) of up to two metrics, with the y = x line."""
-    title = "Modeled against measured"
-    metrics = [m for m in ("throughput_tok_per_s", "tbt_mean_ms", "tbt_p50_ms")
-               if any(m in p.metrics() for p in preds)][:2]  # fmt: skip
-    if not metrics:
-        return Missing(title, "no measured row has a modeled prediction with a common metric")
-    styles = _Styles(runs)
-    data, layout_axes = [], {}
-    width = 1 / len(metrics)
-    for i, metric in enumerate(metrics):
-        suffix = "" if i == 0 else str(i + 1)
-        pairs = [p for p in preds if metric in p.metrics()]
-        values = [p.measured.value(metric) for p in pairs] + [p.modeled.value(metric) for p in pairs]
-        lo, hi = min(values) * 0.8, max(values) * 1.25
-        data.append({"type": "scatter", "mode": "lines", "x": [lo, hi], "y": [lo, hi], "name": "modeled = measured",
-                     "line": {"color": "#7f7f7f", "dash": "dot"}, "hoverinfo": "skip", "showlegend": i == 0,
-                     "xaxis": f"x{suffix}", "yaxis": f"y{suffix}"})  # fmt: skip
-        for _, group in sorted(_group(pairs, lambda p: p.measured.run_id, lambda p: p.measured.system).items(),
-                               key=str):  # fmt: skip
-            first = group[0].measured
-            data.append({"type": "scatter", "mode": "markers", "xaxis": f"x{suffix}", "yaxis": f"y{suffix}",
-                         "marker": {**styles.marker(first), "symbol": "x"}, "showlegend": i == 0,
-                         "legendgroup": f"{first.run_id}{first.system}",
-                         "name": (f"{first.run_id} · " if len(runs) > 1 else "") + str(first.system),
-                         "x": [p.measured.value(metric) for p in group],
-                         "y": [p.modeled.value(metric) for p in group],
-                         "text": [f"{config_label(p.measured)}<br>error {p.error_pct(metric):+.1f}%" for p in group],
-                         "hovertemplate": "%{text}<br>measured %{x:.4g}<br>modeled %{y:.4g}<extra></extra>"})  # fmt: skip
-        unit = metric.rsplit("_", 1)[-1] if metric.endswith("_ms") else "tok/s"
-        name = metric.removesuffix("_ms").removesuffix("_tok_per_s").replace("_", " ")
-        domain = [i * width + (0.06 if i else 0), (i + 1) * width - (0.04 if i + 1 < len(metrics) else 0)]
-        layout_axes[f"xaxis{suffix}"] = _axis(f"measured {name} ({unit})", type="log", domain=domain,
-                                              anchor=f"y{suffix}")  # fmt: skip
-        layout_axes[f"yaxis{suffix}"] = _axis(f"modeled {name} ({unit})", type="log", anchor=f"x{suffix}")
-    rows = [p.measured for p in preds] + [p.modeled for p in preds]
-    layout = _layout(title, source_label(rows), height=440, **layout_axes)
-    return Figure(title, f"{source_label(rows)}; error derived", {"data": data, "layout": layout},
-                  ("Log axes; points on the dotted line are predicted exactly.",))  # fmt: skip
-
-
-# ---- 6. telemetry --------------------------------------------------------------------------------
-
-_TELEMETRY_PANELS = (
-    ("SM busy (%)", ("sm_busy_pct",)),
-    ("memory busy (% of time)", ("mem_busy_pct",)),
-    ("power (W)", ("power_w",)),
-    ("clocks (MHz)", ("sm_clock_mhz", "mem_clock_mhz")),
-)
-
-
-def telemetry_figure(run: RunData, runs: Sequence[str]) -> Figure | Missing:
-    """Four stacked panels (SM busy, memory busy, power, clocks) over time, one line per device."""
-    title = f"Telemetry timelines, run {run.label}"
-    frame = run.telemetry
-    frame = frame[frame["t_mono_s"].notna()] if len(frame) else frame
-    if not len(frame):
-        return Missing(title, "no telemetry samples")
-    t0 = float(frame["t_mono_s"].min())
-    data, layout_axes, notes = [], {}, []
-    gap = 0.04
-    height = (1 - gap * (len(_TELEMETRY_PANELS) - 1)) / len(_TELEMETRY_PANELS)
-    devices = sorted(int(d) for d in frame["device_index"].dropna().unique())
-    for i, (label, columns) in enumerate(_TELEMETRY_PANELS):
-        suffix = "" if i == 0 else str(i + 1)
-        top = 1 - i * (height + gap)
-        drawn = False
-        for device in devices:
-            samples = frame[frame["device_index"] == device].sort_values("t_mono_s")
-            thinned = downsample(samples, TELEMETRY_MAX_POINTS)
-            if len(thinned) < len(samples) and i == 0:
-                notes.append(
-                    f"device {device}: {len(samples)} samples thinned to {len(thinned)} for drawing."
-                )
-            for column in columns:
-                values = pd.to_numeric(thinned[column], errors="coerce")
-                if values.notna().sum() == 0:
-                    continue
-                drawn = True
-                name = f"GPU {device}" + (
-                    f" {column.removesuffix('_mhz').replace('_', ' ')}" if len(columns) > 1 else ""
-                )
-                data.append({"type": "scatter", "mode": "lines", "name": name, "legendgroup": f"dev{device}",
-                             "showlegend": i == 0 or len(columns) > 1, "xaxis": f"x{suffix}", "yaxis": f"y{suffix}",
-                             "x": [round(float(t) - t0, 4) for t in thinned["t_mono_s"]],
-                             "y": [_finite_or_none(v) for v in values],
-                             "line": {"color": _OTHER[device % len(_OTHER)],
-                                      "dash": "dot" if column == "mem_clock_mhz" else "solid"}})  # fmt: skip
-        layout_axes[f"yaxis{suffix}"] = _axis(
-            label, domain=[max(0.0, top - height), top], anchor=f"x{suffix}"
+        notes.append(
+            "(mean): net_bytes_per_token x throughput x 8 / 1e9, the average rate (derived); "
+            "(peak): the highest per-iteration rate the row records."
         )
-        layout_axes[f"xaxis{suffix}"] = _axis("seconds since the first sample" if i == 3 else "",
-                                              anchor=f"y{suffix}", matches="x" if i else None,
-                                              showticklabels=i == 3)  # fmt: skip
-        if not drawn:
-            notes.append(f"{label}: not reported by any device (NVML query unsupported here).")
-    shapes = _window_shapes(run, frame, t0)
-    if shapes:
-        notes.append("Shaded: the window of each measured point, green when its telemetry verdict is valid, "
-                     "red when invalid (the verdicts are in the table below).")  # fmt: skip
-    layout = _layout(title, "measured", height=820, shapes=shapes, **layout_axes)
-    return Figure(title, "measured", {"data": data, "layout": layout}, tuple(notes))
+    layout = base_layout(
+        title,
+        source_label(lamina),
+        xaxis=axis("batch size"),
+        yaxis=axis("link bandwidth (Gb/s)", rangemode="tozero"),
+    )
+    return Figure(
+        title, f"{source_label(lamina)}; line rate derived", {"data": data, "layout": layout}, tuple(notes)
+    )
 
 
-def _window_shapes(run: RunData, frame: pd.DataFrame, t0: float) -> list[dict[str, Any]]:
-    """A shaded band over the samples of each point's window, coloured by the point's verdict."""
-    verdicts = {r.point_id: r.telemetry_verdict for r in run.rows}
-    inside = frame[frame["point_id"].notna()]
-    shapes = []
-    windows = inside.groupby("point_id")["t_mono_s"].agg(["min", "max"]).sort_values("min")
-    for pid, (begin, end) in windows.iterrows():
-        valid = verdicts.get(pid) == "valid"
-        shapes.append({"type": "rect", "xref": "x", "yref": "paper", "x0": float(begin) - t0, "x1": float(end) - t0,
-                       "y0": 0, "y1": 1, "layer": "below", "line": {"width": 0},
-                       "fillcolor": "#2ca02c" if valid else "#d62728", "opacity": 0.08})  # fmt: skip
-    return shapes
-
-
-def _finite_or_none(value: Any) -> float | None:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
-
-
-__all__ = [
-    "TELEMETRY_MAX_POINTS",
-    "Figure",
-    "Missing",
-    "bandwidth_figure",
-    "batch_figure",
-    "breakdown_figure",
-    "pareto_figure",
-    "prediction_figure",
-    "telemetry_figure",
-]
+__all__ = ["Figure", "Missing", "bandwidth_figure", "batch_figure", "breakdown_figure", "pareto_figure"]

@@ -58,7 +58,7 @@ def find_run_dirs(paths: Sequence[str | Path]) -> list[Path]:
 
 
 def _hidden(relative: Path) -> bool:
-    """Dot-folders hold half-written baselines (regress.update_baseline staging)."""
+    """Dot-folders hold half-written baselines (compare.baselines.update_baseline staging)."""
     return any(part.startswith(".") for part in relative.parts)
 
 
@@ -79,8 +79,15 @@ def _metric_rows(run: HistoryRun, points: Sequence[PointRow]) -> list[dict[str, 
             continue
         for metric, value in rec.metrics.items():
             ci = rec.ci.get(metric, (None, None))
-            rows.append(dict(zip(_ROW_COLUMNS, (run.label, rec.point_id, point_label(rec), metric, value, *ci),
-                                 strict=True)))  # fmt: skip
+            rows.append(
+                dict(
+                    zip(
+                        _ROW_COLUMNS,
+                        (run.label, rec.point_id, point_label(rec), metric, value, *ci),
+                        strict=True,
+                    )
+                )
+            )
     return rows
 
 
@@ -109,17 +116,34 @@ def _figure(metric: str, table: pd.DataFrame, categories: list[str]):
         has_ci = series["ci_low"].notna() & series["ci_high"].notna()
         error = None
         if has_ci.any():
-            error = dict(type="data", symmetric=False,
-                         array=(series["ci_high"] - series["value"]).where(has_ci).tolist(),
-                         arrayminus=(series["value"] - series["ci_low"]).where(has_ci).tolist())  # fmt: skip
-        fig.add_trace(go.Scatter(x=series["run"].tolist(), y=series["value"].tolist(), mode="lines+markers",
-                                 name=label, error_y=error, hovertemplate=f"{html.escape(label)}<br>"
-                                 f"{pid}<br>%{{x}}<br>{metric} = %{{y:.6g}}<extra></extra>"))  # fmt: skip
+            error = dict(
+                type="data",
+                symmetric=False,
+                array=(series["ci_high"] - series["value"]).where(has_ci).tolist(),
+                arrayminus=(series["value"] - series["ci_low"]).where(has_ci).tolist(),
+            )
+        fig.add_trace(
+            go.Scatter(
+                x=series["run"].tolist(),
+                y=series["value"].tolist(),
+                mode="lines+markers",
+                name=label,
+                error_y=error,
+                hovertemplate=f"{html.escape(label)}<br>"
+                f"{pid}<br>%{{x}}<br>{metric} = %{{y:.6g}}<extra></extra>",
+            )
+        )
     better = {UP: "higher is better", DOWN: "lower is better"}.get(METRICS[metric].better, "")
-    fig.update_layout(title=f"{metric}" + (f" ({better})" if better else ""), height=420,
-                      xaxis=dict(type="category", categoryorder="array", categoryarray=categories,
-                                 title="commit, run start (UTC)"),
-                      yaxis_title=metric, legend=dict(font=dict(size=10)), margin=dict(t=50, b=40))  # fmt: skip
+    fig.update_layout(
+        title=f"{metric}" + (f" ({better})" if better else ""),
+        height=420,
+        xaxis=dict(
+            type="category", categoryorder="array", categoryarray=categories, title="commit, run start (UTC)"
+        ),
+        yaxis_title=metric,
+        legend=dict(font=dict(size=10)),
+        margin=dict(t=50, b=40),
+    )
     return fig
 
 
@@ -150,8 +174,14 @@ def build_history_report(paths: Sequence[str | Path], out_path: str | Path) -> P
     divs = []
     for metric in [m for m in METRICS if m in set(table["metric"])]:
         fig = _figure(metric, table[table["metric"] == metric], categories)
-        divs.append(fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"history-{metric}",
-                                config={"displaylogo": False}))  # fmt: skip
+        divs.append(
+            fig.to_html(
+                full_html=False,
+                include_plotlyjs=False,
+                div_id=f"history-{metric}",
+                config={"displaylogo": False},
+            )
+        )
     if not divs:
         divs.append("<p>No ok points with metric values in these runs.</p>")
     page = (

@@ -139,8 +139,13 @@ class Document:
         notes = "".join(f"<br>{esc(n)}" for n in fig.notes)
         caption = f"<figcaption>{source_badges(fig.source)} {esc(fig.title)}{notes}</figcaption>"
         if not self.draw:
-            return note(f"<b>{esc(fig.title)}</b>: figure left out, the plotly package is not installed "
-                        "where this report was built (the tables carry the numbers).") + caption  # fmt: skip
+            return (
+                note(
+                    f"<b>{esc(fig.title)}</b>: figure left out, the plotly package is not installed "
+                    "where this report was built (the tables carry the numbers)."
+                )
+                + caption
+            )
         fig_id = f"fig-{len(self.specs) + 1}"
         self.specs[fig_id] = fig.spec
         # A fixed height: plotly's responsive redraw would otherwise collapse the div for a moment
@@ -175,8 +180,12 @@ def note(inner_html: str) -> str:
     return f'<div class="missing">{inner_html}</div>'
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], caption: str = "",
-          numeric: Sequence[bool] | None = None) -> str:  # fmt: skip
+def table(
+    headers: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    caption: str = "",
+    numeric: Sequence[bool] | None = None,
+) -> str:
     """An HTML table; cells are HTML already (escape text with esc()), numeric columns right-aligned."""
     numeric = numeric or [False] * len(headers)
     head = "".join(f"<th>{h}</th>" for h in headers)

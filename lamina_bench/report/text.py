@@ -12,9 +12,21 @@ from lamina_bench.report.data import predictions
 from lamina_bench.results.row import PointRow
 from lamina_bench.results.table import points_frame
 
-_SUMMARY_COLUMNS = ("source", "model", "system", "compute", "attention", "trace", "batch_size",
-                    "pipeline_batches", "throughput_tok_per_s", "tbt_p50_ms", "tbt_mean_ms", "tokens_per_usd",
-                    "status")  # fmt: skip
+_SUMMARY_COLUMNS = (
+    "source",
+    "model",
+    "system",
+    "compute",
+    "attention",
+    "trace",
+    "batch_size",
+    "pipeline_batches",
+    "throughput_tok_per_s",
+    "tbt_p50_ms",
+    "tbt_mean_ms",
+    "tokens_per_usd",
+    "status",
+)
 
 
 def summary_text(rows: Sequence[PointRow]) -> str:
@@ -33,9 +45,11 @@ def model_error_text(rows: Sequence[PointRow]) -> str | None:
     pairs = predictions(rows)
     if not pairs:
         return None
-    lines = ["model error (modeled vs measured, same configuration; profile taken on this machine):",
-             f"{'system':<12} {'B':>3} {'n':>2} {'tok/s meas':>10} {'tok/s model':>11} {'err':>6} "
-             f"{'TBT ms meas':>11} {'TBT ms model':>12} {'err':>6}"]  # fmt: skip
+    lines = [
+        "model error (modeled vs measured, same configuration; profile taken on this machine):",
+        f"{'system':<12} {'B':>3} {'n':>2} {'tok/s meas':>10} {'tok/s model':>11} {'err':>6} "
+        f"{'TBT ms meas':>11} {'TBT ms model':>12} {'err':>6}",
+    ]
     errors = []
     for p in pairs:
         m, s = p.measured, p.modeled
@@ -114,8 +128,11 @@ def search_table(result: SearchResult, top: int = 15) -> str:
     ]
     for i, cand in enumerate(result.ranked[:top], 1):
         lines.append(_search_row(str(i), cand))
-    lines += ["", "| best | system | compute | attention | n | batch cap | tok/s | mean batch | TBT p99 ms | $/h | tok/$ |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines += [
+        "",
+        "| best | system | compute | attention | n | batch cap | tok/s | mean batch | TBT p99 ms | $/h | tok/$ |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for label, cand in (("homogeneous", result.best_homogeneous), ("lamina", result.best_lamina)):
         lines.append(_search_row(label, cand) if cand is not None else f"| {label} | none feasible |")
     return "\n".join(lines)

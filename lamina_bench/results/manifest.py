@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lamina_bench.catalog.devices import load_catalog
-from lamina_bench.catalog.local import nvml_driver_version
+from lamina_bench.catalog.local import local_devices, nvml_driver_version
 from lamina_bench.results.row import SCHEMA_VERSION
 
 _PACKAGES = ("torch", "triton", "transformers", "numpy", "pandas", "pyarrow", "nvidia-ml-py", "lamina-bench")
@@ -70,10 +70,8 @@ def _git(repo: Path, *args: str) -> str:
 
 
 def detect_devices() -> Any:
-    """lamina_bench.hardware.local_devices() as JSON, or {"error": ...} when it cannot be used."""
+    """The local devices (catalog.local.local_devices) as JSON, or {"error": ...} when they cannot be read."""
     try:
-        from lamina_bench.catalog.local import local_devices
-
         return _jsonable(local_devices(load_catalog()))
     except Exception as exc:  # the manifest must still be written
         return {"error": f"{type(exc).__name__}: {exc}".splitlines()[0]}

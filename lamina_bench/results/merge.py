@@ -12,13 +12,14 @@ from lamina_bench.errors import UserInputError
 from lamina_bench.results.files import atomic_write_json
 from lamina_bench.results.row import PointRow
 from lamina_bench.results.store import RunStore
+from lamina_bench.results.table import flat
 
 # Fields that may differ between two stores of the same point without it being a conflict.
 _VOLATILE = ("run_id", "wall_s", "timestamp", "repro_command")
 
 
 def _comparable(row: PointRow) -> dict[str, Any]:
-    return {k: v for k, v in row.to_record().items() if k not in _VOLATILE}
+    return {k: v for k, v in flat(row).items() if k not in _VOLATILE}  # flat: a conflict names the metric
 
 
 def merge_runs(paths: Sequence[str | Path], out: str | Path, argv: Sequence[str] | None = None) -> RunStore:
@@ -36,8 +37,8 @@ def merge_runs(paths: Sequence[str | Path], out: str | Path, argv: Sequence[str]
         for row in store.rows():
             pid = row.point_id
             if pid in merged and _comparable(merged[pid]) != _comparable(row):
-                before = _comparable(merged[pid])
-                differs = [k for k, v in _comparable(row).items() if before.get(k) != v]
+                before, now = _comparable(merged[pid]), _comparable(row)
+                differs = [k for k in {**before, **now} if before.get(k) != now.get(k)]
                 raise UserInputError(
                     f"point {pid} differs between {origin[pid]} and {store.path} in {', '.join(differs)}"
                 )

@@ -27,12 +27,45 @@ STATUSES = ("ok", "failed")
 _POINT_ID_RE = re.compile(r"^[0-9a-f]{16}$")
 
 # The configuration columns every row has (None where they do not apply), in table order.
-CONFIG_FIELDS = ("model", "system", "compute", "attention", "trace", "batch_size", "context_len",
-                 "pipeline_batches", "dtype", "requests")  # fmt: skip
-_INT_FIELDS = ("batch_size", "context_len", "pipeline_batches", "requests", "repeat", "repeats",
-               "rejected_requests", "failed_repeats")  # fmt: skip
-_STR_FIELDS = ("model", "system", "compute", "attention", "trace", "dtype", "profile", "error", "predicts",
-               "throughput_basis", "repeat_error", "telemetry_verdict", "repro_command", "timestamp", "run_id")  # fmt: skip
+CONFIG_FIELDS = (
+    "model",
+    "system",
+    "compute",
+    "attention",
+    "trace",
+    "batch_size",
+    "context_len",
+    "pipeline_batches",
+    "dtype",
+    "requests",
+)
+_INT_FIELDS = (
+    "batch_size",
+    "context_len",
+    "pipeline_batches",
+    "requests",
+    "repeat",
+    "repeats",
+    "rejected_requests",
+    "failed_repeats",
+)
+_STR_FIELDS = (
+    "model",
+    "system",
+    "compute",
+    "attention",
+    "trace",
+    "dtype",
+    "profile",
+    "error",
+    "predicts",
+    "throughput_basis",
+    "repeat_error",
+    "telemetry_verdict",
+    "repro_command",
+    "timestamp",
+    "run_id",
+)
 Scalar = str | int | float | bool | None
 
 
@@ -96,6 +129,9 @@ class PointRow:
         for name in _STR_FIELDS:
             _check(where, name, getattr(self, name), str)
         _check(where, "wall_s", self.wall_s, float)
+        for name in ("metrics", "whole_trace", "ci", "pools", "settings"):  # e.g. null in a stored record
+            if not isinstance(getattr(self, name), Mapping):
+                raise ValueError(f"{where}: {name} must be a mapping, got {getattr(self, name)!r}")
         object.__setattr__(self, "metrics", _metric_map(where, "metrics", self.metrics))
         object.__setattr__(self, "whole_trace", _metric_map(where, "whole_trace", self.whole_trace))
         object.__setattr__(self, "ci", _ci_map(where, self.ci))
@@ -211,7 +247,7 @@ def _pool_map(where: str, pools: Mapping[str, Any]) -> dict[str, dict[str, float
 
 def _settings(where: str, settings: Mapping[str, Any]) -> dict[str, Scalar]:
     for key, value in settings.items():
-        if key in CONFIG_FIELDS or not isinstance(value, Scalar):
+        if not isinstance(key, str) or key in CONFIG_FIELDS or not isinstance(value, Scalar):
             raise ValueError(f"{where}: setting {key}={value!r} must be a scalar outside the config columns")
     return dict(settings)
 
@@ -219,8 +255,15 @@ def _settings(where: str, settings: Mapping[str, Any]) -> dict[str, Scalar]:
 # ---- version 1 records ----------------------------------------------------------------------------
 
 _V1_RENAMES = {"first_error": "repeat_error"}
-_V1_FIELDS = ("pools", "predicts", "rejected_requests", "throughput_basis", "whole_trace", "failed_repeats",
-              "first_error")  # fmt: skip
+_V1_FIELDS = (
+    "pools",
+    "predicts",
+    "rejected_requests",
+    "throughput_basis",
+    "whole_trace",
+    "failed_repeats",
+    "first_error",
+)
 
 
 def upgrade_v1(flat: Mapping[str, Any]) -> dict[str, Any]:

@@ -85,8 +85,16 @@ def aggregate_repeats(rows: Sequence[PointRow], aggregate_point_id: str) -> Poin
         interval = median_ci95(values) if METRICS[name].has_ci else None
         if interval is not None:
             ci[name] = (interval.low, interval.high)
-    out = first.replace(point_id=aggregate_point_id, repeat=None, repeats=len(ok), status="ok", error=None,
-                        metrics=metrics, ci=ci, wall_s=sum(walls) if walls else None)  # fmt: skip
+    out = first.replace(
+        point_id=aggregate_point_id,
+        repeat=None,
+        repeats=len(ok),
+        status="ok",
+        error=None,
+        metrics=metrics,
+        ci=ci,
+        wall_s=sum(walls) if walls else None,
+    )
     if not ok:
         return out.replace(status="failed", error=f"all {len(rows)} repeats failed: {failed[0].error}")
     if failed:

@@ -65,7 +65,7 @@ class RunStore:
     ) -> RunStore:
         """Make `root/<run_id>/` (run_id default: UTC time + random suffix) and write its manifest.
 
-        devices: JSON-able description; None detects them (lamina_bench.hardware.local_devices()).
+        devices: JSON-able description; None detects them (catalog.local.local_devices).
         """
         run_id = run_id or f"{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
         if not _RUN_ID_RE.match(run_id):
@@ -107,7 +107,9 @@ class RunStore:
         target = self.path / "points" / f"{stored.point_id}.json"
         with self._lock:
             if target.exists() and not replace:
-                raise ValueError(f"point {stored.point_id} is already stored in {self.path}; pass replace=True")
+                raise ValueError(
+                    f"point {stored.point_id} is already stored in {self.path}; pass replace=True"
+                )
             target.parent.mkdir(exist_ok=True)
             atomic_write_json(target, stored.to_record())
         return stored

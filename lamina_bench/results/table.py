@@ -16,19 +16,37 @@ import pandas as pd
 from lamina_bench.results.metrics import METRICS
 from lamina_bench.results.row import CONFIG_FIELDS, PointRow
 
-_HEAD = {"run_id": "string", "point_id": "string", **dict.fromkeys(CONFIG_FIELDS, "string"),
-         "repeat": "Int64", "repeats": "Int64", "source": "string", "profile": "string", "status": "string",
-         "error": "string"}  # fmt: skip
+_HEAD = {
+    "run_id": "string",
+    "point_id": "string",
+    **dict.fromkeys(CONFIG_FIELDS, "string"),
+    "repeat": "Int64",
+    "repeats": "Int64",
+    "source": "string",
+    "profile": "string",
+    "status": "string",
+    "error": "string",
+}
 _HEAD.update(batch_size="Int64", context_len="Int64", pipeline_batches="Int64", requests="Int64")
-_TAIL = {"predicts": "string", "rejected_requests": "Int64", "throughput_basis": "string",
-         "failed_repeats": "Int64", "repeat_error": "string", "telemetry_verdict": "string",
-         "repro_command": "string", "wall_s": "float64", "timestamp": "string"}  # fmt: skip
+_TAIL = {
+    "predicts": "string",
+    "rejected_requests": "Int64",
+    "throughput_basis": "string",
+    "failed_repeats": "Int64",
+    "repeat_error": "string",
+    "telemetry_verdict": "string",
+    "repro_command": "string",
+    "wall_s": "float64",
+    "timestamp": "string",
+}
 
 
 def columns() -> dict[str, str]:
     """The fixed columns and their pandas dtypes (flattened nested parts come after them)."""
     metric_cols = dict.fromkeys(METRICS, "float64")
-    ci_cols = {f"{m.name}_ci_{side}": "float64" for m in METRICS.values() if m.has_ci for side in ("low", "high")}
+    ci_cols = {
+        f"{m.name}_ci_{side}": "float64" for m in METRICS.values() if m.has_ci for side in ("low", "high")
+    }
     return {**_HEAD, **metric_cols, **ci_cols, **_TAIL}
 
 
@@ -40,7 +58,9 @@ def flat(row: PointRow) -> dict[str, Any]:
         out[f"{name}_ci_low"], out[f"{name}_ci_high"] = low, high
     out.update({c: getattr(row, c) for c in _TAIL})
     out.update({f"settings.{k}": v for k, v in sorted(row.settings.items())})
-    out.update({f"pools.{p}.{k}": v for p, parts in sorted(row.pools.items()) for k, v in sorted(parts.items())})
+    out.update(
+        {f"pools.{p}.{k}": v for p, parts in sorted(row.pools.items()) for k, v in sorted(parts.items())}
+    )
     out.update({f"whole_trace.{k}": v for k, v in sorted(row.whole_trace.items())})
     return out
 

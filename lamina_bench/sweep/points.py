@@ -63,7 +63,9 @@ class Point:
         if self.kind not in KINDS:
             raise ValueError(f"point kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
         if isinstance(self.config, ModeledConfig) != (self.kind == "modeled"):
-            raise ValueError(f"a {self.kind} point takes a {'Modeled' if self.kind == 'modeled' else 'Measured'}Config")
+            raise ValueError(
+                f"a {self.kind} point takes a {'Modeled' if self.kind == 'modeled' else 'Measured'}Config"
+            )
         object.__setattr__(self, "point_id", point_id(self.identity()))
 
     @property
@@ -80,12 +82,33 @@ class Point:
         """The canonical configuration the id hashes (keys and values kept stable across versions)."""
         c = self.config
         if isinstance(c, ModeledConfig):
-            return {"mode": "modeled", "model": c.model, "system": c.system, "trace": c.trace,
-                    "compute": c.compute, "attention": c.attention or "", "pipeline_batches": c.pipeline_batches,
-                    "requests": c.requests, "arrival": c.arrival, "rate_per_s": c.rate_per_s, "dtype": c.dtype}  # fmt: skip
-        out = {"mode": self.source, "model": c.model, "system": c.system, "device": c.device, "dtype": c.dtype,
-               "batch_size": c.batch_size, "context_len": c.context_len, "new_tokens": c.new_tokens, "tp": c.tp,
-               "compute": c.compute_mix, "attention": c.attention_mix or "", "pipeline_batches": c.pipeline_batches}  # fmt: skip
+            return {
+                "mode": "modeled",
+                "model": c.model,
+                "system": c.system,
+                "trace": c.trace,
+                "compute": c.compute,
+                "attention": c.attention or "",
+                "pipeline_batches": c.pipeline_batches,
+                "requests": c.requests,
+                "arrival": c.arrival,
+                "rate_per_s": c.rate_per_s,
+                "dtype": c.dtype,
+            }
+        out = {
+            "mode": self.source,
+            "model": c.model,
+            "system": c.system,
+            "device": c.device,
+            "dtype": c.dtype,
+            "batch_size": c.batch_size,
+            "context_len": c.context_len,
+            "new_tokens": c.new_tokens,
+            "tp": c.tp,
+            "compute": c.compute_mix,
+            "attention": c.attention_mix or "",
+            "pipeline_batches": c.pipeline_batches,
+        }
         return {**out, "predicts": "measured"} if self.kind == "prediction" else out
 
     def row(self, repro_command: str) -> PointRow:
@@ -93,8 +116,14 @@ class Point:
         identity = self.identity()
         columns = {k: identity[k] for k in CONFIG_FIELDS if identity.get(k) not in (None, "")}
         settings = {k: v for k, v in identity.items() if k not in (*CONFIG_FIELDS, "mode", "predicts")}
-        return PointRow(point_id=self.point_id, source=self.source, **columns, settings=settings,
-                        predicts=self.predicts, repro_command=repro_command)  # fmt: skip
+        return PointRow(
+            point_id=self.point_id,
+            source=self.source,
+            **columns,
+            settings=settings,
+            predicts=self.predicts,
+            repro_command=repro_command,
+        )
 
     def label(self) -> str:
         c = self.config

@@ -67,8 +67,11 @@ class _Context:
         """A profile of this machine for the point's model, device and dtype (written into the run)."""
         key = (config.model, config.device, config.dtype)
         if key not in self.profiles:
-            print(f"profiling {key[1]} ({key[0]}, {key[2]}) for the model's predictions ...", file=sys.stderr,
-                  flush=True)  # fmt: skip
+            print(
+                f"profiling {key[1]} ({key[0]}, {key[2]}) for the model's predictions ...",
+                file=sys.stderr,
+                flush=True,
+            )
             profile = profile_device(ProfileSettings(model=key[0], device=key[1], dtype=key[2]))
             name = f"profile-{profile.name}-{Path(key[0]).name}-{key[2]}.json"
             write_profile(profile, self.store.path / name)
@@ -82,8 +85,13 @@ def _failed(row: PointRow, exc: BaseException) -> PointRow:
 
 
 def _simulated(base: PointRow, config: ModeledConfig) -> PointRow:
-    result = simulate(config.system_config(), load_trace(config.trace), arrival=config.arrival,
-                      rate_per_s=config.rate_per_s or None, requests=config.requests or None)  # fmt: skip
+    result = simulate(
+        config.system_config(),
+        load_trace(config.trace),
+        arrival=config.arrival,
+        rate_per_s=config.rate_per_s or None,
+        requests=config.requests or None,
+    )
     return base.replace(**result.row_fields())
 
 
@@ -129,8 +137,10 @@ def repro_command(point: Point, spec_path: str) -> str:
     c = point.config
     if not isinstance(c, ModeledConfig):
         return f"lamina-bench run {spec_path} --point {point.point_id}"
-    cmd = (f"lamina-bench simulate --model {c.model} --system {c.system} --compute {c.compute} "
-           f"--trace {c.trace} --arrival {c.arrival} --dtype {c.dtype}")  # fmt: skip
+    cmd = (
+        f"lamina-bench simulate --model {c.model} --system {c.system} --compute {c.compute} "
+        f"--trace {c.trace} --arrival {c.arrival} --dtype {c.dtype}"
+    )
     if c.attention:
         cmd += f" --attention {c.attention} --pipeline-batches {c.pipeline_batches}"
     if c.requests:
@@ -148,8 +158,13 @@ def _flush_telemetry(store: RunStore, sampler: TelemetrySampler, written: int) -
     return len(samples)
 
 
-def run_sweep(spec: SweepSpec, store: RunStore, points: list[Point], spec_path: str = "<default>",
-              progress: Progress | None = None) -> SweepOutcome:  # fmt: skip
+def run_sweep(
+    spec: SweepSpec,
+    store: RunStore,
+    points: list[Point],
+    spec_path: str = "<default>",
+    progress: Progress | None = None,
+) -> SweepOutcome:
     """Run every point not yet in `store` (resume), persisting each row the moment it finishes."""
     start = time.perf_counter()
     rows = store.rows()

@@ -187,10 +187,18 @@ def _measured_points(b: dict) -> list[Point]:
             if system == "lamina":
                 _check_lamina_layout(b["compute_workers"], b["attention_workers"], depth, where)
             config = MeasuredConfig(
-                model=model, system=system, device=b["device"], dtype=b["dtype"], batch_size=batch,
-                context_len=ctx, new_tokens=b["new_tokens"], tp=b["tp"], compute_workers=b["compute_workers"],
-                attention_workers=b["attention_workers"], pipeline_batches=depth,
-            )  # fmt: skip
+                model=model,
+                system=system,
+                device=b["device"],
+                dtype=b["dtype"],
+                batch_size=batch,
+                context_len=ctx,
+                new_tokens=b["new_tokens"],
+                tp=b["tp"],
+                compute_workers=b["compute_workers"],
+                attention_workers=b["attention_workers"],
+                pipeline_batches=depth,
+            )
             points.append(Point("measured", config))
             if b["predict"]:
                 points.append(Point("prediction", config))
@@ -243,10 +251,17 @@ def _modeled_points(b: dict) -> list[Point]:
         b["models"], b["traces"], mixes
     ):
         config = ModeledConfig(
-            model=model, system=system, trace=trace, compute=compute, attention=attention or None,
-            pipeline_batches=depth, requests=b["requests"], arrival=b["arrival"], rate_per_s=b["rate_per_s"],
+            model=model,
+            system=system,
+            trace=trace,
+            compute=compute,
+            attention=attention or None,
+            pipeline_batches=depth,
+            requests=b["requests"],
+            arrival=b["arrival"],
+            rate_per_s=b["rate_per_s"],
             dtype=b["dtype"],
-        )  # fmt: skip
+        )
         memory_plan(config.system_config())  # weights that do not fit: UserInputError before any work
         points.append(Point("modeled", config))
     return points

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import pytest
 
-from lamina_bench import simulate as sim
-from lamina_bench.hardware import parse_mix
-from lamina_bench.models import get_model
-from lamina_bench.workloads import load_trace
+from lamina_bench.catalog.devices import parse_mix
+from lamina_bench.catalog.models import get_model
+from lamina_bench.catalog.workloads import load_trace
+from lamina_bench.model.simulator import simulate
+from lamina_bench.model.system import SystemConfig
 
 REQUESTS = 2000
 
@@ -21,8 +22,8 @@ def test_bench_simulate_2000_requests(benchmark, system):
     trace = load_trace("azure-conv")  # file parsing is not part of the benchmark
     spec = get_model("llama3-70b")
     if system == "lamina":
-        config = sim.SystemConfig("lamina", spec, parse_mix("2xH100"), parse_mix("4xH20"))
+        config = SystemConfig("lamina", spec, parse_mix("2xH100"), parse_mix("4xH20"))
     else:
-        config = sim.SystemConfig("homogeneous", spec, parse_mix("4xH100"))
-    result = benchmark(sim.simulate, config, trace, requests=REQUESTS)
+        config = SystemConfig("homogeneous", spec, parse_mix("4xH100"))
+    result = benchmark(simulate, config, trace, requests=REQUESTS)
     assert result.requests + result.rejected_requests == REQUESTS and result.generated_tokens > 0

@@ -189,7 +189,7 @@ def test_script_runs_on_cpu_end_to_end_with_a_failed_step(tmp_path):
     names = sorted(p.name for p in out.iterdir())
     assert len(names) <= gpucheck.MAX_OUT_FILES and check_out_dir(out) == []
     assert {"summary.json", "log.txt", "pytest-junit.xml", "run.tar.gz", "cpu-cpu.json"} <= set(names)
-    from lamina_bench.perfmodel import load_profile
+    from lamina_bench.model.profiles import load_profile
 
     profile = load_profile(out / "cpu-cpu.json")
     assert profile.device == "cpu" and len(profile.attention) == 4

@@ -5,17 +5,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from lamina_bench import hardware
+from lamina_bench.catalog.device_spec import DeviceSpec
+from lamina_bench.catalog.devices import ENV_DEVICES_FILE, DeviceMix, get_device, load_catalog, parse_mix
+from lamina_bench.catalog.local import local_devices, match_cuda_name
 from lamina_bench.errors import UserInputError
-from lamina_bench.hardware import (
-    DeviceMix,
-    DeviceSpec,
-    get_device,
-    load_catalog,
-    local_devices,
-    match_cuda_name,
-    parse_mix,
-)
 
 REQUIRED = [
     "H100",
@@ -44,7 +37,7 @@ VALUE_FIELDS = [
 
 @pytest.fixture(autouse=True)
 def _no_user_file(monkeypatch):
-    monkeypatch.delenv(hardware.ENV_DEVICES_FILE, raising=False)
+    monkeypatch.delenv(ENV_DEVICES_FILE, raising=False)
 
 
 def test_catalog_has_required_devices():
@@ -145,7 +138,7 @@ def test_user_file_overrides_and_adds(tmp_path, monkeypatch):
     assert catalog["H100"].bf16_flops_per_s == 989e12  # untouched fields keep the built-in values
     assert catalog["MyGPU"].memory_bytes == 48e9 and catalog["MyGPU"].bf16_flops_per_s is None
     assert str(parse_mix("3xmygpu", catalog)) == "3xMyGPU"
-    monkeypatch.setenv(hardware.ENV_DEVICES_FILE, str(path))
+    monkeypatch.setenv(ENV_DEVICES_FILE, str(path))
     assert get_device("H100").usd_per_hour == 2.5
 
 
@@ -197,7 +190,7 @@ def test_match_cuda_name(torch_name, key):
 def test_local_devices_cpu_only_without_cuda(monkeypatch):
     torch = pytest.importorskip("torch")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    devices = local_devices()
+    devices = local_devices(load_catalog())
     assert [d.name for d in devices] == ["CPU"]
     assert devices[0].full_name and devices[0].memory_bytes > 1e8
 
@@ -209,7 +202,7 @@ def test_local_devices_with_fake_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: props[i])
-    cpu, h200, other = local_devices()
+    cpu, h200, other = local_devices(load_catalog())
     assert cpu.name == "CPU"
     assert h200.name == "H200" and h200.bf16_flops_per_s == 989e12
     assert h200.memory_bytes == 150_754_820_096 and "torch.cuda" in h200.sources["memory_bytes"]

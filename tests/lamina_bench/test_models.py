@@ -2,8 +2,7 @@
 
 import pytest
 
-from lamina_bench.errors import UserInputError
-from lamina_bench.models import (
+from lamina_bench.catalog.models import (
     DTYPE_BYTES,
     ModelSpec,
     attention_flops_per_token,
@@ -17,6 +16,7 @@ from lamina_bench.models import (
     param_count,
     weight_bytes,
 )
+from lamina_bench.errors import UserInputError
 
 REQUIRED = [
     "llama-33b",

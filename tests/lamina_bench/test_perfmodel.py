@@ -6,11 +6,31 @@ import json
 import numpy as np
 import pytest
 
-from lamina_bench import perfmodel as pm
+from lamina_bench.catalog.devices import DeviceMix, get_device, parse_mix
+from lamina_bench.catalog.models import ModelSpec, get_model, net_bytes_per_token_per_layer
 from lamina_bench.errors import UserInputError
-from lamina_bench.hardware import DeviceMix, get_device, parse_mix
-from lamina_bench.models import ModelSpec, get_model, net_bytes_per_token_per_layer
-from lamina_bench.simulate import SystemConfig, memory_plan
+from lamina_bench.model.operators import DeviceModel, device_model, nonneg_fit
+from lamina_bench.model.profiles import (
+    PROFILE_FORMAT,
+    AllReducePoint,
+    AttentionPoint,
+    DensePoint,
+    Profile,
+    TransferPoint,
+    find_profile,
+    load_profile,
+    profile_to_dict,
+    write_profile,
+)
+from lamina_bench.model.roofline import (
+    NIC_LATENCY_S,
+    attention_layer_bytes,
+    dense_layer_bytes,
+    dense_layer_flops,
+    link_time_s,
+    min_link_bandwidth_bytes_per_s,
+)
+from lamina_bench.model.system import SystemConfig, memory_plan
 
 LLAMA3_70B = get_model("llama3-70b")
 H100 = get_device("H100")
@@ -70,15 +90,15 @@ def test_link_bytes_per_iteration_by_hand():
 
 def test_min_link_bandwidth_formula_by_hand():
     # 754,974,720 B per iteration must move within 10% of MTIME + ATIME = 50 ms -> 150.99 GB/s
-    bw = pm.min_link_bandwidth_bytes_per_s(LLAMA3_70B, "fp16", 256, 0.030, 0.020, 0.1)
+    bw = min_link_bandwidth_bytes_per_s(LLAMA3_70B, "fp16", 256, 0.030, 0.020, 0.1)
     assert bw == pytest.approx(754_974_720 / 0.005)
     assert bw * 8 / 1e9 == pytest.approx(1207.96, rel=1e-5)  # Gb/s
     with pytest.raises(UserInputError):
-        pm.min_link_bandwidth_bytes_per_s(LLAMA3_70B, "fp16", 256, 0.03, 0.02, 0.0)
+        min_link_bandwidth_bytes_per_s(LLAMA3_70B, "fp16", 256, 0.03, 0.02, 0.0)
 
 
 def test_roofline_dense_layer_by_hand():
-    dm = pm.DeviceModel(H100)
+    dm = DeviceModel(H100)
     # batch 1, TP 1: 855,638,016 matmul params * 2 B = 1,711,276,032 B of weights; activations
     # (d + d + 2*1024 + 2d + d + 2*28672 + 28672 + d) * 2 = 137,216 * 2 = 274,432 B: memory-bound.
     t = dm.dense_layer(LLAMA3_70B, "fp16", 1).time_s
@@ -89,29 +109,29 @@ def test_roofline_dense_layer_by_hand():
 
 
 def test_roofline_attention_and_allreduce_by_hand():
-    dm = pm.DeviceModel(H20)
+    dm = DeviceModel(H20)
     # 100 sequences x 1000 tokens of KV, one layer: 100,000 * 4096 B (2 * 8 * 128 * 2) + q/out
     # 100 * 2 * 8192 * 2 B, over 4 devices, at 70% of 4.0 TB/s.
     t = dm.attention_layer(LLAMA3_70B, "fp16", 100, 100_000, kv_fraction=0.25).time_s
     assert float(t) == pytest.approx(5e-6 + (100_000 * 4096 + 100 * 32_768) / 4 / (4.0e12 * 0.7))
     # ring all-reduce of 1 MB over 4 H100: 6 steps, 2*3/4 MB per link at 80% of 450 GB/s
-    t = pm.DeviceModel(H100).allreduce(1e6, 4).time_s
+    t = DeviceModel(H100).allreduce(1e6, 4).time_s
     assert float(t) == pytest.approx(6 * 2e-6 + 1.5e6 / (450e9 * 0.8))
-    assert float(pm.DeviceModel(H100).allreduce(1e6, 1).time_s) == 0.0
+    assert float(DeviceModel(H100).allreduce(1e6, 1).time_s) == 0.0
 
 
 def test_link_time_and_nic():
-    assert pm.link_time_s(1e6, 10e-6, 50e9) == pytest.approx(10e-6 + 20e-6)
-    latency, bw, source = pm.DeviceModel(H100).nic()
-    assert (latency, source) == (pm.NIC_LATENCY_S, "modeled")
+    assert link_time_s(1e6, 10e-6, 50e9) == pytest.approx(10e-6 + 20e-6)
+    latency, bw, source = DeviceModel(H100).nic()
+    assert (latency, source) == (NIC_LATENCY_S, "modeled")
     assert bw == pytest.approx(400e9 / 8 * 0.9)
 
 
 def test_roofline_refuses_fp32_and_devices_without_specs():
     with pytest.raises(UserInputError, match="fp16/bf16"):
-        pm.DeviceModel(H100).dense_layer(LLAMA3_70B, "fp32", 1)
+        DeviceModel(H100).dense_layer(LLAMA3_70B, "fp32", 1)
     with pytest.raises(UserInputError, match="device CPU has no mem_bandwidth_bytes_per_s"):
-        pm.DeviceModel(get_device("CPU")).dense_layer(LLAMA3_70B, "fp16", 1)
+        DeviceModel(get_device("CPU")).dense_layer(LLAMA3_70B, "fp16", 1)
 
 
 # ---- profiles ---------------------------------------------------------------------------------------
@@ -122,45 +142,43 @@ A0_S, A_PER_SEQ_S, A_PER_BYTE = 10e-6, 2e-6, 1 / 10e9  # attention
 
 
 def _dense_law(spec, batch, tp=1):
-    return S_PER_BYTE * pm.dense_layer_bytes(spec, "fp32", batch, tp) + S_PER_FLOP * pm.dense_layer_flops(
+    return S_PER_BYTE * dense_layer_bytes(spec, "fp32", batch, tp) + S_PER_FLOP * dense_layer_flops(
         spec, batch, tp
     )
 
 
 def _attention_law(spec, batch, ctx):
-    return (
-        A0_S + A_PER_SEQ_S * batch + A_PER_BYTE * pm.attention_layer_bytes(spec, "fp32", batch, batch * ctx)
-    )
+    return A0_S + A_PER_SEQ_S * batch + A_PER_BYTE * attention_layer_bytes(spec, "fp32", batch, batch * ctx)
 
 
-def make_profile(device="cpu", backend="cpu", spec=TINY) -> pm.Profile:
-    dense = tuple(pm.DensePoint(b, float(_dense_law(spec, b))) for b in (1, 4, 16, 64))
+def make_profile(device="cpu", backend="cpu", spec=TINY) -> Profile:
+    dense = tuple(DensePoint(b, float(_dense_law(spec, b))) for b in (1, 4, 16, 64))
     attention = tuple(
-        pm.AttentionPoint(b, c, float(_attention_law(spec, b, c))) for b in (1, 8, 32) for c in (64, 512)
+        AttentionPoint(b, c, float(_attention_law(spec, b, c))) for b in (1, 8, 32) for c in (64, 512)
     )
-    return pm.Profile(
+    return Profile(
         device=device, backend=backend, date="2025-01-01", versions={"torch": "2.13.0"}, dtype="fp32", tp=1,
         model=spec, dense=dense, attention=attention,
-        head=(pm.DensePoint(1, 50e-6), pm.DensePoint(64, 90e-6)),
-        link=(pm.TransferPoint(1000, 20e-6 + 1000 / 1e9), pm.TransferPoint(1_000_000, 20e-6 + 1e6 / 1e9)),
-        allreduce=(pm.AllReducePoint(4096, 2, 2 * 15e-6 + 4096 / 2e9),
-                   pm.AllReducePoint(1 << 20, 2, 2 * 15e-6 + (1 << 20) / 2e9)),
+        head=(DensePoint(1, 50e-6), DensePoint(64, 90e-6)),
+        link=(TransferPoint(1000, 20e-6 + 1000 / 1e9), TransferPoint(1_000_000, 20e-6 + 1e6 / 1e9)),
+        allreduce=(AllReducePoint(4096, 2, 2 * 15e-6 + 4096 / 2e9),
+                   AllReducePoint(1 << 20, 2, 2 * 15e-6 + (1 << 20) / 2e9)),
         iteration_overhead_s=1e-4,
     )  # fmt: skip
 
 
 def test_profile_round_trip(tmp_path):
     prof = make_profile()
-    path = pm.write_profile(prof, tmp_path / "profiles" / f"{prof.name}.json")
+    path = write_profile(prof, tmp_path / "profiles" / f"{prof.name}.json")
     assert path.name == "cpu-cpu.json"
-    assert json.loads(path.read_text())["format"] == pm.PROFILE_FORMAT
-    assert pm.load_profile(path) == prof
-    assert pm.find_profile("cpu", "cpu", tmp_path / "profiles") == prof
-    assert pm.find_profile("H100", "cuda", tmp_path / "profiles") is None
+    assert json.loads(path.read_text())["format"] == PROFILE_FORMAT
+    assert load_profile(path) == prof
+    assert find_profile("cpu", "cpu", tmp_path / "profiles") == prof
+    assert find_profile("H100", "cuda", tmp_path / "profiles") is None
 
 
 def test_profile_same_shape_interpolates_measured_points():
-    dm = pm.DeviceModel(None, make_profile())
+    dm = DeviceModel(None, make_profile())
     for point in make_profile().dense:
         pred = dm.dense_layer(TINY, "fp32", point.batch)
         assert float(pred.time_s) == pytest.approx(point.time_s)
@@ -175,7 +193,7 @@ def test_profile_fit_transfers_to_another_shape():
     other = dataclasses.replace(
         TINY, name="wider", hidden_size=128, num_heads=8, num_kv_heads=4, intermediate_size=512
     )
-    dm = pm.DeviceModel(None, make_profile())
+    dm = DeviceModel(None, make_profile())
     batch = np.array([1, 7, 200])
     pred = dm.dense_layer(other, "fp32", batch, tp=2)
     np.testing.assert_allclose(pred.time_s, _dense_law(other, batch, tp=2), rtol=1e-6)
@@ -187,7 +205,7 @@ def test_profile_fit_transfers_to_another_shape():
 
 
 def test_profile_link_and_allreduce_fits():
-    dm = pm.DeviceModel(None, make_profile())
+    dm = DeviceModel(None, make_profile())
     latency, bw, source = dm.nic()
     assert (latency, bw, source) == (pytest.approx(20e-6), pytest.approx(1e9), "modeled")
     t = dm.allreduce(1e5, 2)
@@ -198,8 +216,8 @@ def test_profile_link_and_allreduce_fits():
 def test_profile_of_one_device_applied_to_another_is_derived():
     prof = make_profile(device="H100", backend="cuda", spec=LLAMA3_70B)
     prof = dataclasses.replace(prof, dtype="fp16")
-    own = pm.DeviceModel(H100, prof)
-    h20 = pm.DeviceModel(H20, prof)
+    own = DeviceModel(H100, prof)
+    h20 = DeviceModel(H20, prof)
     assert h20.derived and not own.derived
     a_own = own.attention_layer(LLAMA3_70B, "fp16", 64, 64 * 2000)
     a_h20 = h20.attention_layer(LLAMA3_70B, "fp16", 64, 64 * 2000)
@@ -214,10 +232,10 @@ def test_profile_of_one_device_applied_to_another_is_derived():
 
 def test_device_model_uses_stored_profile(tmp_path):
     prof = dataclasses.replace(make_profile(device="H100", backend="cuda", spec=LLAMA3_70B), dtype="fp16")
-    pm.write_profile(prof, tmp_path / "H100-cuda.json")
-    assert pm.device_model(H100, profile_dir=tmp_path).profile == prof
-    assert pm.device_model(H20, profile_dir=tmp_path).profile is None  # roofline
-    assert pm.device_model(H20, profile_dir=tmp_path, derive_from=prof).derived
+    write_profile(prof, tmp_path / "H100-cuda.json")
+    assert device_model(H100, profile_dir=tmp_path).profile == prof
+    assert device_model(H20, profile_dir=tmp_path).profile is None  # roofline
+    assert device_model(H20, profile_dir=tmp_path, derive_from=prof).derived
 
 
 @pytest.mark.parametrize(
@@ -231,21 +249,21 @@ def test_device_model_uses_stored_profile(tmp_path):
     ],
 )
 def test_bad_profile_files_are_one_line_errors(tmp_path, edit, message):
-    data = pm.profile_to_dict(make_profile()) | edit
+    data = profile_to_dict(make_profile()) | edit
     path = tmp_path / "p.json"
     path.write_text(json.dumps(data))
     with pytest.raises(UserInputError, match=message):
-        pm.load_profile(path)
+        load_profile(path)
 
 
 def test_nonneg_fit_recovers_coefficients_and_never_goes_negative():
     rng = np.random.default_rng(0)
     x = np.stack([np.ones(20), rng.uniform(1, 100, 20), rng.uniform(1, 1000, 20)], axis=1)
     coef = np.array([2.0, 0.5, 0.01])
-    np.testing.assert_allclose(pm.nonneg_fit(x, x @ coef), coef, rtol=1e-9)
+    np.testing.assert_allclose(nonneg_fit(x, x @ coef), coef, rtol=1e-9)
     # data that a negative slope would fit best: the fit clamps it to 0
     y = 10.0 - 0.01 * x[:, 1]
-    assert np.all(pm.nonneg_fit(x[:, :2], y) >= 0)
+    assert np.all(nonneg_fit(x[:, :2], y) >= 0)
 
 
 def test_tp_mix_must_divide_heads():

@@ -5,22 +5,26 @@ from __future__ import annotations
 
 import json
 import shutil
+import tomllib
 from pathlib import Path
 
 import pytest
 
-from lamina_bench import regress
 from lamina_bench.cli import build_parser, main
-from lamina_bench.regress import (
+from lamina_bench.compare.baselines import list_baselines, update_baseline
+from lamina_bench.compare.compare import (
     DEFAULT_MEASURED_THRESHOLD_PCT,
-    DIRECTIONS,
+    DEFAULT_THRESHOLD_PCT,
     REL_TOL,
     Thresholds,
     compare_paths,
     metric_verdict,
 )
-from lamina_bench.results import METRIC_COLUMNS, RunStore, point_id
-from lamina_bench.sweep import parse_spec
+from lamina_bench.compare.sides import load_side, point_label
+from lamina_bench.results.metrics import METRICS
+from lamina_bench.results.row import PointRow, point_id
+from lamina_bench.results.store import RunStore
+from lamina_bench.sweep.spec import parse_spec
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -37,27 +41,22 @@ lamina = [{ compute = "1xH100", attention = "2xH20", pipeline_batches = 2 }]
 """
 
 
-def make_row(i: int, source: str = "modeled", **overrides) -> dict:
-    """An ok row for configuration i with metrics worked from i."""
-    row = {
-        "point_id": point_id({"mode": source, "i": i}),
-        "model": "llama-33b",
-        "system": "lamina",
-        "compute": "1xH100",
-        "attention": "2xH20",
-        "trace": "azure-conv",
-        "batch_size": i,
-        "pipeline_batches": 2,
-        "source": source,
-        "status": "ok",
-        "throughput_tok_per_s": 1000.0 + i,
-        "tbt_p99_ms": 50.0 + i,
-        "tokens_per_usd": 2000.0 + i,
-    }
-    return {**row, **overrides}
+def make_row(i: int, source: str = "modeled", **overrides) -> PointRow:
+    """An ok row for configuration i with metrics worked from i. An override named after a registered
+    metric sets that metric (None removes it); other overrides set PointRow fields."""
+    metrics = {"throughput_tok_per_s": 1000.0 + i, "tbt_p99_ms": 50.0 + i, "tokens_per_usd": 2000.0 + i}
+    metrics.update({name: overrides.pop(name) for name in [k for k in overrides if k in METRICS]})
+    fields = dict(point_id=point_id({"mode": source, "i": i}), source=source, model="llama-33b", system="lamina",
+                  compute="1xH100", attention="2xH20", trace="azure-conv", batch_size=i, pipeline_batches=2,
+                  metrics={k: v for k, v in metrics.items() if v is not None})  # fmt: skip
+    return PointRow(**{**fields, **overrides})
 
 
-def make_store(root: Path, run_id: str, rows: list[dict], devices=None) -> Path:
+def with_metrics(row: PointRow, **values: float) -> PointRow:
+    return row.replace(metrics={**row.metrics, **values})
+
+
+def make_store(root: Path, run_id: str, rows: list[PointRow], devices=None) -> Path:
     store = RunStore.create(root, run_id=run_id, spec={"name": "t"}, argv=["test"], devices=devices or [])
     for row in rows:
         store.add_point(row)
@@ -65,13 +64,9 @@ def make_store(root: Path, run_id: str, rows: list[dict], devices=None) -> Path:
     return store.path
 
 
-def stored_rows(run: Path) -> list[dict]:
-    """The rows of a run as add_point takes them (volatile columns dropped)."""
-    rows = []
-    for rec in RunStore.open(run).points().to_dict(orient="records"):
-        clean = {k: regress._clean(v) for k, v in rec.items()}
-        rows.append({k: v for k, v in clean.items() if k not in ("run_id", "timestamp", "wall_s")})
-    return rows
+def stored_rows(run: Path) -> list[PointRow]:
+    """The rows of a run as add_point takes them (volatile fields cleared)."""
+    return [r.replace(run_id=None, timestamp=None, wall_s=None) for r in RunStore.open(run).rows()]
 
 
 def cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -109,14 +104,15 @@ def test_injected_ten_percent_throughput_drop_exits_1_and_names_the_point(sweep_
     base, _ = sweep_runs
     rows = stored_rows(base)
     victim = rows[1]
-    victim["throughput_tok_per_s"] *= 0.9
+    rows[1] = with_metrics(victim, throughput_tok_per_s=victim.value("throughput_tok_per_s") * 0.9)
     head = make_store(tmp_path, "slow", rows)
     code, out, _ = cli(capsys, "compare", str(base), str(head))
     assert code == 1
     lines = [line for line in out.splitlines() if line.startswith("REGRESSION")]
     assert len(lines) == 1  # only the injected metric on the injected point
-    assert victim["point_id"] in lines[0] and "throughput_tok_per_s" in lines[0] and "(-10.00%)" in lines[0]
-    assert "lamina" in lines[0] or "homogeneous" in lines[0]  # the label names the configuration
+    assert victim.point_id in lines[0] and "throughput_tok_per_s" in lines[0] and "(-10.00%)" in lines[0]
+    assert point_label(victim) in lines[0]  # the label names the configuration
+    assert victim.system in point_label(victim) and victim.compute in point_label(victim)
     # a 10% drop is within a 15% threshold, and beyond a 9.99% one
     assert cli(capsys, "compare", str(base), str(head), "--threshold", "15")[0] == 0
     assert cli(capsys, "compare", str(base), str(head), "--threshold", "9.99")[0] == 1
@@ -128,25 +124,21 @@ def test_missing_point_exits_1(sweep_runs, tmp_path, capsys):
     head = make_store(tmp_path, "partial", rows[:1])
     code, out, _ = cli(capsys, "compare", str(base), str(head))
     assert code == 1
-    assert f"MISSING point {rows[1]['point_id']}" in out
+    assert f"MISSING point {rows[1].point_id}" in out
     assert "1 missing" in out
 
 
 def test_repo_ci_spec_is_the_papers_nine_comparisons():
-    import tomllib
-
     spec = parse_spec(tomllib.loads((REPO / "results/baselines/modeled.toml").read_text()))
-    assert len(spec.points) == 18 and {p.mode for p in spec.points} == {"modeled"}
-    assert {p.config["requests"] for p in spec.points} == {2000}
+    assert len(spec.points) == 18 and {p.kind for p in spec.points} == {"modeled"}
+    assert {p.config.requests for p in spec.points} == {2000}
+    # the committed baseline (version-1 or -2 point files) reads as typed rows of exactly that spec
+    rows = RunStore.open(REPO / "results/baselines/modeled").rows()
+    assert sorted(r.point_id for r in rows) == sorted(p.point_id for p in spec.points)
+    assert all(r.ok and r.source == "modeled" and r.value("throughput_tok_per_s") > 0 for r in rows)
 
 
 # ---- verdicts ------------------------------------------------------------------------------------
-
-
-def test_every_metric_has_a_direction():
-    assert set(METRIC_COLUMNS) <= set(DIRECTIONS)
-    assert DIRECTIONS["throughput_tok_per_s"] == "up" and DIRECTIONS["tbt_p99_ms"] == "down"
-    assert DIRECTIONS["usd_per_mtok"] == "down" and DIRECTIONS["tokens_per_usd"] == "up"
 
 
 @pytest.mark.parametrize(
@@ -178,21 +170,17 @@ def test_overlapping_intervals_are_noise_and_disjoint_ones_count():
 
 
 def test_noisy_measured_metric_with_overlapping_intervals_is_not_flagged(tmp_path, capsys):
-    ci = {"throughput_tok_per_s_ci_low": 90.0, "throughput_tok_per_s_ci_high": 110.0}
-    base = make_store(
-        tmp_path, "base", [make_row(1, "measured", throughput_tok_per_s=100.0, repeats=5, **ci)]
-    )
-    noisy = {"throughput_tok_per_s_ci_low": 75.0, "throughput_tok_per_s_ci_high": 95.0}
-    head = make_store(
-        tmp_path, "noisy", [make_row(1, "measured", throughput_tok_per_s=80.0, repeats=5, **noisy)]
-    )
+    def run(name: str, throughput: float, ci: tuple[float, float]) -> Path:
+        row = make_row(
+            1, "measured", throughput_tok_per_s=throughput, repeats=5, ci={"throughput_tok_per_s": ci}
+        )
+        return make_store(tmp_path, name, [row])
+
+    base, head = run("base", 100.0, (90.0, 110.0)), run("noisy", 80.0, (75.0, 95.0))
     code, out, _ = cli(capsys, "compare", str(base), str(head), "--measured-threshold", "5")
     assert code == 0, out
     assert "NOISE" in out and "1 within noise" in out and "(-20.00%)" in out
-    clear = {"throughput_tok_per_s_ci_low": 75.0, "throughput_tok_per_s_ci_high": 85.0}
-    head2 = make_store(
-        tmp_path, "slow", [make_row(1, "measured", throughput_tok_per_s=80.0, repeats=5, **clear)]
-    )
+    head2 = run("slow", 80.0, (75.0, 85.0))
     assert cli(capsys, "compare", str(base), str(head2), "--measured-threshold", "5")[0] == 1
 
 
@@ -216,17 +204,14 @@ def test_per_source_thresholds_and_report_only(tmp_path, capsys):
 
 def test_predictions_from_the_runs_own_profile_use_the_measured_threshold(tmp_path):
     """A modeled row predicting a measured point is calibrated from a profile timed in that run."""
-    extra = json.dumps({"predicts": "0123456789abcdef"})
-    base = make_store(tmp_path, "base", [make_row(1, extra_json=extra), make_row(2)])
-    head = make_store(tmp_path, "head", [make_row(1, extra_json=extra, throughput_tok_per_s=1001.0 * 0.9),
+    extra = {"predicts": "0123456789abcdef"}
+    base = make_store(tmp_path, "base", [make_row(1, **extra), make_row(2)])
+    head = make_store(tmp_path, "head", [make_row(1, **extra, throughput_tok_per_s=1001.0 * 0.9),
                                          make_row(2, throughput_tok_per_s=1002.0 * 0.9)])  # fmt: skip
     report = compare_paths(base, head)  # defaults: modeled exact, measured 25%
     thresholds = {p.key: p.threshold_pct for p in report.points}  # order-free: rows may share a timestamp
-    assert thresholds == {
-        make_row(1)["point_id"]: DEFAULT_MEASURED_THRESHOLD_PCT,
-        make_row(2)["point_id"]: 0.0,
-    }
-    assert [f.point.key for f in report.failures()] == [make_row(2)["point_id"]]
+    assert thresholds == {make_row(1).point_id: DEFAULT_MEASURED_THRESHOLD_PCT, make_row(2).point_id: 0.0}
+    assert [f.point.key for f in report.failures()] == [make_row(2).point_id]
 
 
 def test_failed_new_and_missing_metric(tmp_path, capsys):
@@ -237,7 +222,7 @@ def test_failed_new_and_missing_metric(tmp_path, capsys):
     report = compare_paths(base, head)
     states = {p.key: p.state for p in report.points}
     assert states == {
-        make_row(i)["point_id"]: s for i, s in ((1, "compared"), (2, "failed"), (3, "compared"), (4, "new"))
+        make_row(i).point_id: s for i, s in ((1, "compared"), (2, "failed"), (3, "compared"), (4, "new"))
     }
     reasons = sorted(f.reason for f in report.failures())
     assert reasons == ["failed: head failed: RuntimeError: boom", "tbt_p99_ms has no value in head"]
@@ -247,7 +232,7 @@ def test_failed_new_and_missing_metric(tmp_path, capsys):
     assert compare_paths(base, head_new).exit_code == 0
     assert compare_paths(base, head_new, fail_on="change").exit_code == 1
     code, out, _ = cli(capsys, "compare", str(base), str(head_new))
-    assert code == 0 and f"NEW point {make_row(4)['point_id']}" in out
+    assert code == 0 and f"NEW point {make_row(4).point_id}" in out
 
 
 def test_fail_on_change_catches_improvements(tmp_path):
@@ -268,8 +253,8 @@ def test_single_repeats_are_left_out_when_aggregates_exist(tmp_path):
     agg = make_row(1, "measured", repeats=3)
     singles = [make_row(1, "measured", repeat=r, point_id=point_id({"i": 1, "repeat": r})) for r in range(3)]
     run = make_store(tmp_path, "reps", [agg, *singles])
-    side = regress.load_side(run)
-    assert list(side.entries) == [agg["point_id"]] and "3 single repeats left out" in side.notes[0]
+    side = load_side(run)
+    assert list(side.entries) == [agg.point_id] and "3 single repeats left out" in side.notes[0]
 
 
 # ---- output shapes -------------------------------------------------------------------------------
@@ -291,7 +276,7 @@ def test_markdown_output_fits_a_pr_comment(regressed, capsys):
     assert lines[header + 1] == "|---|---|---:|---:|---:|---|"
     rows = [line for line in lines[header + 2 :] if line.startswith("|")]
     assert len(rows) == 1 and rows[0].count("|") == 7
-    assert make_row(1)["point_id"] in rows[0] and "| 1001 | 900.9 | -10.00% | **regression** |" in rows[0]
+    assert make_row(1).point_id in rows[0] and "| 1001 | 900.9 | -10.00% | **regression** |" in rows[0]
 
 
 def test_json_output_shape(regressed, capsys):
@@ -299,13 +284,10 @@ def test_json_output_shape(regressed, capsys):
     data = json.loads(out)
     assert code == data["exit_code"] == 1
     assert set(data) >= {"base", "head", "thresholds", "fail_on", "counts", "failures", "points", "errors"}
-    assert data["thresholds"] == {
-        "modeled_pct": 0.0,
-        "measured_pct": DEFAULT_MEASURED_THRESHOLD_PCT,
-        "rel_tol": REL_TOL,
-    }
-    point = next(p for p in data["points"] if p["key"] == make_row(1)["point_id"])
-    assert data["failures"] == [{"key": make_row(1)["point_id"], "label": point["label"],
+    limits = {"modeled_pct": 0.0, "measured_pct": DEFAULT_MEASURED_THRESHOLD_PCT, "rel_tol": REL_TOL}
+    assert data["thresholds"] == limits
+    point = next(p for p in data["points"] if p["key"] == make_row(1).point_id)
+    assert data["failures"] == [{"key": make_row(1).point_id, "label": point["label"],
                                  "metric": "throughput_tok_per_s", "reason": "throughput_tok_per_s regression"}]  # fmt: skip
     assert data["counts"]["compared"] == 2 and data["counts"]["metrics_regression"] == 1
     metric = next(m for m in point["metrics"] if m["metric"] == "throughput_tok_per_s")
@@ -315,7 +297,7 @@ def test_json_output_shape(regressed, capsys):
 def test_help_states_the_default_thresholds():
     sub = next(a for a in build_parser()._actions if a.dest == "command").choices["compare"]
     helps = {a.dest: a.help for a in sub._actions}
-    assert f"default {regress.DEFAULT_THRESHOLD_PCT:g}" in helps["threshold"]
+    assert f"default {DEFAULT_THRESHOLD_PCT:g}" in helps["threshold"]
     assert f"default {DEFAULT_MEASURED_THRESHOLD_PCT:g}" in helps["measured_threshold"]
 
 
@@ -411,8 +393,9 @@ def test_baseline_update_show_and_compare(sweep_runs, tmp_path, capsys):
     assert code == 0 and "modeled: 2 ok, 0 failed points (2 modeled)" in out
     folder = root / "modeled"  # an all-modeled run defaults to the device-independent name
     assert sorted(p.name for p in (folder / "points").iterdir()) == sorted(
-        r["point_id"] + ".json" for r in stored_rows(base)
+        r.point_id + ".json" for r in stored_rows(base)
     )
+    assert RunStore.open(folder).rows() == RunStore.open(base).rows()  # the rows, whole
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["run_id"] == "a" and manifest["baseline"]["source_run_id"] == "a"
     assert manifest["git"] == json.loads((base / "manifest.json").read_text())["git"]
@@ -430,10 +413,10 @@ def test_baseline_update_replaces_the_old_one(tmp_path):
     root = tmp_path / "baselines"
     old = make_store(tmp_path, "old", [make_row(1), make_row(2)])
     new = make_store(tmp_path, "new", [make_row(3)])
-    regress.update_baseline(old, "cpu", root)
-    info = regress.update_baseline(new, "cpu", root)
+    update_baseline(old, "cpu", root)
+    info = update_baseline(new, "cpu", root)
     assert info.run_id == "new" and info.points_ok == 1
-    assert [p.name for p in (root / "cpu" / "points").iterdir()] == [make_row(3)["point_id"] + ".json"]
+    assert [p.name for p in (root / "cpu" / "points").iterdir()] == [make_row(3).point_id + ".json"]
     assert sorted(p.name for p in root.iterdir()) == ["cpu"]  # no staging or old folders left
 
 
@@ -452,10 +435,10 @@ def test_baseline_refuses_failed_points_and_bad_names(tmp_path, capsys):
 def test_default_device_of_a_measured_run(tmp_path):
     gpu = [{"name": "CPU"}, {"name": "H100 SXM"}]
     run = make_store(tmp_path, "gpu", [make_row(1, "measured")], devices=gpu)
-    assert regress.update_baseline(run, root=tmp_path / "b").device == "h100-sxm"
+    assert update_baseline(run, root=tmp_path / "b").device == "h100-sxm"
     cpu = make_store(tmp_path, "cpu", [make_row(1, "measured")], devices=[{"name": "CPU"}])
-    assert regress.update_baseline(cpu, root=tmp_path / "b").device == "cpu"
-    assert sorted(b.device for b in regress.list_baselines(tmp_path / "b")) == ["cpu", "h100-sxm"]
+    assert update_baseline(cpu, root=tmp_path / "b").device == "cpu"
+    assert sorted(b.device for b in list_baselines(tmp_path / "b")) == ["cpu", "h100-sxm"]
 
 
 def test_compare_against_a_copied_run_folder(sweep_runs, tmp_path):

@@ -32,15 +32,19 @@ from lamina_bench.report.data import (
 )
 from lamina_bench.report.figures import Missing, bandwidth_figure, breakdown_figure
 from lamina_bench.report.page import fmt_num
+from lamina_bench.results.metrics import METRICS
+from lamina_bench.results.row import PointRow
 
 SECTION_IDS = ("runs", "headline", "batch", "pareto", "time", "predictions", "telemetry", "appendix")
 
 
-def row(**kw):
-    """A report row (as data.load_run makes them) with defaults; TEST DATA."""
-    base = {"run": "r1", "status": "ok", "source": "modeled", "model": "llama-33b", "trace": "azure-conv",
-            "dtype": "fp16", "extra": {}, "repeat": None, "point_id": f"{random.getrandbits(64):016x}"}  # fmt: skip
-    return {**base, **kw}
+def row(**kw) -> PointRow:
+    """A report row (as data.load_run makes them: run_id is the run's label) with defaults; an argument
+    named after a registered metric sets that metric (None: unknown). TEST DATA."""
+    metrics = {name: kw.pop(name) for name in [k for k in kw if k in METRICS]}
+    base = {"run_id": "r1", "source": "modeled", "model": "llama-33b", "trace": "azure-conv", "dtype": "fp16",
+            "point_id": f"{random.getrandbits(64):016x}"}  # fmt: skip
+    return PointRow(**{**base, **kw}, metrics={k: v for k, v in metrics.items() if v is not None})
 
 
 # ---- 1. headline pairs -----------------------------------------------------------------------------
@@ -53,11 +57,11 @@ def test_headline_pairs_lamina_with_the_closest_cost_baseline():
     homs = [row(system="homogeneous", compute=f"{n}xH100", cost_usd_per_hour=11.06 * n,
                 throughput_tok_per_s=500.0 * n, tbt_p99_ms=40.0) for n in (1, 2, 4)]  # fmt: skip
     other_trace = row(system="homogeneous", compute="9xH100", trace="kimi-conv", cost_usd_per_hour=20.32)
-    other_run = row(system="homogeneous", compute="8xH100", run="r2", cost_usd_per_hour=20.32)
+    other_run = row(system="homogeneous", compute="8xH100", run_id="r2", cost_usd_per_hour=20.32)
     measured = row(system="homogeneous", compute="7xH100", source="measured", cost_usd_per_hour=20.32)
     pairs, alone = headline_pairs([lamina, *homs, other_trace, other_run, measured])
     assert alone == [] and len(pairs) == 1
-    assert pairs[0].baseline["compute"] == "2xH100"
+    assert pairs[0].baseline.compute == "2xH100" and pairs[0].lamina is lamina
     assert pairs[0].ratio("throughput_tok_per_s") == pytest.approx(1200 / 1000)
     assert pairs[0].ratio("tbt_p99_ms") == pytest.approx(50 / 40)
     assert pairs[0].ratio("tokens_per_usd") is None  # missing on both: no ratio, never 0
@@ -68,7 +72,7 @@ def test_headline_pairs_ties_go_to_the_cheaper_and_unknown_costs_still_pair():
     cheap, dear = (
         row(system="homogeneous", compute=c, cost_usd_per_hour=p) for c, p in (("a", 18.0), ("b", 22.0))
     )
-    assert headline_pairs([lamina, dear, cheap])[0][0].baseline["compute"] == "a"
+    assert headline_pairs([lamina, dear, cheap])[0][0].baseline.compute == "a"
     cpu_l = row(
         system="lamina", compute="1xcpu", attention="1xcpu", trace=None, batch_size=4, source="measured"
     )
@@ -76,7 +80,7 @@ def test_headline_pairs_ties_go_to_the_cheaper_and_unknown_costs_still_pair():
     cpu_other_batch = row(system="homogeneous", compute="1xcpu", trace=None, batch_size=8, source="measured")
     pairs, alone = headline_pairs([cpu_l, cpu_other_batch, cpu_h])
     assert [p.baseline is cpu_h or p.baseline == cpu_h for p in pairs] == [True] and alone == []
-    failed_base = {**cpu_h, "status": "failed", "error": "boom"}
+    failed_base = cpu_h.replace(status="failed", error="boom")
     assert headline_pairs([cpu_l, failed_base])[1] == [cpu_l]
 
 
@@ -104,10 +108,10 @@ def test_pareto_front_matches_brute_force_on_random_points():
 # ---- 4. pools and the link --------------------------------------------------------------------------
 
 
-def test_pool_times_from_extra_else_flat_columns():
+def test_pool_times_from_pools_else_flat_metrics():
     pools = {"compute": {"dense_ms": 30.0, "network_ms": 2.0, "idle_ms": 3.0},
              "attention": {"attention_ms": 12.0, "network_ms": 2.0, "idle_ms": 21.0}}  # fmt: skip
-    got = pool_times(row(system="lamina", extra={"pools": pools}, dense_ms=99.0))
+    got = pool_times(row(system="lamina", pools=pools, dense_ms=99.0))
     assert got["compute"] == {"dense_ms": 30.0, "attention_ms": None, "network_ms": 2.0, "idle_ms": 3.0}
     assert got["attention"]["attention_ms"] == 12.0
     flat = {"dense_ms": 10.0, "attention_ms": 4.0, "network_ms": None, "idle_ms": 1.0}
@@ -137,22 +141,24 @@ def test_link_rate_peak_else_mean_from_bytes_per_token():
 
 
 def test_link_and_breakdown_figures_from_rows():
-    rows = [{**r, "run": "r1", "extra": json.loads(r["extra_json"])} for r in paper_rows(("llama-33b",))]
+    rows = [r.replace(run_id="r1") for r in paper_rows(("llama-33b",))]
     fig = bandwidth_figure(rows, "llama-33b", ["r1"])
     line = next(t for t in fig.spec["data"] if t["name"].startswith("NIC line rate"))
     assert line["name"] == "NIC line rate 400 Gb/s: 1xH100+2xH20" and line["y"] == [400.0, 400.0]
     needed = next(t for t in fig.spec["data"] if "(peak)" in t["name"])
-    assert needed["y"] == [rows[0]["net_peak_gbps"]]  # only the Lamina row needs the link
+    assert needed["y"] == [rows[0].value("net_peak_gbps")]  # only the Lamina row needs the link
     bars = breakdown_figure(rows, "llama-33b", ["r1"]).spec["data"]
     # one bar per pool: Lamina's compute and attention pools, one pool per homogeneous row
     assert len(bars[0]["y"]) == 2 + 3
     dense = dict(zip(bars[0]["y"], bars[0]["x"], strict=True))
-    pools = rows[0]["extra"]["pools"]
+    pools = rows[0].pools
     assert (
         dense[next(y for y in dense if y.endswith("| compute") and "lamina" in y)]
         == pools["compute"]["dense_ms"]
     )
-    cpu = {**rows[0], "compute": "1xcpu", "attention": "1xcpu", "net_peak_gbps": 2.0}
+    cpu = rows[0].replace(
+        compute="1xcpu", attention="1xcpu", metrics={**rows[0].metrics, "net_peak_gbps": 2.0}
+    )
     assert "no NIC line rate for the local CPU" in " ".join(bandwidth_figure([cpu], "m", ["r1"]).notes)
     assert isinstance(bandwidth_figure(rows[1:], "llama-33b", ["r1"]), Missing)  # baselines only
 
@@ -163,13 +169,11 @@ def test_link_and_breakdown_figures_from_rows():
 def test_predictions_pair_by_point_id_then_by_configuration():
     cfg = {"system": "homogeneous", "compute": "1xcpu", "trace": None, "batch_size": 4, "context_len": 128}
     measured = row(source="measured", point_id="a" * 16, throughput_tok_per_s=100.0, tbt_mean_ms=20.0, **cfg)
-    by_id = row(profile="cpu-cpu", extra={"predicts": "a" * 16}, throughput_tok_per_s=110.0, tbt_mean_ms=19.0,
+    by_id = row(profile="cpu-cpu", predicts="a" * 16, throughput_tok_per_s=110.0, tbt_mean_ms=19.0,
                 **{**cfg, "batch_size": 999})  # fmt: skip
-    by_config = row(extra={"predicts": "measured"}, throughput_tok_per_s=50.0, **cfg)
+    by_config = row(predicts="measured", throughput_tok_per_s=50.0, **cfg)
     unrelated = row(throughput_tok_per_s=1.0, **cfg)  # no "predicts": a model point, not a prediction
-    other_run = row(
-        run="r2", extra={"predicts": "a" * 16}, throughput_tok_per_s=1.0, **{**cfg, "batch_size": 5}
-    )
+    other_run = row(run_id="r2", predicts="a" * 16, throughput_tok_per_s=1.0, **{**cfg, "batch_size": 5})
     preds = predictions([measured, by_id, by_config, unrelated, other_run])
     assert [p.modeled for p in preds] == [by_id, by_config]
     assert preds[0].error_pct("throughput_tok_per_s") == pytest.approx(10.0)
@@ -189,13 +193,13 @@ def test_plot_rows_keep_aggregates_over_their_repeats_and_drop_failed():
 
 def test_run_changes_match_points_by_id():
     base = row(point_id="b" * 16, throughput_tok_per_s=100.0)
-    head = row(run="r2", point_id="b" * 16, throughput_tok_per_s=125.0)
+    head = row(run_id="r2", point_id="b" * 16, throughput_tok_per_s=125.0)
 
     class Run:  # the two attributes run_changes reads
         def __init__(self, rows):
             self.rows = rows
 
-    changes = run_changes([Run([base]), Run([head, row(run="r2")])])
+    changes = run_changes([Run([base]), Run([head, row(run_id="r2")])])
     assert len(changes) == 1 and changes[0].change_pct("throughput_tok_per_s") == pytest.approx(25.0)
 
 
@@ -249,6 +253,16 @@ def test_bench_report_has_every_part_offline_and_labelled(runs_root, tmp_path):
     assert "bench-llama-gqa: link bandwidth needed against batch size (Lamina)</b>: not drawn" in page
     assert "RuntimeError: gloo connection reset (test data)" in page  # the failed point is listed
     assert "lamina-bench run default_sweep.toml --point" in page  # repro commands in the appendix
+    # and every registered metric a row has, with its unit, in one table
+    (metrics,) = re.findall(r"<summary>all metrics</summary>(.*?)</table>", page, re.S)
+    headers = re.findall(r"<th>(\w+) \[([^\]]+)\]</th>", metrics)
+    assert headers[:3] == [
+        ("throughput_tok_per_s", "tok/s"),
+        ("generated_tokens", "tokens"),
+        ("tbt_p50_ms", "ms"),
+    ]
+    assert all(METRICS[name].unit == unit for name, unit in headers) and len(headers) >= 15
+    assert metrics.count("<tr>") == 1 + len(load_runs([runs_root["bench"]])[0].rows)
 
 
 def test_every_figure_spec_is_valid_plotly(runs_root, tmp_path):

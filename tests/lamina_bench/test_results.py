@@ -1,4 +1,5 @@
-"""Results store: schema round trip, atomic writes, SIGKILL safety, shard merge, point ids, median CIs."""
+"""Results store: typed rows round trip, the JSON files as the only source of truth, atomic writes,
+SIGKILL safety, shard merge, point ids, median CIs, aggregation of repeats."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import math
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -16,48 +18,32 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from lamina_bench import results
+from lamina_bench.cli import main
+from lamina_bench.compare.sides import load_side
 from lamina_bench.errors import UserInputError
-from lamina_bench.results import (
-    CI_METRICS,
-    POINT_COLUMNS,
-    RunStore,
-    aggregate_repeats,
-    atomic_write_bytes,
-    median_ci95,
-    merge_runs,
-    normalize_point,
-    point_id,
-)
-from lamina_bench.telemetry import TelemetrySample
+from lamina_bench.results.files import atomic_write_bytes
+from lamina_bench.results.merge import merge_runs
+from lamina_bench.results.metrics import METRICS, ci_metrics
+from lamina_bench.results.row import PointRow, point_id
+from lamina_bench.results.stats import aggregate_repeats, median_ci95
+from lamina_bench.results.store import RunStore
+from lamina_bench.results.table import columns
+from lamina_bench.results.telemetry import TelemetrySample
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def make_row(i: int, **overrides) -> dict:
-    """A measured ok row for configuration i, with metrics worked from i."""
+def make_row(i: int, **overrides) -> PointRow:
+    """A measured ok row for configuration i, with metrics worked from i. An override named after a
+    registered metric sets that metric (None removes it); other overrides set PointRow fields."""
+    metrics = {"throughput_tok_per_s": 100.0 + i, "tbt_p50_ms": 10.0 * i}  # no energy_j: no GPU, unknown
+    metrics.update({name: overrides.pop(name) for name in [k for k in overrides if k in METRICS]})
     config = {"mode": "measured", "model": "bench-llama-gqa", "system": "lamina", "batch_size": i}
-    row = {
-        "point_id": point_id(config),
-        "model": "bench-llama-gqa",
-        "system": "lamina",
-        "compute": "1xcpu",
-        "attention": "1xcpu",
-        "trace": "synthetic",
-        "batch_size": i,
-        "context_len": 128,
-        "pipeline_batches": 2,
-        "dtype": "fp32",
-        "repeat": 0,
-        "source": "measured",
-        "status": "ok",
-        "throughput_tok_per_s": 100.0 + i,
-        "tbt_p50_ms": 10.0 * i,
-        "energy_j": None,  # no GPU here: missing, not 0
-        "repro_command": f"lamina-bench run spec.toml --only {i}",
-        "wall_s": 1.5,
-    }
-    return {**row, **overrides}
+    fields = dict(point_id=point_id(config), source="measured", model="bench-llama-gqa", system="lamina",
+                  compute="1xcpu", attention="1xcpu", trace="synthetic", batch_size=i, context_len=128,
+                  pipeline_batches=2, dtype="fp32", repeat=0, repro_command=f"lamina-bench run spec.toml --only {i}",
+                  wall_s=1.5, metrics={k: v for k, v in metrics.items() if v is not None})  # fmt: skip
+    return PointRow(**{**fields, **overrides})
 
 
 def new_store(tmp_path: Path, run_id: str = "run-a", **kwargs) -> RunStore:
@@ -75,7 +61,7 @@ def test_point_id_stable_across_runs_and_key_order():
     # sha256('{"batch_size":8,"model":"llama-33b","system":"lamina"}')[:16], computed once and pinned
     assert a == b == "34676782c429ed55"
     assert point_id({"model": "llama-33b", "batch_size": 16, "system": "lamina"}) != a
-    code = "from lamina_bench.results import point_id; print(point_id({'system': 'lamina', 'batch_size': 8, 'model': 'llama-33b'}))"
+    code = "from lamina_bench.results.row import point_id; print(point_id({'system': 'lamina', 'batch_size': 8, 'model': 'llama-33b'}))"
     env = {**os.environ, "PYTHONHASHSEED": "12345"}  # another process, another hash seed: same id
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO, check=True
@@ -83,62 +69,50 @@ def test_point_id_stable_across_runs_and_key_order():
     assert out.stdout.strip() == a
 
 
-def test_point_id_agrees_with_sweep():
-    sweep = pytest.importorskip("lamina_bench.sweep")
-    config = {"mode": "modeled", "model": "llama-65b", "compute": "2xH100", "attention": "4xH20"}
-    assert sweep.point_id(config) == point_id(config)
+# ---- rows through the store ---------------------------------------------------------------------------
 
 
-# ---- schema -------------------------------------------------------------------------------------------
-
-
-def test_schema_round_trip_via_parquet(tmp_path):
+def test_rows_round_trip_through_the_store_and_the_flat_view(tmp_path):
     store = new_store(tmp_path)
     failed = make_row(
         2, status="failed", error="RuntimeError: out of memory", throughput_tok_per_s=None, tbt_p50_ms=None
     )
-    ci_row = make_row(
-        3, repeat=None, repeats=5, throughput_tok_per_s_ci_low=98.0, throughput_tok_per_s_ci_high=105.0
-    )
-    extra = make_row(4, extra_json=json.dumps({"arrival": "poisson"}))
-    stored = [store.add_point(r) for r in (make_row(1), failed, ci_row, extra)]
+    ci_row = make_row(3, repeat=None, repeats=5, ci={"throughput_tok_per_s": (98.0, 105.0)})
+    pools = {"compute": {"dense_ms": 3.0}, "attention": {"attention_ms": 1.0, "idle_ms": 0.5}}
+    nested = make_row(4, settings={"arrival": "poisson", "rate_per_s": 2.5}, pools=pools,
+                      whole_trace={"throughput_tok_per_s": 90.0}, throughput_basis="saturated phase")  # fmt: skip
+    given = (make_row(1), failed, ci_row, nested)
+    stored = [store.add_point(r) for r in given]
+    for before, after in zip(given, stored, strict=True):  # add_point fills in run_id and timestamp only
+        assert after.run_id == "run-a" and re.fullmatch(r"\d{4}-\d\d-\d\dT[\d:.]+Z", after.timestamp)
+        assert after == before.replace(run_id="run-a", timestamp=after.timestamp)
     store.finalize()
-
-    on_disk = pd.read_parquet(tmp_path / "run-a" / "points.parquet")
-    assert list(on_disk.columns) == list(POINT_COLUMNS)
-    assert {c: str(t) for c, t in on_disk.dtypes.items()} == {
-        c: str(pd.Series(dtype=t).dtype) for c, t in POINT_COLUMNS.items()
-    }
     reopened = RunStore.open(tmp_path / "run-a")
+    assert {r.point_id: r for r in reopened.rows()} == {r.point_id: r for r in stored}
+
     frame = reopened.points()
-    by_id = {r["point_id"]: r for r in frame.to_dict(orient="records")}
-    for row in stored:
-        back = {k: results._normalize_scalar(v) for k, v in by_id[row["point_id"]].items()}
-        assert back == row
-    f = by_id[failed["point_id"]]
+    fixed = columns()
+    assert list(frame.columns[: len(fixed)]) == list(fixed)
+    assert {c: str(frame[c].dtype) for c in fixed} == {
+        c: str(pd.Series(dtype=t).dtype) for c, t in fixed.items()
+    }
+    assert list(frame.columns[len(fixed) :]) == [
+        "pools.attention.attention_ms", "pools.attention.idle_ms", "pools.compute.dense_ms",
+        "settings.arrival", "settings.rate_per_s", "whole_trace.throughput_tok_per_s",
+    ]  # fmt: skip
+    by_id = frame.set_index("point_id")
+    f = by_id.loc[failed.point_id]
     assert f["status"] == "failed" and math.isnan(f["throughput_tok_per_s"]) and math.isnan(f["energy_j"])
-    assert by_id[stored[0]["point_id"]]["run_id"] == "run-a"
+    ci_columns = ["throughput_tok_per_s_ci_low", "throughput_tok_per_s_ci_high"]
+    assert by_id.loc[ci_row.point_id, ci_columns].tolist() == [98.0, 105.0]
+    assert by_id.loc[nested.point_id, "settings.arrival"] == "poisson"
+    assert by_id.loc[nested.point_id, "pools.compute.dense_ms"] == 3.0
+    assert math.isnan(by_id.loc[ci_row.point_id, "pools.compute.dense_ms"])
+    assert set(frame["run_id"]) == {"run-a"}
     assert frame["repeats"].isna().sum() == 3 and frame["batch_size"].dtype == "Int64"
-
-
-def test_normalize_point_rejects_bad_rows():
-    ok = make_row(1)
-    cases = [
-        ({"throughput": 1.0}, "unknown points columns \\['throughput'\\]"),
-        ({"source": "guessed"}, "source must be one of measured, modeled, derived"),
-        ({"status": "failed"}, "failed row needs an error message"),
-        ({"error": "boom"}, "ok row must have none"),
-        ({"point_id": "xyz"}, "16 lower-case hex"),
-        ({"batch_size": 2.5}, "batch_size takes an integer"),
-        ({"model": 7}, "model takes a string"),
-        ({"tbt_p50_ms": "fast"}, "tbt_p50_ms takes a number"),
-        ({"wall_s": True}, "wall_s takes a number"),
-        ({"extra_json": "[1]"}, "extra_json must encode a JSON object"),
-    ]
-    for change, message in cases:
-        with pytest.raises(ValueError, match=message):
-            normalize_point({**ok, **change})
-    assert normalize_point({**ok, "batch_size": 4.0, "tbt_p50_ms": float("nan")})["tbt_p50_ms"] is None
+    export = pd.read_parquet(store.path / "points.parquet")  # finalize's export: the same table
+    assert list(export.columns) == list(frame.columns)
+    assert export.set_index("point_id").sort_index().equals(by_id.sort_index())
 
 
 def test_duplicate_point_needs_replace_and_resume_lists(tmp_path):
@@ -147,10 +121,12 @@ def test_duplicate_point_needs_replace_and_resume_lists(tmp_path):
     failed = store.add_point(make_row(2, status="failed", error="boom"))
     with pytest.raises(ValueError, match="already stored"):
         store.add_point(make_row(1))
-    assert store.finished_point_ids() == {make_row(1)["point_id"], failed["point_id"]}
-    assert store.finished_point_ids(include_failed=False) == {make_row(1)["point_id"]}
+    assert store.finished_point_ids() == {make_row(1).point_id, failed.point_id}
+    assert store.finished_point_ids(include_failed=False) == {make_row(1).point_id}
     store.add_point(make_row(2), replace=True)  # the failed point rerun and fixed
-    assert store.finished_point_ids(include_failed=False) == {make_row(1)["point_id"], failed["point_id"]}
+    assert store.finished_point_ids(include_failed=False) == {make_row(1).point_id, failed.point_id}
+    (row,) = [r for r in store.rows() if r.point_id == failed.point_id]
+    assert row.ok and row.error is None
 
 
 def test_resume_after_finalize_keeps_every_point(tmp_path):
@@ -159,9 +135,88 @@ def test_resume_after_finalize_keeps_every_point(tmp_path):
     store.finalize()
     again = RunStore.open(store.path)
     again.add_point(make_row(2))
+    assert sorted(r.batch_size for r in again.rows()) == [1, 2]
     assert sorted(again.points()["batch_size"].tolist()) == [1, 2]
     again.finalize()
     assert len(pd.read_parquet(store.path / "points.parquet")) == 2
+
+
+# ---- the point files are the only source of truth -------------------------------------------------------
+
+
+def test_points_parquet_is_an_export_that_is_never_read_back(tmp_path):
+    store = new_store(tmp_path)
+    for i in (1, 2):
+        store.add_point(make_row(i))
+    store.finalize()
+    export = store.path / "points.parquet"
+    before = RunStore.open(store.path).rows()
+    entries = load_side(store.path).entries
+    edited = pd.read_parquet(export)
+    edited["throughput_tok_per_s"] = 0.0  # the export disagrees with the rows ...
+    pd.concat([edited, edited.head(1).assign(point_id="f" * 16)]).to_parquet(
+        export
+    )  # ... and has a 3rd point
+    assert RunStore.open(store.path).rows() == before
+    export.write_bytes(export.read_bytes()[:25])  # truncated: not Parquet any more
+    again = RunStore.open(store.path)
+    assert again.rows() == before and len(again.points()) == 2
+    assert again.finished_point_ids() == {make_row(1).point_id, make_row(2).point_id}
+    assert load_side(store.path).entries == entries  # compare reads the rows too
+    again.add_point(make_row(3))
+    again.finalize()  # rewritten from the rows, whatever the old export held
+    assert sorted(pd.read_parquet(export)["throughput_tok_per_s"]) == [101.0, 102.0, 103.0]
+    export.unlink()
+    assert len(RunStore.open(store.path).rows()) == 3
+
+
+_BAD_METRIC = {**make_row(2).to_record(), "metrics": {"throughput": 1.0}}
+_NAN_METRIC = json.dumps(make_row(2).to_record()).replace("102.0", "NaN")
+
+
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [
+        (b'{"point_id": "', "Unterminated string"),
+        (b"\x89PNG\r\n\x1a\n\x00\xff\xfe", "can't decode byte 0x89"),
+        (b"", "Expecting value"),
+        (b"[1, 2]", "must be a JSON object, got list"),
+        (json.dumps(_BAD_METRIC).encode(), "unknown metric 'throughput' in metrics"),
+        (_NAN_METRIC.encode(), "metrics.throughput_tok_per_s must be a finite number, got nan"),
+        (json.dumps({**_BAD_METRIC, "metrics": {}, "schema": 3}).encode(), "schema 3"),
+        (json.dumps({**_BAD_METRIC, "metrics": None}).encode(), "metrics must be a mapping, got None"),
+    ],
+)
+def test_a_corrupt_point_file_is_a_one_line_error_naming_it(tmp_path, capsys, content, why):
+    store = new_store(tmp_path)
+    store.add_point(make_row(1))
+    bad = store.path / "points" / f"{make_row(2).point_id}.json"
+    bad.write_bytes(content)
+    for read in (store.rows, store.points, store.finished_point_ids, store.finalize):
+        with pytest.raises(UserInputError) as info:
+            read()
+        message = str(info.value)
+        assert message.startswith(f"{bad}: not a valid point row (") and "\n" not in message
+        assert why in message, message
+    code = main(["compare", str(store.path), str(store.path)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and str(bad) in err
+
+
+def test_a_point_file_under_another_id_is_an_error(tmp_path):
+    store = new_store(tmp_path)
+    row = store.add_point(make_row(1))
+    folder = store.path / "points"
+    other = folder / f"{make_row(2).point_id}.json"
+    (folder / f"{row.point_id}.json").rename(other)
+    with pytest.raises(UserInputError) as info:
+        store.rows()
+    assert str(info.value) == f"{other}: holds point {row.point_id}, not {make_row(2).point_id}"
+    atomic_write_bytes(folder / f"{row.point_id}.json", other.read_bytes())  # a copy under both names
+    with pytest.raises(UserInputError, match="holds point"):
+        store.finished_point_ids()
+    other.unlink()
+    assert store.rows() == [row]
 
 
 def test_manifest_contents(tmp_path):
@@ -194,6 +249,10 @@ def test_create_and_open_errors(tmp_path):
         RunStore.create(tmp_path, run_id="../escape", devices=[])
     with pytest.raises(UserInputError, match="has no manifest.json"):
         RunStore.open(tmp_path)
+    (tmp_path / "bare").mkdir()
+    (tmp_path / "bare" / "manifest.json").write_text("{}")
+    with pytest.raises(UserInputError, match="has no points/ folder"):
+        RunStore.open(tmp_path / "bare").rows()
 
 
 def test_telemetry_and_requests_tables(tmp_path):
@@ -221,7 +280,7 @@ def test_atomic_write_failure_leaves_old_file(tmp_path, monkeypatch):
     def crash(src, dst):
         raise KeyboardInterrupt  # as if interrupted between the temp write and the rename
 
-    monkeypatch.setattr(results.os, "replace", crash)
+    monkeypatch.setattr(os, "replace", crash)
     with pytest.raises(KeyboardInterrupt):
         atomic_write_bytes(target, b"new, longer content")
     assert target.read_text() == "old" and os.listdir(tmp_path) == ["f.json"]
@@ -235,27 +294,27 @@ def test_crash_between_temp_write_and_replace(tmp_path):
     """A process that dies right before os.replace leaves the old point and a temp file readers skip."""
     child = _run_child(f"""
         import os
-        from lamina_bench import results
+
         from tests.lamina_bench.test_results import make_row, new_store
         from pathlib import Path
         store = new_store(Path({str(tmp_path)!r}))
         store.add_point(make_row(1))
-        results.os.replace = lambda src, dst: os._exit(9)   # die with the new temp file written
+        os.replace = lambda src, dst: os._exit(9)   # die with the new temp file written
         store.add_point(make_row(1, tbt_p50_ms=999.0), replace=True)
     """)
     assert child.wait(timeout=60) == 9, child.stderr.read().decode()
     folder = tmp_path / "run-a" / "points"
     assert any(name.endswith(".tmp") for name in os.listdir(folder))  # the crash left its temp file
     store = RunStore.open(tmp_path / "run-a")
-    (row,) = store.points().to_dict(orient="records")
-    assert row["tbt_p50_ms"] == 10.0  # the old, whole point
-    assert store.finished_point_ids() == {make_row(1)["point_id"]}
+    (row,) = store.rows()
+    assert row.value("tbt_p50_ms") == 10.0  # the old, whole point
+    assert store.finished_point_ids() == {make_row(1).point_id}
 
 
 def test_sigkill_while_adding_points_leaves_whole_points(tmp_path):
     child = _run_child(f"""
         from pathlib import Path
-        from lamina_bench.telemetry import TelemetrySample
+        from lamina_bench.results.telemetry import TelemetrySample
         from tests.lamina_bench.test_results import make_row, new_store
         store = new_store(Path({str(tmp_path)!r}))
         for i in range(1, 100_000):
@@ -272,12 +331,12 @@ def test_sigkill_while_adding_points_leaves_whole_points(tmp_path):
     child.send_signal(signal.SIGKILL)
     assert child.wait(timeout=30) == -signal.SIGKILL
     store = RunStore.open(tmp_path / "run-a")
-    frame = store.points()  # every stored point parses and validates
-    n = len(frame)
+    rows = store.rows()  # every stored point parses and validates
+    n = len(rows)
     assert n >= 30
-    assert sorted(frame["batch_size"].tolist()) == list(range(1, n + 1))  # no hole, no partial point
-    assert frame["throughput_tok_per_s"].tolist() == [100.0 + b for b in frame["batch_size"]]
-    assert store.finished_point_ids() == {make_row(i)["point_id"] for i in range(1, n + 1)}
+    assert sorted(r.batch_size for r in rows) == list(range(1, n + 1))  # no hole, no partial point
+    assert all(r == make_row(r.batch_size).replace(run_id="run-a", timestamp=r.timestamp) for r in rows)
+    assert store.finished_point_ids() == {make_row(i).point_id for i in range(1, n + 1)}
     telemetry = store.telemetry()
     assert len(telemetry) % 50 == 0 and len(telemetry) // 50 in (n - 1, n)  # whole parts only
     store.finalize()  # a killed run can still be consolidated
@@ -298,11 +357,13 @@ def test_merge_two_shards_equals_union(tmp_path):
     shard1.add_telemetry([TelemetrySample(0, 2.0, 0.0, power_w=2.0)])
     merged = merge_runs([shard0.path, shard1.path], tmp_path / "merged", argv=["lamina-bench", "merge"])
 
-    union = {r["point_id"]: r for s in (shard0, shard1) for r in s.points().to_dict(orient="records")}
+    union = {r.point_id: r for s in (shard1, shard0) for r in s.rows()}  # shard0's point 5 wins
+    rows = RunStore.open(merged.path).rows()
+    assert {r.point_id: r for r in rows} == union  # whole rows, provenance (run_id) kept
+    assert sorted(r.batch_size for r in rows) == [1, 2, 3, 4, 5]
+    assert {r.run_id for r in rows} == {"shard0", "shard1"}
     frame = pd.read_parquet(merged.path / "points.parquet")
-    assert sorted(frame["point_id"]) == sorted(union) and len(frame) == 5
-    assert sorted(frame["batch_size"]) == [1, 2, 3, 4, 5]
-    assert set(frame["run_id"]) == {"shard0", "shard1"}  # provenance kept
+    assert sorted(frame["point_id"]) == sorted(union) and set(frame["run_id"]) == {"shard0", "shard1"}
     assert sorted(merged.telemetry()["power_w"]) == [1.0, 2.0]
     manifest = json.loads((merged.path / "manifest.json").read_text())
     assert [m["run_id"] for m in manifest["merged_from"]] == ["shard0", "shard1"]
@@ -313,10 +374,14 @@ def test_merge_conflicting_duplicate_is_an_error(tmp_path):
     shard0, shard1 = new_store(tmp_path, "shard0"), new_store(tmp_path, "shard1")
     shard0.add_point(make_row(1))
     shard1.add_point(make_row(1, throughput_tok_per_s=50.0))
-    with pytest.raises(
-        UserInputError, match=r"differs between .*shard0 and .*shard1 in throughput_tok_per_s"
-    ):
+    message = r"point \w{16} differs between .*shard0 and .*shard1 in throughput_tok_per_s$"
+    with pytest.raises(UserInputError, match=message):
         merge_runs([shard0.path, shard1.path], tmp_path / "merged")
+    assert not (tmp_path / "merged").exists()
+    shard2 = new_store(tmp_path, "shard2")  # a setting or pool part only one side has is named too
+    shard2.add_point(make_row(1, settings={"arrival": "poisson"}, pools={"compute": {"idle_ms": 1.0}}))
+    with pytest.raises(UserInputError, match=r"shard2 in settings.arrival, pools.compute.idle_ms$"):
+        merge_runs([shard0.path, shard2.path], tmp_path / "merged")
 
 
 # ---- median and its confidence interval ---------------------------------------------------------------
@@ -351,23 +416,31 @@ def test_median_ci95_coverage_against_simulation():
 
 def test_aggregate_repeats():
     runs = [
-        make_row(1, repeat=r, throughput_tok_per_s=t, wall_s=1.0)
+        make_row(1, repeat=r, throughput_tok_per_s=t, mean_batch_size=1.0, wall_s=1.0)
         for r, t in enumerate([10, 30, 20, 50, 40, 60])
     ]
     failed = make_row(1, repeat=6, status="failed", error="boom", throughput_tok_per_s=None)
     agg = aggregate_repeats([*runs, failed], point_id({"aggregate": 1}))
-    row = normalize_point(agg)  # a valid points row
-    assert row["repeat"] is None and row["repeats"] == 6 and row["status"] == "ok"
-    assert row["throughput_tok_per_s"] == 35.0  # median of 10..60
-    assert (row["throughput_tok_per_s_ci_low"], row["throughput_tok_per_s_ci_high"]) == (10.0, 60.0)
-    assert row["tbt_p50_ms"] == 10.0 and row["tbt_p50_ms_ci_low"] == 10.0
-    assert row["energy_j"] is None and row["energy_j_ci_low"] is None  # no values: missing, not 0
-    assert row["wall_s"] == 7.5  # every repeat's time, the failed one's 1.5 s included
-    assert json.loads(row["extra_json"]) == {"failed_repeats": 1, "first_error": "boom"}
-    assert {f"{m}_ci_low" for m in CI_METRICS} <= set(POINT_COLUMNS)
-    two = normalize_point(aggregate_repeats(runs[:2], point_id({"aggregate": 2})))
-    assert two["throughput_tok_per_s"] == 20.0 and two["throughput_tok_per_s_ci_low"] is None  # < 3 values
-    all_failed = aggregate_repeats([failed], point_id({"aggregate": 3}))
-    assert all_failed["status"] == "failed" and all_failed["error"] == "all 1 repeats failed: boom"
-    with pytest.raises(ValueError, match="rows differ in batch_size"):
-        aggregate_repeats([make_row(1), make_row(2)], point_id({"x": 1}))
+    assert PointRow.from_record(json.loads(json.dumps(agg.to_record()))) == agg  # a valid, storable row
+    assert agg.point_id == point_id({"aggregate": 1}) and agg.config() == runs[0].config()
+    assert agg.repeat is None and agg.repeats == 6 and agg.ok and agg.error is None
+    assert agg.value("throughput_tok_per_s") == 35.0  # median of 10..60
+    assert agg.interval("throughput_tok_per_s") == (10.0, 60.0)
+    assert agg.value("tbt_p50_ms") == 10.0 and agg.interval("tbt_p50_ms") == (10.0, 10.0)
+    assert agg.value("mean_batch_size") == 1.0 and agg.interval("mean_batch_size") is None  # no CI kept
+    assert agg.value("energy_j") is None and agg.interval("energy_j") is None  # no values: unknown, not 0
+    assert set(agg.metrics) == {"throughput_tok_per_s", "tbt_p50_ms", "mean_batch_size"}
+    assert set(agg.ci) == {"throughput_tok_per_s", "tbt_p50_ms"} and set(agg.ci) <= set(ci_metrics())
+    assert agg.wall_s == 7.5  # every repeat's time, the failed one's 1.5 s included
+    assert (agg.failed_repeats, agg.repeat_error) == (1, "boom")
+    two = aggregate_repeats(runs[:2], point_id({"aggregate": 2}))
+    assert two.value("throughput_tok_per_s") == 20.0 and two.ci == {}  # < 3 values: no CI
+    assert (two.failed_repeats, two.repeat_error) == (None, None)
+    all_failed = aggregate_repeats([failed, failed.replace(repeat=7)], point_id({"aggregate": 3}))
+    assert not all_failed.ok and all_failed.error == "all 2 repeats failed: boom"
+    assert all_failed.metrics == {} and all_failed.repeats == 0
+    for other in (make_row(2), make_row(1, profile="cpu-cpu"), make_row(1, source="derived")):
+        with pytest.raises(ValueError, match="rows differ in configuration, source or profile"):
+            aggregate_repeats([make_row(1), other], point_id({"x": 1}))
+    with pytest.raises(ValueError, match="no rows"):
+        aggregate_repeats([], point_id({"x": 1}))

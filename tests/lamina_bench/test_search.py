@@ -4,31 +4,37 @@ import json
 
 import pytest
 
-from lamina_bench import cli, cost
+from lamina_bench import cli
+from lamina_bench.catalog.devices import DeviceMix, get_device, parse_mix
+from lamina_bench.catalog.models import get_model
+from lamina_bench.catalog.workloads import load_trace
 from lamina_bench.errors import UserInputError
-from lamina_bench.hardware import DeviceMix, get_device, parse_mix
-from lamina_bench.models import get_model
-from lamina_bench.search import search, search_table
-from lamina_bench.workloads import load_trace
+from lamina_bench.model.cost import (
+    equal_cost_homogeneous,
+    mixes_cost_usd_per_hour,
+    tokens_per_usd,
+    usd_per_mtok,
+)
+from lamina_bench.model.search import search, search_table
 
 
 def test_mix_cost_and_tokens_per_usd_by_hand():
     # paper prices: H100 $11.06/h, H20 $4.63/h
-    assert cost.mixes_cost_usd_per_hour(parse_mix("2xH100"), parse_mix("4xH20")) == pytest.approx(40.64)
-    assert cost.mixes_cost_usd_per_hour(parse_mix("4xH100"), None) == pytest.approx(44.24)
+    assert mixes_cost_usd_per_hour(parse_mix("2xH100"), parse_mix("4xH20")) == pytest.approx(40.64)
+    assert mixes_cost_usd_per_hour(parse_mix("4xH100"), None) == pytest.approx(44.24)
     # 1,000 tok/s for an hour = 3.6 M tokens for $40 -> 90,000 tok/$, $11.11 per M tokens
-    assert cost.tokens_per_usd(1000.0, 40.0) == pytest.approx(90_000)
-    assert cost.usd_per_mtok(1000.0, 40.0) == pytest.approx(40 / 3.6)
-    assert cost.tokens_per_usd(1000.0, None) is None
-    assert cost.mixes_cost_usd_per_hour(DeviceMix(1, get_device("L20"))) is None  # no price: n/a, not 0
+    assert tokens_per_usd(1000.0, 40.0) == pytest.approx(90_000)
+    assert usd_per_mtok(1000.0, 40.0) == pytest.approx(40 / 3.6)
+    assert tokens_per_usd(1000.0, None) is None
+    assert mixes_cost_usd_per_hour(DeviceMix(1, get_device("L20"))) is None  # no price: n/a, not 0
 
 
 def test_equal_cost_homogeneous_matches_the_paper():
-    assert str(cost.equal_cost_homogeneous(parse_mix("1xH100"), parse_mix("2xH20"))) == "2xH100"
-    assert str(cost.equal_cost_homogeneous(parse_mix("2xH100"), parse_mix("4xH20"))) == "4xH100"
-    assert str(cost.equal_cost_homogeneous(parse_mix("2xH100"), parse_mix("4xH20"), "H20")) == "8xH20"
+    assert str(equal_cost_homogeneous(parse_mix("1xH100"), parse_mix("2xH20"))) == "2xH100"
+    assert str(equal_cost_homogeneous(parse_mix("2xH100"), parse_mix("4xH20"))) == "4xH100"
+    assert str(equal_cost_homogeneous(parse_mix("2xH100"), parse_mix("4xH20"), "H20")) == "8xH20"
     with pytest.raises(UserInputError, match="no price"):
-        cost.equal_cost_homogeneous(parse_mix("1xH100"), parse_mix("2xL20"))
+        equal_cost_homogeneous(parse_mix("1xH100"), parse_mix("2xL20"))
 
 
 @pytest.fixture(scope="module")

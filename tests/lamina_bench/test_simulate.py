@@ -6,12 +6,18 @@ import numpy as np
 import pytest
 
 from lamina_bench import cli
-from lamina_bench import simulate as sim
+from lamina_bench.catalog.devices import parse_mix
+from lamina_bench.catalog.models import get_model, spec_from_hf_config
+from lamina_bench.catalog.workloads import load_trace, poisson_arrivals, synthetic_trace
 from lamina_bench.errors import UserInputError
-from lamina_bench.hardware import parse_mix
-from lamina_bench.models import get_model
-from lamina_bench.perfmodel import DeviceModel
-from lamina_bench.workloads import load_trace, synthetic_trace
+from lamina_bench.model.iteration import iteration_model
+from lamina_bench.model.operators import DeviceModel
+from lamina_bench.model.paper import paper_comparisons
+from lamina_bench.model.reference import ReferenceRun, predict_reference_run
+from lamina_bench.model.replay import replay
+from lamina_bench.model.simulator import simulate
+from lamina_bench.model.system import SystemConfig, memory_plan
+from lamina_bench.report.text import comparisons_markdown
 from tests.lamina_bench.test_perfmodel import TINY, make_profile
 
 LLAMA3_70B = get_model("llama3-70b")
@@ -32,7 +38,7 @@ def affine_time(batch, sum_context):
 
 def run(prompts, outputs, arrivals=None, capacity=10**9, time_fn=const_time, cap=None):
     arrivals = np.zeros(len(prompts)) if arrivals is None else np.asarray(arrivals, dtype=float)
-    return sim.replay(np.array(prompts), np.array(outputs), arrivals, capacity, time_fn, cap,
+    return replay(np.array(prompts), np.array(outputs), arrivals, capacity, time_fn, cap,
                       follow_arrivals=arrivals.any())  # fmt: skip
 
 
@@ -116,7 +122,7 @@ def test_replay_matches_naive_reference(seed, follow):
     capacity = int(rng.integers(300, 3000))
     cap = int(rng.integers(2, 20)) if seed % 2 else None
     rows, done = naive_replay(prompt, output, arrival, capacity, affine_time, cap, follow)
-    rep = sim.replay(prompt, output, arrival, capacity, affine_time, cap, follow_arrivals=follow)
+    rep = replay(prompt, output, arrival, capacity, affine_time, cap, follow_arrivals=follow)
     np.testing.assert_array_equal(rep.batch, rows[:, 0])
     np.testing.assert_array_equal(rep.sum_context, rows[:, 1])
     np.testing.assert_allclose(rep.start_s, rows[:, 2], rtol=1e-9, atol=1e-12)
@@ -132,15 +138,15 @@ def test_replay_matches_naive_reference(seed, follow):
 def test_invariants(system, arrival):
     trace = synthetic_trace(300, (100, 3000), (1, 400), rate_per_s=20.0, seed=3)
     if system == "lamina":
-        config = sim.SystemConfig("lamina", LLAMA3_70B, parse_mix("2xH100"), parse_mix("1xH20"))
+        config = SystemConfig("lamina", LLAMA3_70B, parse_mix("2xH100"), parse_mix("1xH20"))
     else:
-        config = sim.SystemConfig("homogeneous", LLAMA3_70B, parse_mix("2xH100"))
-    capacity = sim.memory_plan(config).kv_capacity_tokens
-    model = sim.iteration_model(config)
-    arrivals = trace.arrival_s if arrival != "poisson" else sim.poisson_arrivals(len(trace), 20.0, 0)
-    rep = sim.replay(trace.prompt_len, trace.output_len, arrivals, capacity, model.time_s,
+        config = SystemConfig("homogeneous", LLAMA3_70B, parse_mix("2xH100"))
+    capacity = memory_plan(config).kv_capacity_tokens
+    model = iteration_model(config)
+    arrivals = trace.arrival_s if arrival != "poisson" else poisson_arrivals(len(trace), 20.0, 0)
+    rep = replay(trace.prompt_len, trace.output_len, arrivals, capacity, model.time_s,
                      follow_arrivals=arrival != "saturate")  # fmt: skip
-    result = sim.simulate(config, trace, arrival=arrival, rate_per_s=20.0)
+    result = simulate(config, trace, arrival=arrival, rate_per_s=20.0)
     assert result.requests == len(trace) and result.rejected_requests == 0
     assert result.generated_tokens == int(trace.output_len.sum()) == int(rep.batch.sum())
     assert rep.kv_reserved_tokens.max() <= capacity and result.kv_peak_tokens <= capacity
@@ -154,18 +160,16 @@ def test_invariants(system, arrival):
 
 def test_deterministic_for_a_seed():
     trace = load_trace("azure-code").head(500)
-    config = sim.SystemConfig("lamina", LLAMA3_70B, parse_mix("2xH100"), parse_mix("4xH20"))
-    a = sim.simulate(config, trace, arrival="poisson", rate_per_s=3.0, seed=7)
-    b = sim.simulate(config, trace, arrival="poisson", rate_per_s=3.0, seed=7)
-    c = sim.simulate(config, trace, arrival="poisson", rate_per_s=3.0, seed=8)
+    config = SystemConfig("lamina", LLAMA3_70B, parse_mix("2xH100"), parse_mix("4xH20"))
+    a = simulate(config, trace, arrival="poisson", rate_per_s=3.0, seed=7)
+    b = simulate(config, trace, arrival="poisson", rate_per_s=3.0, seed=7)
+    c = simulate(config, trace, arrival="poisson", rate_per_s=3.0, seed=8)
     assert a == b and a != c
 
 
 def test_lamina_timing_composition_by_hand():
-    config = sim.SystemConfig(
-        "lamina", LLAMA3_70B, parse_mix("2xH100"), parse_mix("4xH20"), pipeline_batches=1
-    )
-    model = sim.iteration_model(config)
+    config = SystemConfig("lamina", LLAMA3_70B, parse_mix("2xH100"), parse_mix("4xH20"), pipeline_batches=1)
+    model = iteration_model(config)
     c, a, L = model.compute, model.attention, 80
     b, s = 200.0, 200.0 * 1500
     t_m = c.dense_layer(LLAMA3_70B, "fp16", b, 2).time_s + 2 * c.allreduce(b * 8192 * 2, 2).time_s
@@ -175,7 +179,7 @@ def test_lamina_timing_composition_by_hand():
     head = c.head(LLAMA3_70B, "fp16", b, 2).time_s
     assert float(model.time_s(b, s)) == pytest.approx(L * (t_m + t_a + t_n) + head)
     # ping-pong: two micro-batches of 100; the compute pool is busy 2 x t_m(100) per layer
-    pp = sim.iteration_model(sim.SystemConfig("lamina", LLAMA3_70B, parse_mix("2xH100"), parse_mix("4xH20")))
+    pp = iteration_model(SystemConfig("lamina", LLAMA3_70B, parse_mix("2xH100"), parse_mix("4xH20")))
     t_m2 = c.dense_layer(LLAMA3_70B, "fp16", 100, 2).time_s + 2 * c.allreduce(100 * 8192 * 2, 2).time_s
     t_a2 = a.attention_layer(LLAMA3_70B, "fp16", 100, s / 2, 0.25).time_s
     t_n2 = 2 * 10e-6 + 100 * 36_864 / (2 * 400e9 / 8 * 0.9)
@@ -185,21 +189,19 @@ def test_lamina_timing_composition_by_hand():
 
 def test_rotational_pipelining_uses_replicas():
     # 4 H100 as 2 replicas of TP2 with 3 batches: each replica sees 3/2 micro-batches per cycle
-    config = sim.SystemConfig(
-        "lamina", LLAMA3_70B, parse_mix("4xH100"), parse_mix("4xH20"), pipeline_batches=3
-    )
+    config = SystemConfig("lamina", LLAMA3_70B, parse_mix("4xH100"), parse_mix("4xH20"), pipeline_batches=3)
     assert (config.replicas, config.tp) == (2, 2)
     with pytest.raises(UserInputError, match="3 equal replicas"):
-        sim.SystemConfig("lamina", LLAMA3_70B, parse_mix("4xH100"), parse_mix("4xH20"), pipeline_batches=4)
+        SystemConfig("lamina", LLAMA3_70B, parse_mix("4xH100"), parse_mix("4xH20"), pipeline_batches=4)
 
 
 def test_paper_setups_have_equal_cost_and_table_renders():
-    rows = sim.paper_comparisons(requests=150)
+    rows = paper_comparisons(requests=150)
     assert len(rows) == 9
     for c in rows:
         assert c.homogeneous.cost_usd_per_hour in (pytest.approx(22.12), pytest.approx(44.24))
         assert c.lamina.cost_usd_per_hour in (pytest.approx(20.32), pytest.approx(40.64))
-    table = sim.comparisons_markdown(rows)
+    table = comparisons_markdown(rows)
     assert sum(line.startswith("| llama") for line in table.splitlines()) == 9
     assert "| llama3-70b | kimi-conv | 4xH100 | 2xH100+4xH20 |" in table and "profile: roofline" in table
 
@@ -207,8 +209,8 @@ def test_paper_setups_have_equal_cost_and_table_renders():
 def test_reference_run_prediction_by_hand():
     prof = make_profile()
     dm = DeviceModel(None, prof)
-    run_h = sim.ReferenceRun(TINY, "homogeneous", batch_size=4, context_len=32, decode_steps=3)
-    pred = sim.predict_reference_run(prof, run_h)
+    run_h = ReferenceRun(TINY, "homogeneous", batch_size=4, context_len=32, decode_steps=3)
+    pred = predict_reference_run(prof, run_h)
     ctx = 4 * (32 + np.arange(3))
     per_step = (
         2 * (dm.dense_layer(TINY, "fp32", 4).time_s + dm.attention_layer(TINY, "fp32", 4, ctx).time_s)
@@ -217,19 +219,19 @@ def test_reference_run_prediction_by_hand():
     assert pred.mean_tbt_s == pytest.approx(float(per_step.mean()))
     assert pred.throughput_tok_per_s == pytest.approx(12 / float(per_step.sum()))
     assert (pred.source, pred.profile) == ("modeled", "cpu-cpu")
-    lam = sim.predict_reference_run(prof, sim.ReferenceRun(TINY, "lamina", 4, 32, 3, attention_workers=2,
+    lam = predict_reference_run(prof, ReferenceRun(TINY, "lamina", 4, 32, 3, attention_workers=2,
                                                            pipeline_batches=2))  # fmt: skip
     assert lam.throughput_tok_per_s > 0
 
 
 def test_spec_from_hf_config():
-    from lamina_bench.models import hf_config
+    from lamina_bench.catalog.models import hf_config
 
-    spec = sim.spec_from_hf_config(hf_config(LLAMA3_70B), "llama3-70b")
+    spec = spec_from_hf_config(hf_config(LLAMA3_70B), "llama3-70b")
     for field in ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "head_dim", "intermediate_size"):
         assert getattr(spec, field) == getattr(LLAMA3_70B, field)
     with pytest.raises(UserInputError, match="hidden_size"):
-        sim.spec_from_hf_config({"model_type": "llama"})
+        spec_from_hf_config({"model_type": "llama"})
 
 
 # ---- CLI --------------------------------------------------------------------------------------------
@@ -280,10 +282,10 @@ def test_cli_unknown_trace(capsys):
 
 
 def test_attention_pool_cannot_exceed_the_kv_heads():
+    from lamina_bench.catalog.devices import parse_mix
+    from lamina_bench.catalog.models import get_model
     from lamina_bench.errors import UserInputError
-    from lamina_bench.hardware import parse_mix
-    from lamina_bench.models import get_model
-    from lamina_bench.simulate import SystemConfig
+    from lamina_bench.model.system import SystemConfig
 
     spec = get_model("llama3-70b")  # 8 KV heads
     SystemConfig("lamina", spec, parse_mix("2xH100"), parse_mix("8xH20"))

@@ -16,16 +16,10 @@ from dataclasses import dataclass, field
 import pytest
 
 from lamina_bench.errors import UserInputError
-from lamina_bench.telemetry import (
-    METRICS,
-    TELEMETRY_COLUMNS,
-    TelemetrySample,
-    TelemetrySampler,
-    WindowSummary,
-    combine_summaries,
-    samples_frame,
-    summarize_window,
-)
+from lamina_bench.measure.nvml import TelemetrySampler
+from lamina_bench.measure.telemetry import WindowSummary, combine_summaries, summarize_window
+from lamina_bench.results.telemetry import TELEMETRY_COLUMNS, TelemetrySample, samples_frame
+from lamina_bench.results.telemetry import TELEMETRY_METRICS as METRICS
 
 INTERVAL_S = 0.01
 

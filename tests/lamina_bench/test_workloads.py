@@ -7,8 +7,8 @@ import time
 import numpy as np
 import pytest
 
+from lamina_bench.catalog.workloads import TRACE_DIR, TRACES, load_trace, poisson_arrivals, synthetic_trace
 from lamina_bench.errors import UserInputError
-from lamina_bench.workloads import TRACE_DIR, TRACES, load_trace, poisson_arrivals, synthetic_trace
 
 # requests, mean prompt, mean generated: the table of lamina_bench/data/traces/README.md
 PUBLISHED = {
@@ -133,7 +133,7 @@ def test_synthetic_errors(kwargs, message):
 
 
 def test_trace_validation():
-    from lamina_bench.workloads import Trace
+    from lamina_bench.catalog.workloads import Trace
 
     ok = dict(
         name="t", arrival_s=np.zeros(2), prompt_len=np.ones(2, np.int64), output_len=np.ones(2, np.int64)
