@@ -25,6 +25,7 @@ from typing import Protocol
 import torch
 
 from reference_impl.errors import ConfigError
+from reference_impl.kv_cache import DEFAULT_BLOCK_SIZE, PagedKVCache
 
 
 @dataclass(frozen=True)
@@ -272,9 +273,9 @@ class HomogeneousExecutor:
     diverge, even when sampling with a temperature.
     """
 
-    def __init__(self, model, num_blocks: int, block_size: int = 16, backend: str = "auto", group=None):
-        from reference_impl.kv_cache import PagedKVCache
-
+    def __init__(
+        self, model, num_blocks: int, block_size: int = DEFAULT_BLOCK_SIZE, backend: str = "auto", group=None
+    ):
         cfg = model.config
         param = next(model.parameters())
         self.model = model

@@ -48,7 +48,7 @@ import torch.distributed as dist
 from reference_impl.distributed import free_port, pin_gloo_to_loopback
 from reference_impl.engine import Engine, EngineRun, Request, SamplingParams, blocks_for_requests
 from reference_impl.errors import ConfigError
-from reference_impl.kv_cache import PagedKVCache
+from reference_impl.kv_cache import DEFAULT_BLOCK_SIZE, PagedKVCache
 from reference_impl.launch import (
     DTYPES,
     check_common_options,
@@ -96,7 +96,7 @@ class LaminaConfig:
     attention_split: bool = False  # attention over cached tokens starts on q; the new token merged after
     device: str = "cpu"
     dtype: str = "fp32"
-    block_size: int = 16
+    block_size: int = DEFAULT_BLOCK_SIZE
     num_blocks: int | None = None  # per attention worker; None: enough for every request at once
     max_batch_size: int | None = None
     temperature: float = 0.0
@@ -1124,7 +1124,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attention-split", action="store_true")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="fp32")
-    p.add_argument("--block-size", type=int, default=16)
+    p.add_argument("--block-size", type=int, default=DEFAULT_BLOCK_SIZE)
     p.add_argument("--num-blocks", type=int, default=None)
     p.add_argument("--max-batch-size", type=int, default=None)
     p.add_argument("--ignore-eos", action="store_true")

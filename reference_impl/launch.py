@@ -30,6 +30,7 @@ from reference_impl.engine import (
     blocks_for_requests,
 )
 from reference_impl.errors import ConfigError
+from reference_impl.kv_cache import DEFAULT_BLOCK_SIZE
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 SYSTEMS = ("homogeneous",)
@@ -43,7 +44,7 @@ class GenerateConfig:
     tp: int = 1
     device: str = "cpu"
     dtype: str = "fp32"
-    block_size: int = 16
+    block_size: int = DEFAULT_BLOCK_SIZE
     num_blocks: int | None = None  # None: enough for every request at once
     max_batch_size: int | None = None
     temperature: float = 0.0

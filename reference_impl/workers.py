@@ -40,9 +40,9 @@ from enum import IntEnum
 import torch
 
 from reference_impl.attention import decode_attention, merge_attention, prefill_attention_ref
-from reference_impl.attention.context import BatchMetadata, PagedAttention
+from reference_impl.attention.context import PagedAttention
 from reference_impl.errors import ConfigError
-from reference_impl.kv_cache import PagedKVCache
+from reference_impl.kv_cache import BatchMetadata, PagedKVCache
 from reference_impl.pipeline import ATTENTION_POOL, compute_replica, pipeline_mode, schedule
 
 COMPUTE = "compute"
