@@ -461,8 +461,8 @@ def bind_tp_group(model, group) -> None:
 
 
 def build_worker(rank: int, cfg: LaminaConfig, model_cfg, num_blocks: int, tp_group, device: torch.device):
+    from reference_impl.checkpoint import load_model
     from reference_impl.converter import split_model
-    from reference_impl.model import load_model
 
     layout = cfg.layout
     routing = _routing(cfg, model_cfg)
@@ -896,7 +896,7 @@ def serve_rank(
     epoch > 0 starts a replacement that joins the run at that epoch. local: every rank runs on this
     machine (the spawning launcher), so rank 0 can kill and replace dead ranks.
     """
-    from reference_impl.model import read_config
+    from reference_impl.checkpoint import read_config
 
     if threads is not None:
         torch.set_num_threads(threads)
@@ -1017,7 +1017,7 @@ def _first_report(queue, rank0) -> tuple[str, object]:
 
 
 def _run_threads(cfg: LaminaConfig, requests: list[Request]) -> LaminaRun:
-    from reference_impl.model import read_config
+    from reference_impl.checkpoint import read_config
     from reference_impl.transport import InProcessTransport
 
     model_cfg = read_config(cfg.model_dir)
@@ -1057,7 +1057,7 @@ def _run_threads(cfg: LaminaConfig, requests: list[Request]) -> LaminaRun:
 
 def generate_lamina(cfg: LaminaConfig, requests: Sequence[Request]) -> LaminaRun:
     """Serves `requests` with A compute + B attention workers (processes on this machine, or threads)."""
-    from reference_impl.model import read_config
+    from reference_impl.checkpoint import read_config
 
     requests = list(requests)
     if not requests:
@@ -1095,7 +1095,7 @@ def _torchrun_env() -> tuple[int, int, str, int]:
 
 
 def _torchrun_rank(cfg: LaminaConfig, prompts: str) -> LaminaRun | None:
-    from reference_impl.model import read_config
+    from reference_impl.checkpoint import read_config
 
     rank, world, master_addr, master_port = _torchrun_env()
     if world != cfg.layout.world_size:

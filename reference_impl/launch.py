@@ -186,7 +186,7 @@ def serve_homogeneous(
     cfg: GenerateConfig, requests: list[Request], tp_rank: int = 0, group=None, device: str | None = None
 ) -> EngineRun:
     """Loads this rank's shard and serves every request; every rank of a TP group calls this."""
-    from reference_impl.model import load_model
+    from reference_impl.checkpoint import load_model
 
     model = load_model(
         cfg.model_dir,

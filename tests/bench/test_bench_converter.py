@@ -13,8 +13,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "reference_impl"))  # tiny_models
 from tiny_models import build_tiny_model  # noqa: E402
 
+from reference_impl.checkpoint import load_model  # noqa: E402
 from reference_impl.converter import split_model  # noqa: E402
-from reference_impl.model import load_model  # noqa: E402
 
 
 @pytest.fixture(scope="module")

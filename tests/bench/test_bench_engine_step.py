@@ -16,8 +16,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "reference_impl"))  # tiny_models
 from tiny_models import build_tiny_model  # noqa: E402
 
+from reference_impl.checkpoint import load_model  # noqa: E402
 from reference_impl.engine import HomogeneousExecutor  # noqa: E402
-from reference_impl.model import load_model  # noqa: E402
 
 BATCH, PROMPT_LEN = 8, 64
 

@@ -187,8 +187,8 @@ def split_forward(split):
 
 
 def _tp_result(path: str, rank: int, world_size: int) -> dict:
+    from reference_impl.checkpoint import load_model
     from reference_impl.converter import split_model
-    from reference_impl.model import load_model
 
     model = load_model(path, tp_rank=rank, tp_size=world_size)
     split = split_model(model)  # the converter must cope with TP models too (all-reduce inside a leaf)
