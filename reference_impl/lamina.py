@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import json
 import os
 import signal
 import sys
@@ -45,19 +44,15 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 import torch.distributed as dist
 
+from reference_impl.config import check_common_options
 from reference_impl.distributed import free_port, pin_gloo_to_loopback
-from reference_impl.engine import Engine, EngineRun, Request, SamplingParams, blocks_for_requests
+from reference_impl.dtypes import DTYPES
+from reference_impl.engine import Engine, EngineRun, Request, SamplingParams, run_summary
 from reference_impl.errors import ConfigError
+from reference_impl.kv_accounting import blocks_for_requests
 from reference_impl.kv_cache import DEFAULT_BLOCK_SIZE, PagedKVCache
-from reference_impl.launch import (
-    DTYPES,
-    check_common_options,
-    check_vocab,
-    read_prompts,
-    run_summary,
-    sampling_params,
-)
 from reference_impl.parallel import RowParallelLinear
+from reference_impl.prompts import check_vocab, print_completions, read_prompts, sampling_params
 from reference_impl.workers import (
     ATTENTION,
     CATEGORIES,
@@ -1156,9 +1151,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if run is None:
         return 0  # a worker rank under torchrun: rank 0 prints
-    for c in run.completions:
-        print(json.dumps({"prompt_ids": list(c.prompt_ids), "output_ids": list(c.output_ids)}))
-    print(json.dumps({"summary": run.summary()}), file=sys.stderr)
+    print_completions(run.completions, run.summary())
     return 0
 
 

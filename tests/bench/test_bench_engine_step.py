@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "reference_impl")) 
 from tiny_models import build_tiny_model  # noqa: E402
 
 from reference_impl.checkpoint import load_model  # noqa: E402
-from reference_impl.engine import HomogeneousExecutor  # noqa: E402
+from reference_impl.homogeneous import HomogeneousExecutor  # noqa: E402
 
 BATCH, PROMPT_LEN = 8, 64
 

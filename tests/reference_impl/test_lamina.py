@@ -19,11 +19,12 @@ from pathlib import Path
 import pytest
 from tiny_models import build_tiny_hf_model, build_tiny_model, hf_logits
 
+from reference_impl.config import GenerateConfig
 from reference_impl.distributed import free_port
 from reference_impl.engine import Request
 from reference_impl.errors import ConfigError
+from reference_impl.homogeneous import generate
 from reference_impl.lamina import LaminaConfig, generate_lamina
-from reference_impl.launch import GenerateConfig, generate
 from reference_impl.transport import HEADER_BYTES
 
 KINDS = ("llama31-gqa", "opt")  # GQA (G = 2, 3 layers) and MHA (G = 1, 2 layers); d = 64, fp32

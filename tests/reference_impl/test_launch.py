@@ -1,4 +1,4 @@
-"""reference_impl.launch: prompt files, eos ids and the options both systems share (no model runs)."""
+"""Prompt files, eos ids and the options both systems share (no model runs)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import json
 import pytest
 import torch
 
+from reference_impl.config import GenerateConfig, check_common_options
 from reference_impl.errors import ConfigError
-from reference_impl.launch import GenerateConfig, check_common_options, read_prompts, stop_token_ids
+from reference_impl.prompts import read_prompts, stop_token_ids
 
 
 def _prompts(tmp_path, *lines: str):
