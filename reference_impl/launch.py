@@ -11,10 +11,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from reference_impl.config import SYSTEMS, GenerateConfig
+from reference_impl.config import GenerateConfig
 from reference_impl.engine import run_summary
 from reference_impl.errors import ConfigError
 from reference_impl.homogeneous import generate
+from reference_impl.options import add_generate_arguments, config_from_args
 from reference_impl.prompts import print_completions, read_prompts
 
 
@@ -22,18 +23,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m reference_impl.launch", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("--model-dir", required=True)
-    parser.add_argument("--prompts", required=True)
-    parser.add_argument("--system", default="homogeneous", choices=SYSTEMS)
-    parser.add_argument("--tp", type=int, default=1)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="fp32")
+    add_generate_arguments(parser, systems=("homogeneous",))
     args = parser.parse_args(argv)
     try:
-        cfg = GenerateConfig(
-            model_dir=args.model_dir, system=args.system, tp=args.tp, device=args.device, dtype=args.dtype
-        )
-        run = generate(cfg, read_prompts(args.prompts))
+        run = generate(config_from_args(GenerateConfig, args), read_prompts(args.prompts))
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
