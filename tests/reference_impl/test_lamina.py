@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from tiny_models import build_tiny_hf_model, build_tiny_model, hf_logits
 
 from reference_impl.config import GenerateConfig
 from reference_impl.distributed import free_port
@@ -27,6 +26,7 @@ from reference_impl.homogeneous import generate
 from reference_impl.lamina import LaminaConfig, generate_lamina
 from reference_impl.lamina.__main__ import main
 from reference_impl.transport import HEADER_BYTES
+from tests.reference_impl.tiny_models import build_tiny_hf_model, build_tiny_model, hf_logits
 
 KINDS = ("llama31-gqa", "opt")  # GQA (G = 2, 3 layers) and MHA (G = 1, 2 layers); d = 64, fp32
 

@@ -7,20 +7,21 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
-from tiny_models import (
+
+from reference_impl.checkpoint import config_from_hf, hf_param_name, load_model
+from reference_impl.errors import ConfigError
+from reference_impl.model import Llama3RopeScaling, rope_inv_freq
+from tests.reference_impl.tiny_models import (
     KINDS,
     build_tiny_hf_model,
     build_tiny_model,
+    causal_attention,
     free_port,
     hf_logits,
     run_script,
     script_steps,
     tp_worker,
 )
-
-from reference_impl.checkpoint import config_from_hf, hf_param_name, load_model
-from reference_impl.errors import ConfigError
-from reference_impl.model import Llama3RopeScaling, rope_inv_freq
 
 
 @pytest.fixture(scope="module")
@@ -133,8 +134,6 @@ def test_arbitrary_positions_match_hf(ckpts, kind):
 
     class Fresh:  # attention over this chunk only, so HF's position_ids path is the exact reference
         def attend(self, q, k, v, layer):
-            from tiny_models import causal_attention
-
             return causal_attention(q, k, v)
 
     with torch.no_grad():
