@@ -33,7 +33,12 @@ def add_generate_arguments(parser: argparse.ArgumentParser, systems: Sequence[st
     add("--prompts", required=True, help='JSONL prompt file, one {"prompt_ids": [...], "max_new_tokens": N}')
     if "homogeneous" in systems:
         add("--system", default=homogeneous["system"], help="homogeneous (baseline) | lamina")
-        add("--tp", type=int, default=homogeneous["tp"], help="homogeneous: tensor-parallel processes")
+        add(
+            "--tp",
+            type=int,
+            default=homogeneous["tp"],
+            help="homogeneous: tensor-parallel processes for the dense part",
+        )
     if "lamina" in systems:
         add(
             "--compute-workers",
