@@ -1,9 +1,11 @@
 """Decode engines with continuous batching over a paged KV cache.
 
 `Engine` owns the requests: admission, sampling, retirement, per-iteration timing. How a batch is run
-is an `Executor`'s business: `HomogeneousExecutor` runs the whole model on one device (or one tensor-
-parallel group), the baseline every Lamina number is compared with; the Lamina runtime supplies an
-executor that ships attention to attention workers. Both see exactly the same scheduling.
+is an `Executor`'s business: `homogeneous.HomogeneousExecutor` runs the whole model on one device (or
+one tensor-parallel group), the baseline every Lamina number is compared with; the Lamina runtime
+supplies an executor that ships attention to attention workers (`lamina.executor.LaminaExecutor`).
+Both see exactly the same scheduling, and both answer the engine's KV questions the same way
+(kv_accounting.py).
 
 Scheduling policy (stated, so the simulator can copy it): requests are admitted first-come first-served
 once they have arrived; a request is admitted only when the KV cache can reserve its prompt plus
@@ -16,6 +18,7 @@ retired at once, so it is never decoded.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -105,6 +108,23 @@ class EngineRun:
     def mean_decode_batch(self) -> float | None:
         batches = [it.decode_seqs for it in self.iterations if it.decode_seqs]
         return sum(batches) / len(batches) if batches else None
+
+
+def run_summary(run: EngineRun) -> dict:
+    """Timing summary of a run (measured on this machine), for --json output."""
+    decode_tok_per_s = run.decode_tokens / run.decode_s if run.decode_s > 0 else math.nan
+    return {
+        "source": "measured",
+        "requests": len(run.completions),
+        "generated_tokens": run.generated_tokens,
+        "iterations": len(run.iterations),
+        "wall_s": run.wall_s,
+        "decode_tokens": run.decode_tokens,
+        "decode_s": run.decode_s,
+        "decode_tok_per_s": decode_tok_per_s,
+        "mean_decode_batch": run.mean_decode_batch,
+        "max_waiting": max(it.waiting for it in run.iterations),
+    }
 
 
 class Executor(Protocol):
@@ -262,84 +282,3 @@ class Engine:
             admitted_step=seq.admitted_step,
             token_times_s=tuple(seq.token_times_s),
         )
-
-
-class HomogeneousExecutor:
-    """The whole model and its paged KV cache on one device, or one tensor-parallel group.
-
-    Under tensor parallelism every rank runs the same engine loop on its shard (same scheduling, same
-    cache layout with its local KV heads); `agree` broadcasts rank 0's sampled ids so the ranks never
-    diverge, even when sampling with a temperature.
-    """
-
-    def __init__(self, model, num_blocks: int, block_size: int = 16, backend: str = "auto", group=None):
-        from reference_impl.kv_cache import PagedKVCache
-
-        cfg = model.config
-        param = next(model.parameters())
-        self.model = model
-        self.backend = backend
-        self.group = group
-        self.max_position = cfg.max_position
-        self.cache = PagedKVCache(
-            num_layers=cfg.num_layers,
-            num_kv_heads=cfg.num_kv_heads // model.tp_size,
-            head_dim=cfg.head_dim,
-            num_blocks=num_blocks,
-            block_size=block_size,
-            dtype=param.dtype,
-            device=param.device,
-        )
-
-    def kv_capacity_tokens(self) -> int:
-        return self.cache.capacity_tokens
-
-    def kv_free_tokens(self) -> int:
-        return self.cache.free_tokens
-
-    def can_reserve(self, num_tokens: int) -> bool:
-        return self.cache.can_reserve(num_tokens)
-
-    def reserve(self, seq_id: int, num_tokens: int) -> None:
-        self.cache.reserve(seq_id, num_tokens)
-
-    def free(self, seq_id: int) -> None:
-        self.cache.free(seq_id)
-
-    @torch.inference_mode()
-    def forward(self, seq_ids: list[int], tokens: list[list[int]]) -> torch.Tensor:
-        from reference_impl.attention.context import PagedAttention
-
-        device = self.cache.k.device
-        query_lens = [len(t) for t in tokens]
-        meta = self.cache.prepare(seq_ids, query_lens)
-        input_ids = torch.tensor(
-            [t for chunk in tokens for t in chunk], dtype=torch.long, device=device
-        )  # (T,)
-        positions = torch.cat(
-            [
-                torch.arange(c - q, c, dtype=torch.long)
-                for q, c in zip(query_lens, meta.context_lens, strict=True)
-            ]
-        ).to(device)  # (T,)
-        hidden = self.model(
-            input_ids, positions, PagedAttention(self.cache, meta, backend=self.backend)
-        )  # (T, d)
-        last = (
-            torch.tensor(query_lens, device=device).cumsum(0) - 1
-        )  # (B,) index of each sequence's last token
-        return self.model.logits(hidden[last])  # (B, V) fp32
-
-    def agree(self, token_ids: torch.Tensor) -> torch.Tensor:
-        if self.group is None or self.model.tp_size == 1:
-            return token_ids
-        import torch.distributed as dist
-
-        token_ids = token_ids.to(self.cache.k.device).contiguous()
-        dist.broadcast(token_ids, src=dist.get_global_rank(self.group, 0), group=self.group)
-        return token_ids
-
-
-def blocks_for_requests(requests: Sequence[Request], block_size: int) -> int:
-    """KV blocks that serve every request at once (the default cache size: nothing waits for KV)."""
-    return sum(-(-(len(r.prompt_ids) + r.max_new_tokens) // block_size) for r in requests)

@@ -3,7 +3,8 @@
 The cache of every layer is split into fixed-size blocks of `block_size` token slots (vLLM's
 PagedAttention layout). A sequence owns a list of blocks, its *block table*; token t of the
 sequence lives in slot `table[t // block_size] * block_size + t % block_size`. Blocks are handed out
-from a free list, so a sequence's blocks are in general not contiguous.
+from a free list, so a sequence's blocks are in general not contiguous. `prepare` hands out the slots
+of a step's new tokens and returns their `BatchMetadata`, which the attention context reads.
 
 In Lamina (arXiv 2405.01814) this cache lives on the memory devices; its size in tokens bounds the
 decode batch, which is why capacity is exposed in tokens and bytes.
@@ -12,11 +13,54 @@ decode batch, which is why capacity is exposed in tokens and bytes.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
-from reference_impl.attention.context import BatchMetadata
 from reference_impl.errors import ConfigError
+
+DEFAULT_BLOCK_SIZE = 16  # tokens per KV block, the default of every cache and run option
+
+
+@dataclass(frozen=True)
+class BatchMetadata:
+    """Where this step's tokens go in the cache and what each sequence attends to."""
+
+    seq_ids: list
+    query_lens: list[int]  # new tokens per sequence this step (prompt chunk, or 1 when decoding)
+    context_lens: list[int]  # tokens in the cache after this step, new ones included
+    slot_mapping: torch.Tensor  # (T,) int64 flat slot block*block_size + offset of each new token
+    block_tables: torch.Tensor  # (B, max_blocks) int32, padded with block 0 (masked by seq_lens)
+    seq_lens: torch.Tensor  # (B,) int32 == context_lens
+
+    def __post_init__(self) -> None:
+        n = len(self.seq_ids)
+        if n == 0 or len(self.query_lens) != n or len(self.context_lens) != n:
+            raise ValueError(
+                f"need >= 1 sequence and one query_len/context_len each, got {n} ids, "
+                f"{len(self.query_lens)} query_lens, {len(self.context_lens)} context_lens"
+            )
+        if any(q < 1 or c < q for q, c in zip(self.query_lens, self.context_lens, strict=True)):
+            raise ValueError(
+                f"need 1 <= query_len <= context_len, got {self.query_lens} / {self.context_lens}"
+            )
+        if self.slot_mapping.shape != (self.num_tokens,):
+            raise ValueError(
+                f"slot_mapping must be ({self.num_tokens},), got {tuple(self.slot_mapping.shape)}"
+            )
+        if self.block_tables.dim() != 2 or self.block_tables.shape[0] != n or self.seq_lens.shape != (n,):
+            raise ValueError(
+                f"block_tables must be ({n}, max_blocks) and seq_lens ({n},), got "
+                f"{tuple(self.block_tables.shape)} and {tuple(self.seq_lens.shape)}"
+            )
+
+    @property
+    def is_decode(self) -> bool:
+        return all(q == 1 for q in self.query_lens)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(self.query_lens)
 
 
 class OutOfBlocks(RuntimeError):
@@ -70,7 +114,7 @@ class PagedKVCache:
         num_kv_heads: int,
         head_dim: int,
         num_blocks: int,
-        block_size: int = 16,
+        block_size: int = DEFAULT_BLOCK_SIZE,
         dtype: torch.dtype = torch.float32,
         device: str | torch.device = "cpu",
     ) -> None:

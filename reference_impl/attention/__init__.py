@@ -4,7 +4,7 @@
 is imported only when that backend is used.
 """
 
-from reference_impl.attention.context import BatchMetadata, PagedAttention
+from reference_impl.attention.context import PagedAttention
 from reference_impl.attention.dispatch import BACKENDS, decode_attention, resolve_backend, triton_available
 from reference_impl.attention.merge import merge_attention, merge_attention_many
 from reference_impl.attention.reference import (
@@ -16,7 +16,6 @@ from reference_impl.attention.reference import (
 
 __all__ = [
     "BACKENDS",
-    "BatchMetadata",
     "PagedAttention",
     "attention_with_lse",
     "decode_attention",

@@ -7,58 +7,12 @@ with a prompt chunk goes through per-sequence causal attention over the cached p
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
 import torch
 
 from reference_impl.attention.dispatch import BACKENDS, decode_attention
 from reference_impl.attention.reference import gather_paged_kv, prefill_attention_ref
 from reference_impl.errors import ConfigError
-
-if TYPE_CHECKING:
-    from reference_impl.kv_cache import PagedKVCache
-
-
-@dataclass(frozen=True)
-class BatchMetadata:
-    """Where this step's tokens go in the cache and what each sequence attends to."""
-
-    seq_ids: list
-    query_lens: list[int]  # new tokens per sequence this step (prompt chunk, or 1 when decoding)
-    context_lens: list[int]  # tokens in the cache after this step, new ones included
-    slot_mapping: torch.Tensor  # (T,) int64 flat slot block*block_size + offset of each new token
-    block_tables: torch.Tensor  # (B, max_blocks) int32, padded with block 0 (masked by seq_lens)
-    seq_lens: torch.Tensor  # (B,) int32 == context_lens
-
-    def __post_init__(self) -> None:
-        n = len(self.seq_ids)
-        if n == 0 or len(self.query_lens) != n or len(self.context_lens) != n:
-            raise ValueError(
-                f"need >= 1 sequence and one query_len/context_len each, got {n} ids, "
-                f"{len(self.query_lens)} query_lens, {len(self.context_lens)} context_lens"
-            )
-        if any(q < 1 or c < q for q, c in zip(self.query_lens, self.context_lens, strict=True)):
-            raise ValueError(
-                f"need 1 <= query_len <= context_len, got {self.query_lens} / {self.context_lens}"
-            )
-        if self.slot_mapping.shape != (self.num_tokens,):
-            raise ValueError(
-                f"slot_mapping must be ({self.num_tokens},), got {tuple(self.slot_mapping.shape)}"
-            )
-        if self.block_tables.dim() != 2 or self.block_tables.shape[0] != n or self.seq_lens.shape != (n,):
-            raise ValueError(
-                f"block_tables must be ({n}, max_blocks) and seq_lens ({n},), got "
-                f"{tuple(self.block_tables.shape)} and {tuple(self.seq_lens.shape)}"
-            )
-
-    @property
-    def is_decode(self) -> bool:
-        return all(q == 1 for q in self.query_lens)
-
-    @property
-    def num_tokens(self) -> int:
-        return sum(self.query_lens)
+from reference_impl.kv_cache import BatchMetadata, PagedKVCache
 
 
 class PagedAttention:

@@ -5,16 +5,11 @@ Skipped by default; run with `pytest tests/bench --benchmark-only --benchmark-js
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "reference_impl"))  # tiny_models
-from tiny_models import build_tiny_model  # noqa: E402
-
-from reference_impl.converter import split_model  # noqa: E402
-from reference_impl.model import load_model  # noqa: E402
+from reference_impl.checkpoint import load_model
+from reference_impl.converter import split_model
+from tests.reference_impl.tiny_models import build_tiny_model
 
 
 @pytest.fixture(scope="module")

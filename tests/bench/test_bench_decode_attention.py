@@ -12,23 +12,20 @@ import pytest
 import torch
 
 from reference_impl.attention import decode_attention
+from reference_impl.attention.inputs import random_paged_inputs
 
 # Shapes: a Llama-3-like GQA head layout (G = 4), head_dim 128, 16-token KV blocks.
 NUM_Q_HEADS, NUM_KV_HEADS, HEAD_DIM, BLOCK_SIZE = 8, 2, 128, 16
 
 
 def paged_inputs(batch: int, context_len: int, dtype: torch.dtype, device: str, seed: int = 0):
-    """q (B,Hq,D), k/v caches (num_blocks, block, Hkv, D), shuffled block tables, seq_lens (B,)."""
-    gen = torch.Generator().manual_seed(seed)
-    blocks_per_seq = -(-context_len // BLOCK_SIZE)
-    num_blocks = batch * blocks_per_seq
-    shape = (num_blocks, BLOCK_SIZE, NUM_KV_HEADS, HEAD_DIM)
-    k_cache = torch.randn(shape, generator=gen).to(device, dtype)
-    v_cache = torch.randn(shape, generator=gen).to(device, dtype)
-    q = torch.randn((batch, NUM_Q_HEADS, HEAD_DIM), generator=gen).to(device, dtype)
-    tables = torch.randperm(num_blocks, generator=gen).view(batch, blocks_per_seq).to(device, torch.int32)
-    lens = torch.randint(context_len // 2, context_len + 1, (batch,), generator=gen).to(device, torch.int32)
-    return q, k_cache, v_cache, tables, lens
+    """q (B,Hq,D), k/v caches, scattered block tables; seq_lens drawn from [context_len / 2, context_len]."""
+    lens = torch.randint(
+        context_len // 2, context_len + 1, (batch,), generator=torch.Generator().manual_seed(seed)
+    )
+    return random_paged_inputs(
+        lens.tolist(), NUM_Q_HEADS, NUM_KV_HEADS, HEAD_DIM, BLOCK_SIZE, dtype, device, seed
+    )
 
 
 def dense_attention(q, k_cache, v_cache, tables, lens) -> torch.Tensor:

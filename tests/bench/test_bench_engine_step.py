@@ -7,17 +7,13 @@ Skipped by default; run with `pytest tests/bench --benchmark-only --benchmark-js
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "reference_impl"))  # tiny_models
-from tiny_models import build_tiny_model  # noqa: E402
-
-from reference_impl.engine import HomogeneousExecutor  # noqa: E402
-from reference_impl.model import load_model  # noqa: E402
+from reference_impl.checkpoint import load_model
+from reference_impl.homogeneous import HomogeneousExecutor
+from reference_impl.kv_cache import DEFAULT_BLOCK_SIZE
+from tests.reference_impl.tiny_models import build_tiny_model
 
 BATCH, PROMPT_LEN = 8, 64
 
@@ -25,8 +21,8 @@ BATCH, PROMPT_LEN = 8, 64
 @pytest.fixture(scope="module")
 def executor(tmp_path_factory):
     model = load_model(build_tiny_model("llama31-gqa", tmp_path_factory.mktemp("tiny") / "llama"))
-    blocks = BATCH * -(-(PROMPT_LEN + 1) // 16)
-    return HomogeneousExecutor(model, num_blocks=blocks, block_size=16, backend="torch")
+    blocks = BATCH * -(-(PROMPT_LEN + 1) // DEFAULT_BLOCK_SIZE)
+    return HomogeneousExecutor(model, num_blocks=blocks, block_size=DEFAULT_BLOCK_SIZE, backend="torch")
 
 
 def test_bench_engine_decode_step_cpu(benchmark, executor):

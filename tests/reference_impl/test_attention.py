@@ -18,6 +18,7 @@ from reference_impl.attention import (
     prefill_attention_ref,
     resolve_backend,
 )
+from reference_impl.attention.inputs import random_paged_inputs
 from reference_impl.errors import ConfigError
 
 # Tolerances on out (atol = rtol) and lse (atol) of the Triton kernel vs the fp32 reference.
@@ -28,26 +29,19 @@ INTERP_TOL = {torch.float32: (1e-5, 1e-4), torch.float16: (2e-3, 1e-4), torch.bf
 GPU_TOL = {torch.float32: (1e-4, 1e-4), torch.float16: (4e-3, 2e-3), torch.bfloat16: (3e-2, 2e-3)}
 
 
-def make_paged(lens, num_kv_heads, head_dim, block_size, dtype, device="cpu", seed=0):
-    """Random paged inputs: shuffled, non-contiguous block tables padded with random valid block ids."""
-    gen = torch.Generator().manual_seed(seed)
-    needed = [math.ceil(n / block_size) for n in lens]
-    num_blocks = sum(needed) + 3  # a few blocks nobody owns, filled with noise
-    width = max(needed) + 1
-    perm = torch.randperm(num_blocks, generator=gen)
-    tables = torch.randint(0, num_blocks, (len(lens), width), generator=gen)  # padding: any valid id
-    start = 0
-    for b, n in enumerate(needed):
-        tables[b, :n] = perm[start : start + n]
-        start += n
-    shape = (num_blocks, block_size, num_kv_heads, head_dim)
-    k_cache = torch.randn(shape, generator=gen).to(dtype)
-    v_cache = torch.randn(shape, generator=gen).to(dtype)
-    return (
-        k_cache.to(device),
-        v_cache.to(device),
-        tables.to(torch.int32).to(device),
-        torch.tensor(lens, dtype=torch.int32, device=device),
+def make_paged(lens, num_q_heads, num_kv_heads, head_dim, block_size, dtype, device="cpu", seed=0):
+    """Random paged inputs with 3 noise blocks nobody owns and a padding column of random valid block ids."""
+    return random_paged_inputs(
+        lens,
+        num_q_heads,
+        num_kv_heads,
+        head_dim,
+        block_size,
+        dtype,
+        device,
+        seed,
+        spare_blocks=3,
+        pad_blocks=1,
     )
 
 
@@ -78,8 +72,9 @@ def test_reference_hand_worked():
 @pytest.mark.parametrize("num_q_heads,num_kv_heads", [(4, 4), (8, 2), (8, 1)])
 def test_reference_decode_equals_dense(num_q_heads, num_kv_heads):
     lens, block_size, head_dim, scale = [1, 5, 16, 40], 16, 8, 0.37
-    k_cache, v_cache, tables, seq_lens = make_paged(lens, num_kv_heads, head_dim, block_size, torch.float32)
-    q = torch.randn(len(lens), num_q_heads, head_dim)
+    q, k_cache, v_cache, tables, seq_lens = make_paged(
+        lens, num_q_heads, num_kv_heads, head_dim, block_size, torch.float32
+    )
     out, lse = decode_attention_ref(q, k_cache, v_cache, tables, seq_lens, scale)
     for b, n in enumerate(lens):
         blocks = tables[b, : math.ceil(n / block_size)].long()
@@ -91,15 +86,15 @@ def test_reference_decode_equals_dense(num_q_heads, num_kv_heads):
 
 
 def test_reference_zero_length_gives_zero_and_minus_inf():
-    k_cache, v_cache, tables, _ = make_paged([16], 1, 4, 16, torch.float32)
-    out, lse = decode_attention_ref(torch.randn(1, 2, 4), k_cache, v_cache, tables, torch.tensor([0]), 1.0)
+    q, k_cache, v_cache, tables, _ = make_paged([16], 2, 1, 4, 16, torch.float32)
+    out, lse = decode_attention_ref(q, k_cache, v_cache, tables, torch.tensor([0]), 1.0)
     assert torch.equal(out, torch.zeros_like(out))
     assert torch.isneginf(lse).all()
 
 
 def test_reference_keeps_dtype_and_lse_is_fp32():
-    k_cache, v_cache, tables, seq_lens = make_paged([3], 1, 4, 16, torch.bfloat16)
-    out, lse = decode_attention_ref(torch.randn(1, 2, 4).bfloat16(), k_cache, v_cache, tables, seq_lens, 0.5)
+    q, k_cache, v_cache, tables, seq_lens = make_paged([3], 2, 1, 4, 16, torch.bfloat16)
+    out, lse = decode_attention_ref(q, k_cache, v_cache, tables, seq_lens, 0.5)
     assert out.dtype == torch.bfloat16 and lse.dtype == torch.float32
 
 
@@ -187,9 +182,9 @@ GPU_CASES = [
 
 def check_kernel_matches_reference(case, device, tolerances):
     block_size, num_q_heads, num_kv_heads, head_dim, lens, num_splits, dtype = case
-    k_cache, v_cache, tables, seq_lens = make_paged(lens, num_kv_heads, head_dim, block_size, dtype, device)
-    q = torch.randn(len(lens), num_q_heads, head_dim, generator=torch.Generator().manual_seed(1)).to(dtype)
-    q = q.to(device)
+    q, k_cache, v_cache, tables, seq_lens = make_paged(
+        lens, num_q_heads, num_kv_heads, head_dim, block_size, dtype, device
+    )
     scale = head_dim**-0.5
     from reference_impl.attention.triton_decode import decode_attention_triton
 
@@ -220,12 +215,12 @@ def test_auto_backend_uses_triton_on_cuda():
 def test_triton_rejects_unsupported_block_size_and_mixed_dtypes():
     from reference_impl.attention.triton_decode import decode_attention_triton
 
-    k_cache, v_cache, tables, seq_lens = make_paged([5], 1, 16, 8, torch.float32)
+    q, k_cache, v_cache, tables, seq_lens = make_paged([5], 1, 1, 16, 8, torch.float32)
     with pytest.raises(ConfigError, match="block_size must be a power of two"):
-        decode_attention_triton(torch.randn(1, 1, 16), k_cache, v_cache, tables, seq_lens, 1.0)
-    k_cache, v_cache, tables, seq_lens = make_paged([5], 1, 16, 16, torch.float32)
+        decode_attention_triton(q, k_cache, v_cache, tables, seq_lens, 1.0)
+    q, k_cache, v_cache, tables, seq_lens = make_paged([5], 1, 1, 16, 16, torch.float32)
     with pytest.raises(ConfigError, match="one dtype"):
-        decode_attention_triton(torch.randn(1, 1, 16).half(), k_cache, v_cache, tables, seq_lens, 1.0)
+        decode_attention_triton(q.half(), k_cache, v_cache, tables, seq_lens, 1.0)
 
 
 # ---- dispatch ----------------------------------------------------------------------------------
@@ -235,8 +230,7 @@ def test_dispatch_backends_on_cpu():
     assert resolve_backend("auto", torch.device("cpu")) == "torch"
     with pytest.raises(ConfigError, match="valid: auto, torch, triton"):
         resolve_backend("cuda", torch.device("cpu"))
-    k_cache, v_cache, tables, seq_lens = make_paged([3, 40], 1, 16, 16, torch.float32)
-    q = torch.randn(2, 2, 16)
+    q, k_cache, v_cache, tables, seq_lens = make_paged([3, 40], 2, 1, 16, 16, torch.float32)
     via_torch = decode_attention(q, k_cache, v_cache, tables, seq_lens, 0.25, backend="torch")
     via_triton = decode_attention(q, k_cache, v_cache, tables, seq_lens, 0.25, backend="triton", num_splits=2)
     torch.testing.assert_close(via_triton, via_torch, atol=1e-5, rtol=1e-5)
@@ -248,8 +242,7 @@ def test_dispatch_backends_on_cpu():
 def test_benchmark_reference_decode_cpu(benchmark):
     # 8 sequences x 1024 tokens, 32 query / 8 kv heads, D 128, fp32, block_size 16.
     lens = [1024] * 8
-    k_cache, v_cache, tables, seq_lens = make_paged(lens, 8, 128, 16, torch.float32)
-    q = torch.randn(len(lens), 32, 128)
+    q, k_cache, v_cache, tables, seq_lens = make_paged(lens, 32, 8, 128, 16, torch.float32)
     out, _ = benchmark(decode_attention_ref, q, k_cache, v_cache, tables, seq_lens, 128**-0.5)
     assert out.shape == q.shape
 
@@ -258,8 +251,7 @@ def test_triton_num_splits_do_not_change_result():
     # Splits from 1 to more than the longest sequence's 19 pages (the last splits then hold no keys).
     from reference_impl.attention.triton_decode import decode_attention_triton
 
-    k_cache, v_cache, tables, seq_lens = make_paged([300, 3], 1, 16, 16, torch.float32, seed=5)
-    q = torch.randn(2, 4, 16)
+    q, k_cache, v_cache, tables, seq_lens = make_paged([300, 3], 4, 1, 16, 16, torch.float32, seed=5)
     want_out, want_lse = decode_attention_ref(q, k_cache, v_cache, tables, seq_lens, 0.25)
     for num_splits in (1, 4, 7, 25):
         out, lse = decode_attention_triton(q, k_cache, v_cache, tables, seq_lens, 0.25, num_splits=num_splits)

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from reference_impl.attention import BatchMetadata, PagedAttention
+from reference_impl.attention import PagedAttention
 from reference_impl.errors import ConfigError
-from reference_impl.kv_cache import PagedKVCache
+from reference_impl.kv_cache import BatchMetadata, PagedKVCache
 
 NUM_LAYERS, HQ, HKV, D = 2, 4, 2, 16
 

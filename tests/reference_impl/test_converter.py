@@ -2,12 +2,13 @@
 
 import pytest
 import torch
-from tiny_models import KINDS, build_tiny_model, run_script, script_steps, split_forward
 from torch import nn
 
+from reference_impl.checkpoint import load_model
 from reference_impl.converter import split_model
 from reference_impl.errors import ConfigError
-from reference_impl.model import attention, load_model
+from reference_impl.model import attention
+from tests.reference_impl.tiny_models import KINDS, build_tiny_model, run_script, script_steps, split_forward
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+import torch
 import torch.distributed as dist
 
 from reference_impl.distributed import _loopback_interface, pin_gloo_to_loopback, run_in_group
@@ -14,8 +15,6 @@ from reference_impl.distributed import _loopback_interface, pin_gloo_to_loopback
 
 def _rank_sum(rank: int, world_size: int, base: int) -> int:
     """Each rank's value is base + rank; the all-reduce proves the ranks formed one group."""
-    import torch
-
     value = torch.tensor([base + rank])
     dist.all_reduce(value)
     return int(value) * 10 + rank

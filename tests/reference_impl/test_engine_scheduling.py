@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from reference_impl.engine import Engine, Request, SamplingParams, blocks_for_requests
+from reference_impl.engine import Engine, Request, SamplingParams
 from reference_impl.errors import ConfigError
+from reference_impl.kv_accounting import blocks_for_requests
 
 VOCAB = 50
 

@@ -1,4 +1,4 @@
-"""The Lamina runtime (reference_impl/lamina.py): greedy tokens equal to HomogeneousEngine's and
+"""The Lamina runtime (reference_impl/lamina/): greedy tokens equal to the homogeneous baseline's and
 transformers', measured link bytes, SIGKILL recovery, and torchrun against the spawning launcher.
 
 Process runs start 3-4 processes over gloo on 127.0.0.1 (about 5 s each on 2 cores); each distinct
@@ -17,14 +17,16 @@ import sys
 from pathlib import Path
 
 import pytest
-from tiny_models import build_tiny_hf_model, build_tiny_model, hf_logits
 
+from reference_impl.config import GenerateConfig
 from reference_impl.distributed import free_port
 from reference_impl.engine import Request
 from reference_impl.errors import ConfigError
+from reference_impl.homogeneous import generate
 from reference_impl.lamina import LaminaConfig, generate_lamina
-from reference_impl.launch import GenerateConfig, generate
+from reference_impl.lamina.__main__ import main
 from reference_impl.transport import HEADER_BYTES
+from tests.reference_impl.tiny_models import build_tiny_hf_model, build_tiny_model, hf_logits
 
 KINDS = ("llama31-gqa", "opt")  # GQA (G = 2, 3 layers) and MHA (G = 1, 2 layers); d = 64, fp32
 
@@ -60,7 +62,8 @@ def models(tmp_path_factory) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def expected(models) -> dict[str, list[tuple[int, ...]]]:
-    """transformers' greedy tokens per request; HomogeneousEngine must agree before Lamina is judged."""
+    """transformers' greedy tokens per request; the homogeneous baseline must agree before Lamina is
+    judged."""
     out = {}
     for kind in KINDS:
         hf_model = build_tiny_hf_model(kind, seed=0)
@@ -231,14 +234,17 @@ def test_torchrun_runs_the_same_generation_as_the_spawning_launcher(models, lami
             for r in REQUESTS
         )
     )
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "3",
-        "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
-        "-m", "reference_impl.lamina", "--model-dir", models["llama31-gqa"], "--prompts", str(prompts),
-        "--compute-workers", "1", "--attention-workers", "2", "--ignore-eos",
-    ]  # fmt: skip
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "3"]
+    rendezvous = ["--master-addr", "127.0.0.1", "--master-port", str(free_port())]
+    module = ["-m", "reference_impl.lamina", "--model-dir", models["llama31-gqa"], "--prompts", str(prompts)]
+    options = ["--compute-workers", "1", "--attention-workers", "2", "--ignore-eos"]
     done = subprocess.run(
-        command, capture_output=True, text=True, timeout=240, env=_loopback_env(), cwd=Path.cwd()
+        torchrun + rendezvous + module + options,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=_loopback_env(),
+        cwd=Path.cwd(),
     )
     assert done.returncode == 0, done.stderr[-3000:]
     lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
@@ -326,8 +332,6 @@ def test_incomplete_torchrun_environment_is_one_line_error(monkeypatch, capsys, 
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    from reference_impl.lamina import main
-
     assert main(["--model-dir", str(tmp_path), "--prompts", "unused.jsonl"]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1

@@ -7,24 +7,20 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
-from tiny_models import (
+
+from reference_impl.checkpoint import config_from_hf, hf_param_name, load_model
+from reference_impl.errors import ConfigError
+from reference_impl.model import Llama3RopeScaling, rope_inv_freq
+from tests.reference_impl.tiny_models import (
     KINDS,
     build_tiny_hf_model,
     build_tiny_model,
+    causal_attention,
     free_port,
     hf_logits,
     run_script,
     script_steps,
     tp_worker,
-)
-
-from reference_impl.errors import ConfigError
-from reference_impl.model import (
-    Llama3RopeScaling,
-    ModelConfig,
-    hf_param_name,
-    load_model,
-    rope_inv_freq,
 )
 
 
@@ -43,14 +39,14 @@ def close(actual, expected):
 
 
 # ------------------------------------------------------------------------------------------ config
-def test_from_hf_reads_llama31_gqa(ckpts):
-    cfg = ModelConfig.from_hf(json.loads((ckpts["llama31-gqa"][0] / "config.json").read_text()))
+def test_config_from_hf_reads_llama31_gqa(ckpts):
+    cfg = config_from_hf(json.loads((ckpts["llama31-gqa"][0] / "config.json").read_text()))
     assert (cfg.arch, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.num_layers) == ("llama", 4, 2, 16, 3)
     assert cfg.group_size == 2 and not cfg.tie_embeddings and not cfg.bias
     assert cfg.rope_scaling == Llama3RopeScaling(8.0, 1.0, 4.0, 64) and cfg.rope_theta == 10000.0
 
 
-def test_from_hf_reads_pre_v5_rope_fields():
+def test_config_from_hf_reads_pre_v5_rope_fields():
     # transformers < 5 and Meta's released config.json: rope_theta at top level, "rope_scaling" dict
     old = {
         "model_type": "llama",
@@ -70,14 +66,14 @@ def test_from_hf_reads_pre_v5_rope_fields():
         },
         "max_position_embeddings": 131072,
     }
-    cfg = ModelConfig.from_hf(old)
+    cfg = config_from_hf(old)
     assert cfg.head_dim == 128 and cfg.rope_theta == 500000.0
     assert cfg.rope_scaling == Llama3RopeScaling(8.0, 1.0, 4.0, 8192)
-    assert ModelConfig.from_hf({**old, "rope_scaling": None}).rope_scaling is None
+    assert config_from_hf({**old, "rope_scaling": None}).rope_scaling is None
 
 
 def test_opt_config(ckpts):
-    cfg = ModelConfig.from_hf(json.loads((ckpts["opt"][0] / "config.json").read_text()))
+    cfg = config_from_hf(json.loads((ckpts["opt"][0] / "config.json").read_text()))
     assert (cfg.arch, cfg.intermediate_size, cfg.head_dim, cfg.norm_eps) == ("opt", 128, 16, 1e-5)
     assert cfg.tie_embeddings and cfg.bias and cfg.rope_scaling is None
 
@@ -138,8 +134,6 @@ def test_arbitrary_positions_match_hf(ckpts, kind):
 
     class Fresh:  # attention over this chunk only, so HF's position_ids path is the exact reference
         def attend(self, q, k, v, layer):
-            from tiny_models import causal_attention
-
             return causal_attention(q, k, v)
 
     with torch.no_grad():
@@ -261,19 +255,17 @@ def test_bad_checkpoint_is_one_line_config_error(ckpts, tmp_path, case):
 def test_bad_config_fields_are_one_line_config_errors(ckpts, kind, changes, message):
     cfg = {**json.loads((ckpts[kind][0] / "config.json").read_text()), **changes}
     with pytest.raises(ConfigError, match=message) as err:
-        ModelConfig.from_hf(cfg)
+        config_from_hf(cfg)
     assert "\n" not in str(err.value)
 
 
 def test_bad_llama_only_fields_are_config_errors(ckpts):
     base = json.loads((ckpts["llama2-mha"][0] / "config.json").read_text())
     with pytest.raises(ConfigError, match="'rms_norm_eps' must be a number > 0, got '1e-6'"):
-        ModelConfig.from_hf({**base, "rms_norm_eps": "1e-6"})
+        config_from_hf({**base, "rms_norm_eps": "1e-6"})
     with pytest.raises(ConfigError, match="'num_key_value_heads' must be an integer >= 1, got 0"):
-        ModelConfig.from_hf({**base, "num_key_value_heads": 0})
-    assert (
-        ModelConfig.from_hf({**base, "num_key_value_heads": None}).num_kv_heads == base["num_attention_heads"]
-    )
+        config_from_hf({**base, "num_key_value_heads": 0})
+    assert config_from_hf({**base, "num_key_value_heads": None}).num_kv_heads == base["num_attention_heads"]
 
 
 def test_opt_with_projections_rejected(ckpts, tmp_path):

@@ -5,10 +5,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from tiny_models import free_port, init_gloo
 
 from reference_impl.errors import ConfigError
 from reference_impl.parallel import ColumnParallelLinear, RowParallelLinear, all_reduce, shard, shard_range
+from tests.reference_impl.tiny_models import free_port, init_gloo
 
 
 def test_shard_range_hand_worked():

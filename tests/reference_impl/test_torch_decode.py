@@ -4,22 +4,8 @@ import pytest
 import torch
 
 from reference_impl.attention import decode_attention, decode_attention_ref
+from reference_impl.attention.inputs import random_paged_inputs
 from reference_impl.attention.torch_decode import decode_attention_torch
-
-
-def _paged(batch, hq, hkv, d, block_size, lens, dtype, seed):
-    gen = torch.Generator().manual_seed(seed)
-    max_blocks = max(-(-n // block_size) for n in lens) + 1
-    num_blocks = batch * max_blocks + 3
-    k = torch.randn(num_blocks, block_size, hkv, d, generator=gen).to(dtype)
-    v = torch.randn(num_blocks, block_size, hkv, d, generator=gen).to(dtype)
-    tables = (
-        torch.randperm(num_blocks, generator=gen)[: batch * max_blocks]
-        .view(batch, max_blocks)
-        .to(torch.int32)
-    )
-    q = torch.randn(batch, hq, d, generator=gen).to(dtype)
-    return q, k, v, tables, torch.tensor(lens, dtype=torch.int32)
 
 
 @pytest.mark.parametrize(
@@ -33,7 +19,9 @@ def _paged(batch, hq, hkv, d, block_size, lens, dtype, seed):
     ],
 )
 def test_batched_torch_decode_equals_reference(hq, hkv, block_size, lens, dtype, tol):
-    q, k, v, tables, seq_lens = _paged(len(lens), hq, hkv, 32, block_size, lens, dtype, seed=len(lens) + hq)
+    q, k, v, tables, seq_lens = random_paged_inputs(
+        lens, hq, hkv, 32, block_size, dtype, seed=len(lens) + hq, spare_blocks=3, pad_blocks=1
+    )
     out, lse = decode_attention_torch(q, k, v, tables, seq_lens, 32**-0.5)
     ref_out, ref_lse = decode_attention_ref(q, k, v, tables, seq_lens, 32**-0.5)
     assert out.dtype == q.dtype
@@ -42,7 +30,7 @@ def test_batched_torch_decode_equals_reference(hq, hkv, block_size, lens, dtype,
 
 
 def test_dispatch_uses_the_batched_path_on_cpu():
-    q, k, v, tables, seq_lens = _paged(3, 8, 2, 16, 16, [5, 50, 20], torch.float32, seed=1)
+    q, k, v, tables, seq_lens = random_paged_inputs([5, 50, 20], 8, 2, 16, seed=1)
     out, _ = decode_attention(q, k, v, tables, seq_lens, 0.25, backend="torch")
     torch.testing.assert_close(
         out, decode_attention_torch(q, k, v, tables, seq_lens, 0.25)[0], atol=0, rtol=0

@@ -19,13 +19,16 @@ from reference_impl.transport import (
     MAX_TENSORS,
     InProcessTransport,
     LinkProfile,
+    TensorSpec,
     TorchDistTransport,
     Transport,
     decode_header,
     encode_header,
     kind_id,
     measure_link,
+    pack_payload,
     payload_bytes,
+    unpack_payload,
 )
 
 CHECK_TIMEOUT_S = 30.0
@@ -408,8 +411,6 @@ def test_torchdist_requires_initialized_group() -> None:
 
 
 def test_packed_payload_round_trips_mixed_dtypes_at_unaligned_sizes():
-    from reference_impl.transport import TensorSpec, pack_payload, payload_bytes, unpack_payload
-
     tensors = [
         torch.randn(3).half(),  # 6 bytes: the next tensor would start unaligned without padding
         torch.randn(2, 3),

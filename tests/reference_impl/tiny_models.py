@@ -13,6 +13,10 @@ import socket
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+
+from reference_impl.checkpoint import load_model
+from reference_impl.converter import split_model
 
 KINDS = ("llama2-mha", "llama31-gqa", "opt")
 
@@ -147,8 +151,6 @@ def free_port() -> int:
 
 def init_gloo(rank: int, world_size: int, port: int) -> None:
     """Join a gloo process group on 127.0.0.1 (for torch.multiprocessing.spawn workers)."""
-    import torch.distributed as dist
-
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
@@ -187,9 +189,6 @@ def split_forward(split):
 
 
 def _tp_result(path: str, rank: int, world_size: int) -> dict:
-    from reference_impl.converter import split_model
-    from reference_impl.model import load_model
-
     model = load_model(path, tp_rank=rank, tp_size=world_size)
     split = split_model(model)  # the converter must cope with TP models too (all-reduce inside a leaf)
     attn = model.layers[0].attn
@@ -204,8 +203,6 @@ def _tp_result(path: str, rank: int, world_size: int) -> dict:
 def tp_worker(rank: int, world_size: int, port: int, paths: list[str], out_dir: str) -> None:
     """Spawned TP rank: load each checkpoint with tp_size=world_size, run the script (also split by the
     converter), save the results to out_dir/<checkpoint index>_<rank>.pt."""
-    import torch.distributed as dist
-
     init_gloo(rank, world_size, port)
     try:
         for i, path in enumerate(paths):

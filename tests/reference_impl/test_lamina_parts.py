@@ -1,4 +1,4 @@
-"""Units of the Lamina workers (reference_impl/workers.py): layout, head routing, plans, clock, links,
+"""Parts of the Lamina runtime (reference_impl/lamina/): layout, head routing, step plans, clock, links,
 and the exact attention split. The runtime as a whole is tested in test_lamina.py."""
 
 from __future__ import annotations
@@ -11,23 +11,20 @@ import torch
 
 from reference_impl.attention import attention_with_lse, merge_attention
 from reference_impl.errors import ConfigError
-from reference_impl.pipeline import Step, schedule
-from reference_impl.workers import (
+from reference_impl.lamina.attention_worker import new_token_attention
+from reference_impl.lamina.clock import WorkerClock
+from reference_impl.lamina.layout import (
     ATTENTION,
     COMPUTE,
     HeadRouting,
     Layout,
-    Links,
-    Op,
-    Phase,
-    Plan,
-    WorkerClock,
     check_schedule_order,
     kv_head_ranges,
-    new_token_attention,
     split_batch,
-    status_tensor,
 )
+from reference_impl.lamina.links import Links, status_tensor
+from reference_impl.lamina.plan import Op, Phase, StepPlan
+from reference_impl.pipeline import Step, schedule
 
 # ---- layout ----------------------------------------------------------------------------------------
 
@@ -138,11 +135,11 @@ def test_split_batch_is_contiguous_and_balanced():
 # ---- plans -----------------------------------------------------------------------------------------
 
 
-def _random_plan(rng: random.Random) -> Plan:
+def _random_plan(rng: random.Random) -> StepPlan:
     n = rng.randint(0, 5)
     lens = tuple(rng.randint(1, 4) for _ in range(n))
     micro = split_batch(n, 3) if n and rng.random() < 0.5 else ()
-    return Plan(
+    return StepPlan(
         op=rng.choice(list(Op)),
         step_id=rng.randint(0, 10**6),
         phase=rng.choice(list(Phase)),
@@ -165,14 +162,14 @@ def test_plan_round_trips_through_its_tensor():
         plan = _random_plan(rng)
         encoded = plan.encode()
         assert encoded.dtype == torch.int64 and encoded.dim() == 1
-        assert Plan.decode(encoded) == plan
+        assert StepPlan.decode(encoded) == plan
 
 
 def test_plan_for_attention_drops_only_the_tokens():
-    plan = Plan(op=Op.STEP, seq_ids=(4, 9), query_lens=(3, 1), positions=(0, 7), tokens=(1, 2, 3, 4))
-    assert plan.for_attention() == Plan(op=Op.STEP, seq_ids=(4, 9), query_lens=(3, 1), positions=(0, 7))
+    plan = StepPlan(op=Op.STEP, seq_ids=(4, 9), query_lens=(3, 1), positions=(0, 7), tokens=(1, 2, 3, 4))
+    assert plan.for_attention() == StepPlan(op=Op.STEP, seq_ids=(4, 9), query_lens=(3, 1), positions=(0, 7))
     assert plan.micro_batch_bounds() == []
-    decode = Plan(
+    decode = StepPlan(
         op=Op.STEP, seq_ids=(1, 2, 3), query_lens=(1, 1, 1), positions=(5, 5, 5), micro_batches=(2, 1)
     )
     assert decode.micro_batch_bounds() == [(0, 2), (2, 3)]
@@ -180,14 +177,14 @@ def test_plan_for_attention_drops_only_the_tokens():
 
 def test_plan_rejects_inconsistent_sections():
     with pytest.raises(ValueError, match="one query_len and position per sequence"):
-        Plan(op=Op.STEP, seq_ids=(1, 2), query_lens=(1,), positions=(0, 0))
+        StepPlan(op=Op.STEP, seq_ids=(1, 2), query_lens=(1,), positions=(0, 0))
     with pytest.raises(ValueError, match="do not add up"):
-        Plan(op=Op.STEP, seq_ids=(1,), query_lens=(1,), positions=(0,), micro_batches=(1, 1))
+        StepPlan(op=Op.STEP, seq_ids=(1,), query_lens=(1,), positions=(0,), micro_batches=(1, 1))
     with pytest.raises(ValueError, match="carries 1 tokens for 3"):
-        Plan(op=Op.STEP, seq_ids=(1,), query_lens=(3,), positions=(0,), tokens=(5,))
-    bad = Plan(op=Op.STOP).encode()
+        StepPlan(op=Op.STEP, seq_ids=(1,), query_lens=(3,), positions=(0,), tokens=(5,))
+    bad = StepPlan(op=Op.STOP).encode()
     with pytest.raises(ValueError, match="does not match its head"):
-        Plan.decode(torch.cat([bad, torch.tensor([7])]))
+        StepPlan.decode(torch.cat([bad, torch.tensor([7])]))
 
 
 # ---- clock -----------------------------------------------------------------------------------------

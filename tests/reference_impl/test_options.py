@@ -1,14 +1,20 @@
-"""reference_impl.launch: prompt files, eos ids and the options both systems share (no model runs)."""
+"""Prompt files, eos ids, the options both systems share and the `generate` command line (no model runs)."""
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 
 import pytest
 import torch
 
+from reference_impl.config import GenerateConfig, check_common_options
 from reference_impl.errors import ConfigError
-from reference_impl.launch import GenerateConfig, check_common_options, read_prompts, stop_token_ids
+from reference_impl.lamina import LaminaConfig
+from reference_impl.lamina.__main__ import build_parser as lamina_parser
+from reference_impl.options import add_generate_arguments, config_from_args, defaults
+from reference_impl.prompts import read_prompts, stop_token_ids
 
 
 def _prompts(tmp_path, *lines: str):
@@ -123,3 +129,42 @@ def test_auto_backend_on_cuda_rejects_blocks_triton_cannot_take(monkeypatch):
     GenerateConfig(model_dir="unused", device="cuda", block_size=8, attention_backend="torch")
     with pytest.raises(ConfigError, match="--tp 2 needs 2 GPUs, torch sees 1"):
         GenerateConfig(model_dir="unused", device="cuda", tp=2)
+
+
+# ---- the generate command line ---------------------------------------------------------------------
+
+
+def test_both_configs_share_the_engine_defaults():
+    homogeneous, lamina = defaults(GenerateConfig), defaults(LaminaConfig)
+    shared = homogeneous.keys() & lamina.keys()
+    assert {"device", "dtype", "block_size", "num_blocks", "temperature", "attention_backend"} <= shared
+    assert {k: homogeneous[k] for k in shared} == {k: lamina[k] for k in shared}
+
+
+def _parse(systems, argv):
+    parser = argparse.ArgumentParser()
+    add_generate_arguments(parser, systems)
+    return parser.parse_args(["--model-dir", "m", "--prompts", "p.jsonl", *argv])
+
+
+@pytest.mark.parametrize("systems", [("homogeneous", "lamina"), ("homogeneous",), ("lamina",)])
+def test_parsed_defaults_are_the_config_defaults(systems):
+    args = _parse(systems, [])
+    for cls in (GenerateConfig, LaminaConfig):
+        if cls is GenerateConfig and "homogeneous" not in systems:
+            continue
+        assert config_from_args(cls, args) == cls(model_dir="m")
+
+
+def test_parsed_options_reach_the_configs():
+    args = _parse(("homogeneous", "lamina"), ["--tp", "2", "--attention-workers", "3", "--block-size", "32"])
+    assert dataclasses.astuple(config_from_args(GenerateConfig, args))[:3] == ("m", "homogeneous", 2)
+    lamina = config_from_args(LaminaConfig, args)
+    assert (lamina.attention_workers, lamina.block_size, lamina.launcher) == (3, 32, "processes")
+
+
+def test_lamina_command_line_has_no_homogeneous_options():
+    parser = lamina_parser()
+    assert parser.parse_args(["--model-dir", "m", "--prompts", "p", "--attention-split"]).attention_split
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--model-dir", "m", "--prompts", "p", "--tp", "2"])

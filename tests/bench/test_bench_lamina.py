@@ -1,6 +1,6 @@
 """Benchmark (pytest-benchmark, skipped by default): 1 compute + 1 attention process, 1 batch vs ping-pong.
 
-    .venv/bin/python -m pytest tests/reference_impl/test_bench_lamina.py --benchmark-only -s
+    .venv/bin/python -m pytest tests/bench/test_bench_lamina.py --benchmark-only -s
 
 Reports, per mode, the decode time per token and per step (median over decode steps, measured) and
 each worker's share of decode-step time spent dense / in attention / on the network / idle (blocked

@@ -1,0 +1,49 @@
+"""KV accounting of an executor: how many tokens of KV a run has, and which sequence holds which.
+
+The engine admits a request only when the KV cache can reserve its prompt plus max_new_tokens tokens
+(engine.py). Both executors answer those questions (capacity, free tokens, reserve, free) the same
+way, from one PagedKVCache's block allocator: the homogeneous executor from the cache it computes with;
+the Lamina executor from a bookkeeping-only cache with the block count of every attention worker's
+cache, so its answers are the attention pool's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from reference_impl.engine import Request
+from reference_impl.kv_cache import PagedKVCache
+
+
+class KVAccounting:
+    """The KV half of engine.Executor, answered by `cache`."""
+
+    def __init__(self, cache: PagedKVCache) -> None:
+        self.cache = cache
+
+    def kv_capacity_tokens(self) -> int:
+        return self.cache.capacity_tokens
+
+    def kv_free_tokens(self) -> int:
+        return self.cache.free_tokens
+
+    def can_reserve(self, num_tokens: int) -> bool:
+        return self.cache.can_reserve(num_tokens)
+
+    def reserve(self, seq_id: int, num_tokens: int) -> None:
+        self.cache.reserve(seq_id, num_tokens)
+
+    def free(self, seq_id: int) -> None:
+        self.cache.free(seq_id)
+
+
+def bookkeeping_cache(num_blocks: int, block_size: int) -> PagedKVCache:
+    """A cache for block accounting only (1 layer, 1 head, head_dim 1): the allocator, no real KV."""
+    return PagedKVCache(1, 1, 1, num_blocks, block_size, torch.float32, "cpu")
+
+
+def blocks_for_requests(requests: Sequence[Request], block_size: int) -> int:
+    """KV blocks that serve every request at once (the default cache size: nothing waits for KV)."""
+    return sum(-(-(len(r.prompt_ids) + r.max_new_tokens) // block_size) for r in requests)

@@ -1,0 +1,85 @@
+"""The serve loops: rank 0 serves the requests with the Engine; every other rank runs rank 0's plans.
+
+Each worker loop receives a StepPlan ("ctrl"), executes it, reports its status (compute workers) and
+closes the step on its clock, until STOP; then it sends rank 0 its times and traffic ("stats").
+"""
+
+from __future__ import annotations
+
+import torch
+
+from reference_impl.engine import Request
+from reference_impl.lamina.attention_worker import AttentionWorker
+from reference_impl.lamina.build import bind_tp_group
+from reference_impl.lamina.clock import WorkerClock
+from reference_impl.lamina.compute_worker import ComputeWorker
+from reference_impl.lamina.config import LaminaConfig
+from reference_impl.lamina.executor import LaminaEngine, LaminaExecutor
+from reference_impl.lamina.links import status_tensor
+from reference_impl.lamina.plan import Op, Phase, StepPlan
+from reference_impl.lamina.results import LaminaRun, ModelShape, steps_to_tensor, traffic_to_tensor
+from reference_impl.prompts import sampling_params
+
+# How long a worker waits for rank 0's next plan (if rank 0 dies, the receive fails at once instead).
+_CTRL_TIMEOUT_S = 24 * 3600.0
+
+
+def serve_worker(worker: ComputeWorker | AttentionWorker, fabric, clock: WorkerClock) -> None:
+    """Runs plans from rank 0 until STOP; then sends rank 0 this worker's times and traffic."""
+    is_compute = isinstance(worker, ComputeWorker)
+    while True:
+        links = fabric.links(clock)
+        got = links.recv(0, "ctrl", timeout_s=_CTRL_TIMEOUT_S)
+        if got is None:
+            raise RuntimeError(f"rank {worker.rank}: lost rank 0 (the scheduler); stopping")
+        plan = StepPlan.decode(got[0])
+        if plan.op == Op.STOP:
+            clock.mark_step(plan.step_id, "stop")
+            links.send(0, "stats", [steps_to_tensor(clock.steps), traffic_to_tensor(fabric.traffic())])
+            links.flush()
+            return
+        if plan.op == Op.REGROUP:
+            links.send(0, "ack", [torch.zeros(1, dtype=torch.int64)])
+            links.flush()
+            fabric.regroup(plan.epoch)
+            if is_compute:
+                bind_tp_group(worker.model, fabric.tp_group())
+            clock.mark_step(plan.step_id, "regroup")
+            continue
+        out = worker.execute(plan, links)
+        if is_compute:
+            links.send(0, "status", [status_tensor(out.poisoned, links.dead)])
+        links.flush()
+        clock.mark_step(plan.step_id, _step_kind(plan))
+
+
+def _step_kind(plan: StepPlan) -> str:
+    if plan.op == Op.REBUILD:
+        return "rebuild"
+    return "prefill" if plan.phase == Phase.PREFILL else "decode"
+
+
+def serve_scheduler(
+    worker: ComputeWorker, fabric, cfg: LaminaConfig, requests: list[Request], num_blocks: int, respawn=None
+) -> LaminaRun:
+    """Rank 0: serves every request with the Engine, then stops the workers and assembles the run."""
+    clock = WorkerClock(device=worker.device)
+    executor = LaminaExecutor(worker, fabric, cfg, num_blocks, clock, respawn)
+    try:
+        engine_run = LaminaEngine(executor, sampling_params(cfg), max_batch_size=cfg.max_batch_size).run(
+            requests
+        )
+    except BaseException:
+        executor.abort()  # tell the other ranks to exit; their figures are not waited for
+        raise
+    workers = executor.stop()
+    return LaminaRun(
+        engine=engine_run,
+        config=cfg,
+        model=ModelShape.of(worker.model.config, cfg.dtype),
+        workers=tuple(sorted(workers, key=lambda w: w.rank)),
+        traffic=executor.traffic,
+        decode_token_layers=executor.decode_token_layers,
+        header_bytes_per_message=fabric.header_bytes_per_message,
+        recoveries=tuple(executor.recovery.events),
+    )
