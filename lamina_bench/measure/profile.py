@@ -11,12 +11,14 @@ Measures, with warm-up, repeats and medians (every time here is `measured`):
   (Python scheduling, cache bookkeeping, KV writes, sampling, message handling);
 * the transport between two worker processes (one-way latency and bandwidth) and the all-reduce, over
   gloo on 127.0.0.1 (CPU only: a single GPU cannot host the two NCCL ranks).
-The result is a `perfmodel.Profile`, written through `perfmodel.write_profile`.
+The result is a `model.profiles.Profile`, written through `model.profiles.write_profile`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import importlib.metadata
+import importlib.util
 import json
 import platform
 import statistics
@@ -26,8 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
+from lamina_bench.catalog.benchmodels import BENCH_MODELS, checkpoint_path
+from lamina_bench.catalog.local import match_cuda_name
+from lamina_bench.catalog.models import get_model, hf_config, spec_from_hf_config
 from lamina_bench.errors import UserInputError
+from lamina_bench.measure.run import fixed_batch_requests
 from lamina_bench.model.profiles import (
     AllReducePoint,
     AttentionPoint,
@@ -36,8 +43,19 @@ from lamina_bench.model.profiles import (
     StepPoint,
     TransferPoint,
 )
+from reference_impl.attention import decode_attention
+from reference_impl.attention.inputs import random_paged_inputs
+from reference_impl.checkpoint import config_from_hf, load_model
+from reference_impl.distributed import run_in_group
+from reference_impl.dtypes import DTYPES
+from reference_impl.engine import Engine
+from reference_impl.homogeneous import HomogeneousExecutor
+from reference_impl.kv_accounting import blocks_for_requests
+from reference_impl.kv_cache import DEFAULT_BLOCK_SIZE
+from reference_impl.lamina import LaminaConfig, generate_lamina
+from reference_impl.model import DecoderModel
+from reference_impl.transport import TorchDistTransport, measure_link
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 LINK_SIZES_BYTES = (1_000, 16_000, 256_000, 4_000_000)
 ALLREDUCE_SIZES_BYTES = (4_000, 64_000, 1_000_000)
 
@@ -54,7 +72,7 @@ class ProfileSettings:
     repeats: int = 9
     warmup: int = 3
     layers: int = 2  # decoder layers built for a catalog shape (times are per layer)
-    block_size: int = 16
+    block_size: int = DEFAULT_BLOCK_SIZE
     link: bool = True  # measure transport + all-reduce between two local processes (CPU only)
     lamina: bool = True  # measure decode steps of the Lamina runtime (1 compute + 1 attention process)
     overhead: bool = True  # measure whole decode steps of the homogeneous engine (needs a whole model)
@@ -110,10 +128,6 @@ class _NoAttention:
 
 def _build_model(settings: ProfileSettings):
     """(model, ModelSpec of the profiled shape, checkpoint folder or None) on the settings' device."""
-    from lamina_bench.catalog.benchmodels import BENCH_MODELS, checkpoint_path
-    from lamina_bench.catalog.models import get_model, hf_config, spec_from_hf_config
-    from reference_impl.model import DecoderModel, ModelConfig, load_model
-
     dtype = DTYPES[settings.dtype]
     if settings.model in BENCH_MODELS or Path(settings.model, "config.json").is_file():
         folder = checkpoint_path(settings.model)
@@ -127,7 +141,7 @@ def _build_model(settings: ProfileSettings):
             f"unknown profile model {settings.model!r}; valid: {', '.join(BENCH_MODELS)}, a folder holding "
             "config.json, or a catalog model (see `lamina-bench models`)"
         ) from None
-    config = ModelConfig.from_hf({**hf_config(spec), "num_hidden_layers": settings.layers})
+    config = config_from_hf({**hf_config(spec), "num_hidden_layers": settings.layers})
     torch.manual_seed(0)
     model = DecoderModel(config, device=settings.device, dtype=dtype)
     with torch.no_grad():
@@ -156,23 +170,20 @@ def _dense_points(model, s: ProfileSettings) -> tuple[tuple[DensePoint, ...], tu
 
 def _paged_inputs(model, batch: int, context: int, s: ProfileSettings):
     """Random q and a one-layer paged cache holding `batch` sequences of `context` tokens each."""
-    cfg, dtype = model.config, DTYPES[s.dtype]
-    blocks_per_seq = -(-context // s.block_size)
-    num_blocks = batch * blocks_per_seq
-    shape = (num_blocks, s.block_size, cfg.num_kv_heads, cfg.head_dim)
-    k = torch.randn(shape, device=s.device, dtype=dtype)
-    v = torch.randn(shape, device=s.device, dtype=dtype)
-    perm = torch.randperm(num_blocks, device=s.device).to(torch.int32)  # scattered blocks, like a real cache
-    tables = perm.view(batch, blocks_per_seq)
-    lens = torch.full((batch,), context, dtype=torch.int32, device=s.device)
-    q = torch.randn(batch, cfg.num_heads, cfg.head_dim, device=s.device, dtype=dtype)
-    return q, k, v, tables, lens
+    cfg = model.config
+    return random_paged_inputs(
+        [context] * batch,
+        cfg.num_heads,
+        cfg.num_kv_heads,
+        cfg.head_dim,
+        s.block_size,
+        DTYPES[s.dtype],
+        s.device,
+    )
 
 
 @torch.inference_mode()
 def _attention_points(model, s: ProfileSettings) -> tuple[AttentionPoint, ...]:
-    from reference_impl.attention import decode_attention
-
     scale = model.config.head_dim**-0.5
     points = []
     for b in s.batches:
@@ -195,9 +206,6 @@ STEP_WARMUP = 3  # decode steps dropped from each timed run
 def _engine_steps(model, s: ProfileSettings) -> tuple[StepPoint, ...]:
     """Median decode step of the homogeneous engine serving a fixed batch (the measured points' method:
     Engine + HomogeneousExecutor, greedy); the model fits what its operators do not explain."""
-    from lamina_bench.measure.run import fixed_batch_requests
-    from reference_impl.engine import Engine, HomogeneousExecutor, blocks_for_requests
-
     points = []
     for b in ENGINE_STEP_BATCHES:
         requests = fixed_batch_requests(b, STEP_CONTEXT, STEP_NEW_TOKENS, model.config.vocab_size, seed=2)
@@ -210,10 +218,6 @@ def _engine_steps(model, s: ProfileSettings) -> tuple[StepPoint, ...]:
 
 
 def _link_worker(rank: int, world_size: int, sizes: tuple[int, ...], repeats: int):
-    import torch.distributed as dist
-
-    from reference_impl.transport import TorchDistTransport, measure_link
-
     transport = TorchDistTransport()
     try:
         link = measure_link(transport, 1 - rank, sizes, repeats=repeats)
@@ -227,8 +231,6 @@ def _link_worker(rank: int, world_size: int, sizes: tuple[int, ...], repeats: in
 
 
 def _link_points(s: ProfileSettings) -> tuple[tuple[TransferPoint, ...], tuple[AllReducePoint, ...]]:
-    from reference_impl.distributed import run_in_group
-
     link, allreduce = run_in_group(_link_worker, 2, args=(LINK_SIZES_BYTES, s.repeats))[0]
     return (
         tuple(TransferPoint(n, t) for n, t in link),
@@ -238,9 +240,6 @@ def _link_points(s: ProfileSettings) -> tuple[tuple[TransferPoint, ...], tuple[A
 
 def _lamina_steps(folder, s: ProfileSettings) -> tuple[StepPoint, ...]:
     """Median decode step of the real Lamina runtime (1 compute + 1 attention process, no pipelining)."""
-    from lamina_bench.measure.run import fixed_batch_requests
-    from reference_impl.lamina import LaminaConfig, generate_lamina
-
     vocab = json.loads((Path(folder) / "config.json").read_text())["vocab_size"]
     points = []
     for b in LAMINA_STEP_BATCHES:
@@ -255,8 +254,6 @@ def local_device_name(device: str) -> str:
     """The profile's device key: "cpu", or the catalog name of the local GPU (its torch name otherwise)."""
     if device == "cpu":
         return "cpu"
-    from lamina_bench.catalog.local import match_cuda_name
-
     name = torch.cuda.get_device_name(0)
     return match_cuda_name(name) or name.replace(" ", "-")
 
@@ -295,12 +292,8 @@ def _profile(settings: ProfileSettings, progress: Callable[[str], None]) -> Prof
         "torch_threads": str(torch.get_num_threads()),
         **settings.extra_versions,
     }
-    try:
-        import triton
-
-        versions["triton"] = triton.__version__
-    except ImportError:
-        pass
+    if importlib.util.find_spec("triton") is not None:
+        versions["triton"] = importlib.metadata.version("triton")
     if settings.device == "cuda":
         versions["cuda"] = str(torch.version.cuda)
     return Profile(

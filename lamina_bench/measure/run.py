@@ -25,9 +25,10 @@ from lamina_bench.catalog.benchmodels import checkpoint_path
 from lamina_bench.catalog.models import spec_from_hf_config
 from lamina_bench.model.profiles import Profile
 from lamina_bench.model.reference import ReferencePrediction, ReferenceRun, predict_reference_run
+from reference_impl.config import GenerateConfig
 from reference_impl.engine import Request
+from reference_impl.homogeneous import generate
 from reference_impl.lamina import LaminaConfig, generate_lamina
-from reference_impl.launch import GenerateConfig, generate
 
 MEASURED_SYSTEMS = ("homogeneous", "lamina")
 

@@ -1,14 +1,17 @@
-"""Resuming and splitting sweeps: the manifest record a run is recognised by, and shards of the points."""
+"""Which points run and where: shards, one point, and the run folder (resumed or new) a sweep writes."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from lamina_bench.errors import UserInputError
-from lamina_bench.sweep.spec import Point, SweepSpec
+from lamina_bench.results.store import RunStore
+from lamina_bench.sweep.points import Point
+from lamina_bench.sweep.spec import SweepSpec
 
 
 def shard(points: Iterable[Point], index: int, count: int) -> list[Point]:
@@ -48,3 +51,40 @@ def find_resumable(out_root: Path, record: dict[str, Any]) -> Path | None:
         ):
             candidates.append((data.get("start_time") or "", manifest.parent))
     return max(candidates)[1] if candidates else None
+
+
+def select_points(spec: SweepSpec, spec_path: str, shard_text: str | None, point: str | None) -> list[Point]:
+    """The points one invocation runs: all of the spec, one shard of them, or the one point asked for."""
+    points = list(spec.points)
+    if shard_text:
+        points = shard(points, *parse_shard(shard_text))
+    if point:
+        points = [p for p in points if p.point_id == point]
+        if not points:
+            raise UserInputError(f"no point {point!r} in {spec_path}; ids are in each row's repro_command")
+    return points
+
+
+def open_run(
+    spec: SweepSpec,
+    record: dict[str, Any],
+    out_root: Path,
+    resume: bool,
+    run_id: str | None,
+    argv: Sequence[str],
+    log: Callable[[str], None],
+) -> RunStore:
+    """The run folder to write: the newest unfinished run of the same record when resuming, else a new one
+    named `run_id` (default <spec name>-<UTC time>[-shardIofN])."""
+    if out_root.exists() and not out_root.is_dir():
+        raise UserInputError(f"--out {out_root} exists and is not a folder")
+    found = find_resumable(out_root, record) if resume else None
+    if resume and found is None:
+        log(f"nothing to resume under {out_root} for this spec; starting a new run")
+    if found is not None:
+        log(f"resuming {found}")
+        return RunStore.open(found)
+    shard_text = record.get("shard")
+    shard_tag = f"-shard{shard_text.replace('/', 'of')}" if shard_text else ""
+    run_id = run_id or f"{spec.name}-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}{shard_tag}"
+    return RunStore.create(out_root, run_id=run_id, spec=record, argv=argv)

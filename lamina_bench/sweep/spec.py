@@ -46,7 +46,7 @@ from lamina_bench.model.simulator import ARRIVALS
 from lamina_bench.model.system import SYSTEMS, memory_plan
 from lamina_bench.sweep.points import ModeledConfig, Point
 from reference_impl.errors import ConfigError
-from reference_impl.workers import Layout
+from reference_impl.lamina import Layout
 
 # key -> (type, default); list-valued keys are expanded. A key given as a scalar is a one-element list.
 _MEASURED_KEYS: dict[str, tuple[type, Any]] = {

@@ -15,7 +15,8 @@ from lamina_bench.model.cost import (
     tokens_per_usd,
     usd_per_mtok,
 )
-from lamina_bench.model.search import search, search_table
+from lamina_bench.model.search import search
+from lamina_bench.report.text import search_table
 
 
 def test_mix_cost_and_tokens_per_usd_by_hand():

@@ -1,0 +1,173 @@
+"""Commands that run models on this machine: generate, run (a sweep), profile, gpu-check.
+
+They import torch (seconds) when they run, so the other commands start at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from lamina_bench.cli.common import given
+from lamina_bench.errors import UserInputError
+from lamina_bench.report import build_report
+from lamina_bench.report.catalog_text import fmt, profile_text
+from lamina_bench.report.text import model_error_text, summary_text
+
+# ---- generate ------------------------------------------------------------------------------------
+
+
+def add_generate(sub, full: bool) -> None:
+    p = sub.add_parser(
+        "generate",
+        help="serve a prompt file with the reference implementation (measured on this machine)",
+        description="Serve prompts with the reference implementation. Input: JSONL lines "
+        '{"prompt_ids": [...], "max_new_tokens": N}. Greedy unless --temperature is given.',
+    )
+    if full:
+        from reference_impl.options import add_generate_arguments
+
+        add_generate_arguments(p)
+        p.add_argument("--json", action="store_true", help="JSONL: one line per request, then a summary line")
+    p.set_defaults(func=_run_generate)
+
+
+def _run_generate(args) -> int:
+    from reference_impl.config import GenerateConfig
+    from reference_impl.engine import run_summary
+    from reference_impl.homogeneous import generate
+    from reference_impl.lamina import LaminaConfig, generate_lamina
+    from reference_impl.options import SYSTEMS, config_from_args
+    from reference_impl.prompts import read_prompts
+
+    if args.system not in SYSTEMS:
+        raise UserInputError(f"unknown system {args.system!r}; valid: {', '.join(SYSTEMS)}")
+    if args.system == "lamina":
+        lamina_run = generate_lamina(config_from_args(LaminaConfig, args), read_prompts(args.prompts))
+        run, summary = lamina_run.engine, lamina_run.summary()
+    else:
+        run = generate(config_from_args(GenerateConfig, args), read_prompts(args.prompts))
+        summary = run_summary(run)
+    if args.json:
+        for c in run.completions:
+            print(json.dumps({"prompt_ids": list(c.prompt_ids), "output_ids": list(c.output_ids)}))
+        print(json.dumps({"summary": summary}))
+        return 0
+    for c in run.completions:
+        print(f"request {c.request_id}: {len(c.prompt_ids)} prompt -> {len(c.output_ids)} new "
+              f"({c.finish_reason}): {list(c.output_ids)}")  # fmt: skip
+    print(f"{summary['requests']} requests, {summary['generated_tokens']} tokens in {summary['wall_s']:.2f} s; "
+          f"decode {summary['decode_tok_per_s']:.1f} tok/s (measured), mean decode batch "
+          f"{fmt(summary['mean_decode_batch'], digits=2)}")  # fmt: skip
+    return 0
+
+
+# ---- sweeps and their results -----------------------------------------------------------------------
+
+
+def add_run(sub) -> None:
+    p = sub.add_parser(
+        "run",
+        help="run a sweep (default: the embedded default sweep) and write results + report",
+        description="Expand a sweep spec into points, measure or model each, store rows in results/<run_id>/, "
+        "then write the report. Failed points are stored with their error; --resume skips finished points.",
+    )
+    p.add_argument("spec", nargs="?", help="sweep spec TOML (default: lamina_bench/data/default_sweep.toml)")
+    p.add_argument(
+        "--quick", action="store_true", help="the quick sweep (or one repeat of SPEC); under a minute"
+    )
+    p.add_argument("--out", default="results", help="results root; the run goes to OUT/<run_id>/")
+    p.add_argument("--resume", action="store_true", help="continue the newest unfinished run of this spec")
+    p.add_argument("--shard", help="I/N: run only shard I of N (merge shards with `lamina-bench merge`)")
+    p.add_argument("--point", help="run only the point with this id (as in a row's repro_command)")
+    p.add_argument("--run-id", help="name of the run folder (default: <spec name>-<UTC time>)")
+    p.add_argument("--report", default=None, help="report path (default: reports/<run_id>.html)")
+    p.add_argument("--no-report", action="store_true", help="skip the report")
+    p.set_defaults(func=_run_run)
+
+
+def _run_run(args) -> int:
+    from lamina_bench.sweep.resume import manifest_spec, open_run, select_points
+    from lamina_bench.sweep.run import run_sweep
+    from lamina_bench.sweep.spec import DEFAULT_SPEC, QUICK_SPEC, load_spec
+
+    spec_path = args.spec or str(QUICK_SPEC if args.quick else DEFAULT_SPEC)
+    spec = load_spec(spec_path)  # every error here comes before any work
+    if args.quick and args.spec:
+        spec = dataclasses.replace(spec, repeats=1)
+    points = select_points(spec, spec_path, args.shard, args.point)
+    record = manifest_spec(spec, spec_path, args.shard, args.point)
+    log = lambda message: print(message, file=sys.stderr)  # noqa: E731
+    store = open_run(spec, record, Path(args.out), args.resume, args.run_id, sys.argv, log)
+    log(f"{len(points)} points -> {store.path}")
+    outcome = run_sweep(spec, store, points, spec_path=spec_path)
+    store.finalize()
+    print(f"{outcome.ran} points run, {outcome.skipped} already done, {outcome.failed} failed "
+          f"in {outcome.wall_s:.0f} s -> {store.path}")  # fmt: skip
+    rows = store.rows()
+    print(summary_text(rows))
+    errors = model_error_text(rows)
+    if errors:
+        print(errors)
+    if not args.no_report:
+        print(f"report: {build_report([store.path], args.report or f'reports/{store.run_id}.html')}")
+    return 1 if outcome.failed else 0
+
+
+# ---- measuring this machine: profile, gpu-check ---------------------------------------------------------
+
+
+def add_profile(sub) -> None:
+    p = sub.add_parser(
+        "profile", help="measure operator times on the local device (feeds the performance model)"
+    )
+    p.add_argument("--device", help="cpu (default) | cuda")
+    p.add_argument(
+        "--model", help="bench model (default bench-llama-gqa), HF folder, or catalog model (random weights)"
+    )
+    p.add_argument("--dtype", help="fp32 (default) | fp16 | bf16")
+    p.add_argument(
+        "--layers", type=int, help="layers built for a catalog model (default 2; times are per layer)"
+    )
+    p.add_argument("--out", help="folder (default results/profiles); the file is <device>-<backend>.json")
+    p.add_argument("--quick", action="store_true", help="fewer points and repeats")
+    p.set_defaults(func=_run_profile)
+
+
+def _run_profile(args) -> int:
+    from lamina_bench.measure.profile import ProfileSettings, profile_device
+    from lamina_bench.model.profiles import DEFAULT_PROFILE_DIR, write_profile
+
+    out = Path(args.out) if args.out else DEFAULT_PROFILE_DIR
+    if out.exists() and not out.is_dir():
+        raise UserInputError(f"--out {out} exists and is not a folder")
+    options = given(args, model="model", device="device", dtype="dtype", layers="layers")
+    if args.quick:
+        options.update(batches=(1, 8), contexts=(64, 512), repeats=3, link=False, lamina=False)
+    settings = ProfileSettings(**options)  # the defaults live in ProfileSettings only
+    profile = profile_device(settings, progress=lambda msg: print(msg, file=sys.stderr, flush=True))
+    print(profile_text(profile, write_profile(profile, out / f"{profile.name}.json")))
+    return 0
+
+
+def add_gpu_check(sub) -> None:
+    from lamina_bench.gpucheck import add_arguments  # light: the steps load torch when they run
+
+    p = sub.add_parser(
+        "gpu-check",
+        help="every GPU measurement in one call: gpu tests, copy and GEMM ceilings, decode kernel, "
+        "70B-shaped profile, one measured point with telemetry",
+        description="Run every GPU check in one process, each step time-boxed, into OUT_DIR (summary.json, "
+        "log.txt, the profile, run.tar.gz, ...). Without CUDA it runs on the CPU at tiny sizes. Same as "
+        "`python -m lamina_bench.gpucheck`.",
+    )
+    add_arguments(p)
+    p.set_defaults(func=_run_gpu_check)
+
+
+def _run_gpu_check(args) -> int:
+    from lamina_bench.gpucheck import run_from_args
+
+    return run_from_args(args)

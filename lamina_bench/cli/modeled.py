@@ -1,0 +1,152 @@
+"""Commands on the catalogs and the performance model: models, hardware, simulate, search."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from lamina_bench.catalog.devices import load_catalog, parse_mix
+from lamina_bench.catalog.local import local_devices
+from lamina_bench.catalog.models import derived_sizes, dtype_bytes, get_model, list_models
+from lamina_bench.catalog.workloads import load_trace
+from lamina_bench.cli.common import given
+from lamina_bench.errors import UserInputError
+from lamina_bench.model.iteration import iteration_model
+from lamina_bench.model.paper import paper_comparisons
+from lamina_bench.model.search import search
+from lamina_bench.model.simulator import simulate
+from lamina_bench.model.system import SystemConfig, memory_plan
+from lamina_bench.report.catalog_text import hardware_text, models_text
+from lamina_bench.report.text import (
+    comparisons_markdown,
+    result_table,
+    search_table,
+)
+
+# ---- catalogs ------------------------------------------------------------------------------------
+
+
+def add_models(sub) -> None:
+    p = sub.add_parser("models", help="model catalog with derived sizes")
+    p.add_argument("--dtype", default="fp16", help="dtype for byte sizes: fp32 | fp16 | bf16 | fp8")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_run_models)
+
+
+def _run_models(args) -> int:
+    dtype_bytes(args.dtype)  # validates
+    rows = [(spec, derived_sizes(spec, args.dtype)) for spec in list_models()]
+    if args.json:
+        print(json.dumps([{**dataclasses.asdict(s), **d, "dtype": args.dtype} for s, d in rows], indent=1))
+    else:
+        print(models_text(rows, args.dtype))
+    return 0
+
+
+def add_hardware(sub) -> None:
+    p = sub.add_parser("hardware", help="device catalog (specs, prices, sources) and the local devices")
+    p.add_argument("--devices-file", help="TOML file overriding or adding devices ([devices.NAME] tables)")
+    p.add_argument("--sources", action="store_true", help="print the source and date of every value")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_run_hardware)
+
+
+def _run_hardware(args) -> int:
+    catalog = load_catalog(args.devices_file)
+    local = local_devices(catalog)
+    if args.json:
+        as_json = lambda d: {**dataclasses.asdict(d), "sources": dict(d.sources)}  # noqa: E731
+        catalog_json = [as_json(d) for d in catalog.values()]
+        print(json.dumps({"catalog": catalog_json, "local": [as_json(d) for d in local]}, indent=1))
+    else:
+        print(hardware_text(catalog, local, args.sources))
+    return 0
+
+
+# ---- modeled: simulate, search ----------------------------------------------------------------------
+
+
+def add_simulate(sub) -> None:
+    p = sub.add_parser(
+        "simulate",
+        help="modeled decode of a trace on a device mix (homogeneous TP or Lamina), or the paper's table",
+        description="Trace-driven simulation from measured profiles (results/profiles/) or the roofline. "
+        "--paper prints the paper's nine equal-cost comparisons as a markdown table.",
+    )
+    p.add_argument("--paper", action="store_true", help="the nine comparisons (3 models x 3 traces)")
+    p.add_argument("--model", help="model slug, e.g. llama3-70b (see `lamina-bench models`)")
+    p.add_argument("--system", help="homogeneous | lamina")
+    p.add_argument("--compute", help="compute mix NxDEVICE, e.g. 2xH100 (homogeneous: the TP group)")
+    p.add_argument("--attention", help="Lamina attention mix NxDEVICE, e.g. 4xH20")
+    p.add_argument("--trace", help="azure-conv | azure-code | kimi-conv")
+    p.add_argument("--requests", type=int, help="first N requests of the trace (default: all)")
+    p.add_argument("--arrival", help="saturate (default) | trace | poisson")
+    p.add_argument("--rate", type=float, help="Poisson arrival rate, requests/s")
+    p.add_argument("--seed", type=int, help="seed of the Poisson arrivals")
+    p.add_argument("--pipeline-batches", type=int, help="Lamina: 1 none, 2 ping-pong (default), >2 rotate")
+    p.add_argument("--max-batch", type=int, help="cap on running requests")
+    p.add_argument("--dtype", help="fp16 (default) | bf16")
+    p.add_argument("--devices-file", help="TOML file overriding or adding devices (prices, specs)")
+    p.add_argument("--profile-dir", help="folder of <device>-<backend>.json profiles (results/profiles)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_run_simulate)
+
+
+def _run_simulate(args) -> int:
+    catalog = load_catalog(args.devices_file)
+    if args.profile_dir and not Path(args.profile_dir).is_dir():
+        raise UserInputError(
+            f"--profile-dir {args.profile_dir} is not a folder (it holds <device>-<backend>.json)"
+        )
+    if args.paper:
+        if args.dtype not in (None, "fp16"):
+            raise UserInputError("--paper reproduces the paper's fp16 setting; drop --dtype")
+        rows = paper_comparisons(requests=args.requests, catalog=catalog, profile_dir=args.profile_dir)
+        if args.json:
+            print(json.dumps([{"model": c.model, "trace": c.trace, "homogeneous": c.homogeneous.to_dict(),
+                               "lamina": c.lamina.to_dict()} for c in rows]))  # fmt: skip
+        else:
+            print(comparisons_markdown(rows))
+        return 0
+    missing = [o for o in ("model", "system", "compute", "trace") if getattr(args, o) is None]
+    if missing:
+        raise UserInputError(f"simulate needs --{', --'.join(missing)} (or --paper)")
+    config = SystemConfig(
+        args.system, get_model(args.model), parse_mix(args.compute, catalog),
+        parse_mix(args.attention, catalog) if args.attention else None,
+        **given(args, dtype="dtype", pipeline_batches="pipeline_batches", max_batch_size="max_batch"),
+    )  # fmt: skip
+    memory_plan(config)  # a mix the weights do not fit: one-line error before anything else
+    if (args.rate is not None or args.seed is not None) and args.arrival != "poisson":
+        raise UserInputError("--rate and --seed apply to --arrival poisson only")
+    model = iteration_model(config, profile_dir=args.profile_dir)
+    result = simulate(config, load_trace(args.trace), model=model,
+                      **given(args, arrival="arrival", rate_per_s="rate", seed="seed", requests="requests"))  # fmt: skip
+    print(result.to_json() if args.json else result_table(result))
+    return 0
+
+
+def add_search(sub) -> None:
+    p = sub.add_parser("search", help="best tokens per dollar (Lamina, homogeneous) under a TBT SLO, budget")
+    p.add_argument("--model", required=True, help="model slug, e.g. llama3-70b")
+    p.add_argument("--trace", required=True, help="azure-conv | azure-code | kimi-conv")
+    p.add_argument("--tbt-slo-ms", type=float, help="p99 time between tokens, ms")
+    p.add_argument("--budget-usd-per-hour", type=float, help="most the whole mix may cost per hour")
+    p.add_argument("--devices", help="comma-separated catalog devices (default: all with specs and a price)")
+    p.add_argument("--requests", type=int, help="replay the first N requests of the trace")
+    p.add_argument("--top", type=int, default=15, help="rows of the ranked table to print")
+    p.add_argument("--devices-file", help="TOML file overriding or adding devices (prices, specs)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_run_search)
+
+
+def _run_search(args) -> int:
+    devices = [d.strip() for d in args.devices.split(",") if d.strip()] if args.devices else None
+    limits = given(
+        args, tbt_slo_ms="tbt_slo_ms", budget_usd_per_hour="budget_usd_per_hour", requests="requests"
+    )
+    result = search(get_model(args.model), load_trace(args.trace), devices=devices,
+                    catalog=load_catalog(args.devices_file), **limits)  # fmt: skip
+    print(json.dumps(result.to_dict()) if args.json else search_table(result, args.top))
+    return 0
