@@ -1,12 +1,14 @@
-# `make bench`: install, run the default sweep, write the HTML report.   `make test`: install, run the tests.
+# `make bench`: install, run the default sweep, write the HTML report.   `make test`: install, install
+# Debian's chromium if missing (`make chromium`, for the report's browser test), run the tests.
 # torch is installed first and pinned: torch==2.13.0 is a CPU wheel on local disk, while a bare "torch"
 # requirement would pull a multi-GB CUDA build.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+CHROMIUM := /usr/bin/chromium
 
-.PHONY: install test test-slow check-baseline bench lint format clean
+.PHONY: install chromium test test-slow check-baseline bench lint format clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +18,21 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-test: install
+# Debian's chromium for tests/lamina_bench/test_report_browser.py (Playwright drives it through
+# executable_path; `playwright install`, which downloads browsers, is never run). Nothing to do when
+# $(CHROMIUM) exists; sudo only when not root; without apt-get, a message (the browser tests then skip).
+chromium:
+	@if [ -x $(CHROMIUM) ]; then exit 0; fi; \
+	if ! command -v apt-get >/dev/null; then \
+	  echo "apt-get not found: install Chromium as $(CHROMIUM) yourself; the browser tests skip without it"; \
+	  exit 0; \
+	fi; \
+	sudo=; if [ "$$(id -u)" != 0 ] && command -v sudo >/dev/null; then sudo=sudo; fi; \
+	set -x; \
+	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium
+
+test: install chromium
 	$(VENV)/bin/ruff check lamina_bench reference_impl tests
 	$(VENV)/bin/ruff format --check lamina_bench reference_impl tests
 	$(PY) -m pytest -q -m "not slow"
