@@ -16,9 +16,20 @@ from lamina_bench.cli.common import Parser
 from lamina_bench.errors import UserInputError
 from reference_impl.errors import ConfigError
 
-COMMANDS = (local.add_generate, modeled.add_models, modeled.add_hardware, modeled.add_simulate,
-            modeled.add_search, local.add_run, local.add_profile, results.add_report, results.add_compare,
-            results.add_baseline, results.add_merge, local.add_gpu_check)  # fmt: skip
+COMMANDS = (
+    local.add_generate,
+    modeled.add_models,
+    modeled.add_hardware,
+    modeled.add_simulate,
+    modeled.add_search,
+    local.add_run,
+    local.add_profile,
+    results.add_report,
+    results.add_compare,
+    results.add_baseline,
+    results.add_merge,
+    local.add_gpu_check,
+)
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:

@@ -56,11 +56,15 @@ def _run_generate(args) -> int:
         print(json.dumps({"summary": summary}))
         return 0
     for c in run.completions:
-        print(f"request {c.request_id}: {len(c.prompt_ids)} prompt -> {len(c.output_ids)} new "
-              f"({c.finish_reason}): {list(c.output_ids)}")  # fmt: skip
-    print(f"{summary['requests']} requests, {summary['generated_tokens']} tokens in {summary['wall_s']:.2f} s; "
-          f"decode {summary['decode_tok_per_s']:.1f} tok/s (measured), mean decode batch "
-          f"{fmt(summary['mean_decode_batch'], digits=2)}")  # fmt: skip
+        print(
+            f"request {c.request_id}: {len(c.prompt_ids)} prompt -> {len(c.output_ids)} new "
+            f"({c.finish_reason}): {list(c.output_ids)}"
+        )
+    print(
+        f"{summary['requests']} requests, {summary['generated_tokens']} tokens in {summary['wall_s']:.2f} s; "
+        f"decode {summary['decode_tok_per_s']:.1f} tok/s (measured), mean decode batch "
+        f"{fmt(summary['mean_decode_batch'], digits=2)}"
+    )
     return 0
 
 
@@ -104,8 +108,10 @@ def _run_run(args) -> int:
     log(f"{len(points)} points -> {store.path}")
     outcome = run_sweep(spec, store, points, spec_path=spec_path)
     store.finalize()
-    print(f"{outcome.ran} points run, {outcome.skipped} already done, {outcome.failed} failed "
-          f"in {outcome.wall_s:.0f} s -> {store.path}")  # fmt: skip
+    print(
+        f"{outcome.ran} points run, {outcome.skipped} already done, {outcome.failed} failed "
+        f"in {outcome.wall_s:.0f} s -> {store.path}"
+    )
     rows = store.rows()
     print(summary_text(rows))
     errors = model_error_text(rows)

@@ -104,8 +104,19 @@ def _run_simulate(args) -> int:
             raise UserInputError("--paper reproduces the paper's fp16 setting; drop --dtype")
         rows = paper_comparisons(requests=args.requests, catalog=catalog, profile_dir=args.profile_dir)
         if args.json:
-            print(json.dumps([{"model": c.model, "trace": c.trace, "homogeneous": c.homogeneous.to_dict(),
-                               "lamina": c.lamina.to_dict()} for c in rows]))  # fmt: skip
+            print(
+                json.dumps(
+                    [
+                        {
+                            "model": c.model,
+                            "trace": c.trace,
+                            "homogeneous": c.homogeneous.to_dict(),
+                            "lamina": c.lamina.to_dict(),
+                        }
+                        for c in rows
+                    ]
+                )
+            )
         else:
             print(comparisons_markdown(rows))
         return 0
@@ -113,16 +124,22 @@ def _run_simulate(args) -> int:
     if missing:
         raise UserInputError(f"simulate needs --{', --'.join(missing)} (or --paper)")
     config = SystemConfig(
-        args.system, get_model(args.model), parse_mix(args.compute, catalog),
+        args.system,
+        get_model(args.model),
+        parse_mix(args.compute, catalog),
         parse_mix(args.attention, catalog) if args.attention else None,
         **given(args, dtype="dtype", pipeline_batches="pipeline_batches", max_batch_size="max_batch"),
-    )  # fmt: skip
+    )
     memory_plan(config)  # a mix the weights do not fit: one-line error before anything else
     if (args.rate is not None or args.seed is not None) and args.arrival != "poisson":
         raise UserInputError("--rate and --seed apply to --arrival poisson only")
     model = iteration_model(config, profile_dir=args.profile_dir)
-    result = simulate(config, load_trace(args.trace), model=model,
-                      **given(args, arrival="arrival", rate_per_s="rate", seed="seed", requests="requests"))  # fmt: skip
+    result = simulate(
+        config,
+        load_trace(args.trace),
+        model=model,
+        **given(args, arrival="arrival", rate_per_s="rate", seed="seed", requests="requests"),
+    )
     print(result.to_json() if args.json else result_table(result))
     return 0
 
@@ -146,7 +163,12 @@ def _run_search(args) -> int:
     limits = given(
         args, tbt_slo_ms="tbt_slo_ms", budget_usd_per_hour="budget_usd_per_hour", requests="requests"
     )
-    result = search(get_model(args.model), load_trace(args.trace), devices=devices,
-                    catalog=load_catalog(args.devices_file), **limits)  # fmt: skip
+    result = search(
+        get_model(args.model),
+        load_trace(args.trace),
+        devices=devices,
+        catalog=load_catalog(args.devices_file),
+        **limits,
+    )
     print(json.dumps(result.to_dict()) if args.json else search_table(result, args.top))
     return 0

@@ -1,6 +1,6 @@
 """The page shell: one self-contained HTML file with plotly.js embedded once and every figure as JSON.
 
-Contract with the browser test (tests/lamina_bench/browser.py):
+Contract with the browser test (tests/lamina_bench/test_report_browser.py):
 - every figure is a `<div class="plot" id="fig-N">` and its spec sits under the same id in the JSON
   object of `<script type="application/json" id="report-figures">`;
 - the loader draws them in order with Plotly.newPlot, logs a console error for each one that fails, and

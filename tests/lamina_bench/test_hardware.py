@@ -115,10 +115,17 @@ def test_specs_are_frozen_and_hashable():
 
 def test_spec_validation():
     base = dict(
-        name="X", full_name="x", vendor="v", bf16_flops_per_s=None, memory_bytes=1e9,
-        mem_bandwidth_bytes_per_s=None, power_w=None, intra_link_bytes_per_s=None, nic_gbps=None,
+        name="X",
+        full_name="x",
+        vendor="v",
+        bf16_flops_per_s=None,
+        memory_bytes=1e9,
+        mem_bandwidth_bytes_per_s=None,
+        power_w=None,
+        intra_link_bytes_per_s=None,
+        nic_gbps=None,
         usd_per_hour=None,
-    )  # fmt: skip
+    )
     DeviceSpec(**base, sources={"memory_bytes": "test; 2025"})
     with pytest.raises(UserInputError, match="no source"):
         DeviceSpec(**base)
@@ -197,8 +204,10 @@ def test_local_devices_cpu_only_without_cuda(monkeypatch):
 
 def test_local_devices_with_fake_cuda(monkeypatch):
     torch = pytest.importorskip("torch")
-    props = [SimpleNamespace(name="NVIDIA H200", total_memory=150_754_820_096),
-             SimpleNamespace(name="NVIDIA Mystery 9000", total_memory=8e9)]  # fmt: skip
+    props = [
+        SimpleNamespace(name="NVIDIA H200", total_memory=150_754_820_096),
+        SimpleNamespace(name="NVIDIA Mystery 9000", total_memory=8e9),
+    ]
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: props[i])

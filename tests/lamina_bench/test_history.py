@@ -22,9 +22,15 @@ def row(i: int, throughput: float | None, **overrides) -> PointRow:
     """A modeled row of point i; an override named after a registered metric sets that metric."""
     metrics = {"throughput_tok_per_s": throughput}
     metrics.update({name: overrides.pop(name) for name in [k for k in overrides if k in METRICS]})
-    fields = dict(point_id=point_id({"i": i}), source="modeled", model="llama-33b",
-                  system="lamina" if i % 2 else "homogeneous", compute="1xH100", trace="azure-conv",
-                  metrics={k: v for k, v in metrics.items() if v is not None})  # fmt: skip
+    fields = dict(
+        point_id=point_id({"i": i}),
+        source="modeled",
+        model="llama-33b",
+        system="lamina" if i % 2 else "homogeneous",
+        compute="1xH100",
+        trace="azure-conv",
+        metrics={k: v for k, v in metrics.items() if v is not None},
+    )
     return PointRow(**{**fields, **overrides})
 
 

@@ -114,16 +114,32 @@ def rows(hit: float, wait: float) -> list[PointRow]:
     """Two modeled points carrying the new metrics; the first one's change by the arguments (TEST DATA)."""
     out = []
     for i, system in enumerate(("lamina", "homogeneous")):
-        config = {"model": "llama-33b", "system": system, "compute": "1xH100" if i == 0 else "2xH100",
-                  "attention": "2xH20" if i == 0 else None, "trace": "azure-conv", "pipeline_batches": 2 - i,
-                  "dtype": "fp16"}  # fmt: skip
+        config = {
+            "model": "llama-33b",
+            "system": system,
+            "compute": "1xH100" if i == 0 else "2xH100",
+            "attention": "2xH20" if i == 0 else None,
+            "trace": "azure-conv",
+            "pipeline_batches": 2 - i,
+            "dtype": "fp16",
+        }
         h, w = (hit, wait) if i == 0 else (50.0, 3.0)
-        out.append(PointRow(
-            point_id=point_id({"mode": "modeled", **config}), source="modeled", profile="roofline", **config,
-            metrics={"throughput_tok_per_s": 1000.0 + i, "cost_usd_per_hour": 20.0, "kv_hit_pct": h,
-                     "queue_wait_ms": w},
-            ci={"kv_hit_pct": (h - 1.0, h + 1.0)}, whole_trace={"kv_hit_pct": h / 2},
-        ))  # fmt: skip
+        out.append(
+            PointRow(
+                point_id=point_id({"mode": "modeled", **config}),
+                source="modeled",
+                profile="roofline",
+                **config,
+                metrics={
+                    "throughput_tok_per_s": 1000.0 + i,
+                    "cost_usd_per_hour": 20.0,
+                    "kv_hit_pct": h,
+                    "queue_wait_ms": w,
+                },
+                ci={"kv_hit_pct": (h - 1.0, h + 1.0)},
+                whole_trace={"kv_hit_pct": h / 2},
+            )
+        )
     return out
 
 
@@ -168,8 +184,12 @@ def test_a_registered_metric_is_stored_compared_reported_and_in_the_history(new_
     better = store(root, "better", rows(hit=95.0, wait=1.0), "2026-04-01T10:00:00Z")
     report = compare_paths(base, better)
     verdicts = {d.metric: d.verdict for p in report.points for d in p.deltas if p.key == first.point_id}
-    assert verdicts == {"throughput_tok_per_s": "ok", "cost_usd_per_hour": "ok", "kv_hit_pct": "improvement",
-                        "queue_wait_ms": "improvement"}  # fmt: skip
+    assert verdicts == {
+        "throughput_tok_per_s": "ok",
+        "cost_usd_per_hour": "ok",
+        "kv_hit_pct": "improvement",
+        "queue_wait_ms": "improvement",
+    }
     assert report.exit_code == 0 and compare_paths(base, better, fail_on="change").exit_code == 1
     data = json.loads(format_report(report, "json"))
     (delta,) = [

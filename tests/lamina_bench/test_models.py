@@ -123,10 +123,21 @@ def test_dtypes():
 
 def test_spec_validation():
     good = dict(
-        name="tiny", family="llama", num_layers=2, hidden_size=64, num_heads=4, num_kv_heads=2, head_dim=16,
-        intermediate_size=128, vocab_size=100, max_position=64, mlp="swiglu", tie_embeddings=False,
-        qkv_bias=False, source="test",
-    )  # fmt: skip
+        name="tiny",
+        family="llama",
+        num_layers=2,
+        hidden_size=64,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=16,
+        intermediate_size=128,
+        vocab_size=100,
+        max_position=64,
+        mlp="swiglu",
+        tie_embeddings=False,
+        qkv_bias=False,
+        source="test",
+    )
     assert ModelSpec(**good).group_size == 2
     for change, message in [
         ({"num_kv_heads": 3}, "not a multiple"),

@@ -37,10 +37,21 @@ H100 = get_device("H100")
 H20 = get_device("H20")
 
 TINY = ModelSpec(
-    "tiny", "llama", num_layers=2, hidden_size=64, num_heads=4, num_kv_heads=2, head_dim=16,
-    intermediate_size=128, vocab_size=256, max_position=512, mlp="swiglu", tie_embeddings=False,
-    qkv_bias=False, source="test",
-)  # fmt: skip
+    "tiny",
+    "llama",
+    num_layers=2,
+    hidden_size=64,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=16,
+    intermediate_size=128,
+    vocab_size=256,
+    max_position=512,
+    mlp="swiglu",
+    tie_embeddings=False,
+    qkv_bias=False,
+    source="test",
+)
 
 
 # ---- hand-worked: Llama-3-70B on 4xH100, fp16 --------------------------------------------------------
@@ -157,14 +168,23 @@ def make_profile(device="cpu", backend="cpu", spec=TINY) -> Profile:
         AttentionPoint(b, c, float(_attention_law(spec, b, c))) for b in (1, 8, 32) for c in (64, 512)
     )
     return Profile(
-        device=device, backend=backend, date="2025-01-01", versions={"torch": "2.13.0"}, dtype="fp32", tp=1,
-        model=spec, dense=dense, attention=attention,
+        device=device,
+        backend=backend,
+        date="2025-01-01",
+        versions={"torch": "2.13.0"},
+        dtype="fp32",
+        tp=1,
+        model=spec,
+        dense=dense,
+        attention=attention,
         head=(DensePoint(1, 50e-6), DensePoint(64, 90e-6)),
         link=(TransferPoint(1000, 20e-6 + 1000 / 1e9), TransferPoint(1_000_000, 20e-6 + 1e6 / 1e9)),
-        allreduce=(AllReducePoint(4096, 2, 2 * 15e-6 + 4096 / 2e9),
-                   AllReducePoint(1 << 20, 2, 2 * 15e-6 + (1 << 20) / 2e9)),
+        allreduce=(
+            AllReducePoint(4096, 2, 2 * 15e-6 + 4096 / 2e9),
+            AllReducePoint(1 << 20, 2, 2 * 15e-6 + (1 << 20) / 2e9),
+        ),
         iteration_overhead_s=1e-4,
-    )  # fmt: skip
+    )
 
 
 def test_profile_round_trip(tmp_path):

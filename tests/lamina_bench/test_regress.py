@@ -4,14 +4,12 @@ verdicts, output shapes, pytest-benchmark JSON, baselines."""
 from __future__ import annotations
 
 import json
-import shutil
 import tomllib
 from pathlib import Path
 
 import pytest
 
-from lamina_bench.cli import build_parser, main
-from lamina_bench.compare.baselines import list_baselines, update_baseline
+from lamina_bench.cli import build_parser
 from lamina_bench.compare.compare import (
     DEFAULT_MEASURED_THRESHOLD_PCT,
     DEFAULT_THRESHOLD_PCT,
@@ -21,70 +19,17 @@ from lamina_bench.compare.compare import (
     metric_verdict,
 )
 from lamina_bench.compare.sides import load_side, point_label
-from lamina_bench.results.metrics import METRICS
-from lamina_bench.results.row import PointRow, point_id
+from lamina_bench.results.row import point_id
 from lamina_bench.results.store import RunStore
 from lamina_bench.sweep.spec import parse_spec
-
-REPO = Path(__file__).resolve().parents[2]
-
-SMALL_SPEC = """
-name = "regress-test"
-repeats = 1
-
-[[modeled]]
-models = ["llama-33b"]
-traces = ["azure-conv"]
-requests = 300
-homogeneous = ["2xH100"]
-lamina = [{ compute = "1xH100", attention = "2xH20", pipeline_batches = 2 }]
-"""
-
-
-def make_row(i: int, source: str = "modeled", **overrides) -> PointRow:
-    """An ok row for configuration i with metrics worked from i. An override named after a registered
-    metric sets that metric (None removes it); other overrides set PointRow fields."""
-    metrics = {"throughput_tok_per_s": 1000.0 + i, "tbt_p99_ms": 50.0 + i, "tokens_per_usd": 2000.0 + i}
-    metrics.update({name: overrides.pop(name) for name in [k for k in overrides if k in METRICS]})
-    fields = dict(point_id=point_id({"mode": source, "i": i}), source=source, model="llama-33b", system="lamina",
-                  compute="1xH100", attention="2xH20", trace="azure-conv", batch_size=i, pipeline_batches=2,
-                  metrics={k: v for k, v in metrics.items() if v is not None})  # fmt: skip
-    return PointRow(**{**fields, **overrides})
-
-
-def with_metrics(row: PointRow, **values: float) -> PointRow:
-    return row.replace(metrics={**row.metrics, **values})
-
-
-def make_store(root: Path, run_id: str, rows: list[PointRow], devices=None) -> Path:
-    store = RunStore.create(root, run_id=run_id, spec={"name": "t"}, argv=["test"], devices=devices or [])
-    for row in rows:
-        store.add_point(row)
-    store.finalize()
-    return store.path
-
-
-def stored_rows(run: Path) -> list[PointRow]:
-    """The rows of a run as add_point takes them (volatile fields cleared)."""
-    return [r.replace(run_id=None, timestamp=None, wall_s=None) for r in RunStore.open(run).rows()]
-
-
-def cli(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-@pytest.fixture(scope="module")
-def sweep_runs(tmp_path_factory) -> tuple[Path, Path]:
-    """Two runs of the same small deterministic modeled sweep, through `lamina-bench run`."""
-    root = tmp_path_factory.mktemp("runs")
-    spec = root / "spec.toml"
-    spec.write_text(SMALL_SPEC)
-    for run_id in ("a", "b"):
-        assert main(["run", str(spec), "--out", str(root), "--run-id", run_id, "--no-report"]) == 0
-    return root / "a", root / "b"
-
+from tests.lamina_bench.compare_helpers import (
+    REPO,
+    cli,
+    make_row,
+    make_store,
+    stored_rows,
+    with_metrics,
+)
 
 # ---- deterministic sweeps ------------------------------------------------------------------------
 
@@ -187,8 +132,14 @@ def test_noisy_measured_metric_with_overlapping_intervals_is_not_flagged(tmp_pat
 def test_per_source_thresholds_and_report_only(tmp_path, capsys):
     base = make_store(tmp_path, "base", [make_row(1, "modeled"), make_row(2, "measured")])
     # measured point 20% slower, modeled point 1% slower
-    head = make_store(tmp_path, "head", [make_row(1, "modeled", throughput_tok_per_s=1001.0 * 0.99),
-                                         make_row(2, "measured", throughput_tok_per_s=1002.0 * 0.8)])  # fmt: skip
+    head = make_store(
+        tmp_path,
+        "head",
+        [
+            make_row(1, "modeled", throughput_tok_per_s=1001.0 * 0.99),
+            make_row(2, "measured", throughput_tok_per_s=1002.0 * 0.8),
+        ],
+    )
     report = compare_paths(
         base, head, Thresholds(modeled_pct=2.0, measured_pct=DEFAULT_MEASURED_THRESHOLD_PCT)
     )
@@ -206,8 +157,14 @@ def test_predictions_from_the_runs_own_profile_use_the_measured_threshold(tmp_pa
     """A modeled row predicting a measured point is calibrated from a profile timed in that run."""
     extra = {"predicts": "0123456789abcdef"}
     base = make_store(tmp_path, "base", [make_row(1, **extra), make_row(2)])
-    head = make_store(tmp_path, "head", [make_row(1, **extra, throughput_tok_per_s=1001.0 * 0.9),
-                                         make_row(2, throughput_tok_per_s=1002.0 * 0.9)])  # fmt: skip
+    head = make_store(
+        tmp_path,
+        "head",
+        [
+            make_row(1, **extra, throughput_tok_per_s=1001.0 * 0.9),
+            make_row(2, throughput_tok_per_s=1002.0 * 0.9),
+        ],
+    )
     report = compare_paths(base, head)  # defaults: modeled exact, measured 25%
     thresholds = {p.key: p.threshold_pct for p in report.points}  # order-free: rows may share a timestamp
     assert thresholds == {make_row(1).point_id: DEFAULT_MEASURED_THRESHOLD_PCT, make_row(2).point_id: 0.0}
@@ -287,8 +244,14 @@ def test_json_output_shape(regressed, capsys):
     limits = {"modeled_pct": 0.0, "measured_pct": DEFAULT_MEASURED_THRESHOLD_PCT, "rel_tol": REL_TOL}
     assert data["thresholds"] == limits
     point = next(p for p in data["points"] if p["key"] == make_row(1).point_id)
-    assert data["failures"] == [{"key": make_row(1).point_id, "label": point["label"],
-                                 "metric": "throughput_tok_per_s", "reason": "throughput_tok_per_s regression"}]  # fmt: skip
+    assert data["failures"] == [
+        {
+            "key": make_row(1).point_id,
+            "label": point["label"],
+            "metric": "throughput_tok_per_s",
+            "reason": "throughput_tok_per_s regression",
+        }
+    ]
     assert data["counts"]["compared"] == 2 and data["counts"]["metrics_regression"] == 1
     metric = next(m for m in point["metrics"] if m["metric"] == "throughput_tok_per_s")
     assert metric["base"] == 1001.0 and metric["change_pct"] == pytest.approx(-10.0)
@@ -331,119 +294,3 @@ def test_not_a_run_exits_2(tmp_path, regressed, capsys):
     bench.write_text('{"machine_info": {}}')
     code, _, err = cli(capsys, "compare", str(bench), str(bench))
     assert code == 2 and "no 'benchmarks' list" in err
-
-
-# ---- pytest-benchmark JSON -----------------------------------------------------------------------
-
-
-def bench_file(path: Path, stats: dict[str, tuple[float, float, float]], node: str = "ci-runner") -> Path:
-    """A minimal pytest-benchmark JSON: name -> (q1, median, q3) in seconds."""
-    benchmarks = [
-        {"name": n.split("::")[-1], "fullname": n, "stats": {"q1": q1, "median": med, "q3": q3, "mean": med}}
-        for n, (q1, med, q3) in stats.items()
-    ]
-    data = {"machine_info": {"node": node, "cpu": {"brand_raw": "Test CPU"}}, "commit_info": {"id": "abc123"},
-            "benchmarks": benchmarks, "datetime": "2026-01-01T00:00:00", "version": "5.3.1"}  # fmt: skip
-    path.write_text(json.dumps(data))
-    return path
-
-
-def test_pytest_benchmark_json_comparison(tmp_path, capsys):
-    a, b, c, d = (f"tests/bench/test_bench_x.py::test_{k}" for k in "abcd")
-    base = bench_file(tmp_path / "base.json", {a: (0.95, 1.0, 1.05), b: (1.9, 2.0, 2.1), c: (0.4, 0.5, 0.6),
-                                               d: (1.0, 1.0, 1.0)})  # fmt: skip
-    head = bench_file(tmp_path / "head.json", {a: (1.45, 1.5, 1.55), b: (2.15, 2.2, 2.25), c: (0.55, 0.7, 0.8),
-                                               d: (1.0, 1.0, 1.0)})  # fmt: skip
-    report = compare_paths(base, head)
-    verdicts = {p.key: p.deltas[0].verdict for p in report.points}
-    # a: +50% > 25%, IQRs disjoint; b: +10% < 25%; c: +40% but the IQRs [0.4, 0.6], [0.55, 0.8] overlap
-    assert verdicts == {a: "regression", b: "ok", c: "noise", d: "ok"}
-    assert report.points[0].deltas[0].change_pct == pytest.approx(50.0)
-    code, out, _ = cli(capsys, "compare", str(base), str(head))
-    assert code == 1 and f"REGRESSION {a}" in out
-    assert cli(capsys, "compare", str(base), str(head), "--measured-threshold", "60")[0] == 0
-    # a benchmark that disappeared is missing data; another machine gets a note
-    gone = bench_file(tmp_path / "gone.json", {a: (0.95, 1.0, 1.05)}, node="laptop")
-    report = compare_paths(base, gone)
-    assert report.exit_code == 1 and {p.state for p in report.points} == {"compared", "missing"}
-    assert "may not be comparable" in report.notes[0]
-
-
-@pytest.mark.slow
-def test_real_benchmark_json_feeds_compare(tmp_path):
-    """The microbenchmarks' own --benchmark-json output, compared with itself: clean."""
-    import subprocess
-    import sys
-
-    out = tmp_path / "bench.json"
-    cmd = [sys.executable, "-m", "pytest", "-q", str(REPO / "tests/bench/test_bench_simulator.py"),
-           "--benchmark-only", f"--benchmark-json={out}", "-p", "no:cacheprovider"]  # fmt: skip
-    subprocess.run(cmd, check=True, cwd=REPO, capture_output=True, timeout=300)
-    report = compare_paths(out, out)
-    assert report.exit_code == 0 and report.counts()["compared"] >= 1
-
-
-# ---- baselines -----------------------------------------------------------------------------------
-
-
-def test_baseline_update_show_and_compare(sweep_runs, tmp_path, capsys):
-    base, head = sweep_runs
-    root = tmp_path / "baselines"
-    code, out, _ = cli(capsys, "baseline", "update", str(base), "--root", str(root))
-    assert code == 0 and "modeled: 2 ok, 0 failed points (2 modeled)" in out
-    folder = root / "modeled"  # an all-modeled run defaults to the device-independent name
-    assert sorted(p.name for p in (folder / "points").iterdir()) == sorted(
-        r.point_id + ".json" for r in stored_rows(base)
-    )
-    assert RunStore.open(folder).rows() == RunStore.open(base).rows()  # the rows, whole
-    manifest = json.loads((folder / "manifest.json").read_text())
-    assert manifest["run_id"] == "a" and manifest["baseline"]["source_run_id"] == "a"
-    assert manifest["git"] == json.loads((base / "manifest.json").read_text())["git"]
-    assert cli(capsys, "compare", str(folder), str(head), "--fail-on", "change")[0] == 0
-    code, out, _ = cli(capsys, "baseline", "show", "--root", str(root))
-    assert code == 0 and out.startswith("modeled: 2 ok")
-    code, out, _ = cli(capsys, "baseline", "show", "modeled", "--root", str(root), "--json")
-    shown = json.loads(out)
-    assert shown["device"] == "modeled" and len(shown["points"]) == 2
-    code, _, err = cli(capsys, "baseline", "show", "h100", "--root", str(root))
-    assert code == 2 and "no baseline 'h100'" in err and "baselines there: modeled" in err
-
-
-def test_baseline_update_replaces_the_old_one(tmp_path):
-    root = tmp_path / "baselines"
-    old = make_store(tmp_path, "old", [make_row(1), make_row(2)])
-    new = make_store(tmp_path, "new", [make_row(3)])
-    update_baseline(old, "cpu", root)
-    info = update_baseline(new, "cpu", root)
-    assert info.run_id == "new" and info.points_ok == 1
-    assert [p.name for p in (root / "cpu" / "points").iterdir()] == [make_row(3).point_id + ".json"]
-    assert sorted(p.name for p in root.iterdir()) == ["cpu"]  # no staging or old folders left
-
-
-def test_baseline_refuses_failed_points_and_bad_names(tmp_path, capsys):
-    bad = make_store(tmp_path, "bad", [make_row(1), make_row(2, status="failed", error="Boom")])
-    code, _, err = cli(capsys, "baseline", "update", str(bad), "--root", str(tmp_path / "b"))
-    assert code == 2 and "1 failed points" in err
-    good = make_store(tmp_path, "good", [make_row(1)])
-    code, _, err = cli(
-        capsys, "baseline", "update", str(good), "--device", "../x", "--root", str(tmp_path / "b")
-    )
-    assert code == 2 and "must be letters, digits" in err
-    assert not (tmp_path / "b").exists() or not any((tmp_path / "b").iterdir())
-
-
-def test_default_device_of_a_measured_run(tmp_path):
-    gpu = [{"name": "CPU"}, {"name": "H100 SXM"}]
-    run = make_store(tmp_path, "gpu", [make_row(1, "measured")], devices=gpu)
-    assert update_baseline(run, root=tmp_path / "b").device == "h100-sxm"
-    cpu = make_store(tmp_path, "cpu", [make_row(1, "measured")], devices=[{"name": "CPU"}])
-    assert update_baseline(cpu, root=tmp_path / "b").device == "cpu"
-    assert sorted(b.device for b in list_baselines(tmp_path / "b")) == ["cpu", "h100-sxm"]
-
-
-def test_compare_against_a_copied_run_folder(sweep_runs, tmp_path):
-    """A run folder copied elsewhere (as CI artifacts are) compares like the original."""
-    base, head = sweep_runs
-    copy = tmp_path / "copy"
-    shutil.copytree(head, copy)
-    assert compare_paths(base, copy, fail_on="change").exit_code == 0

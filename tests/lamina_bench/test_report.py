@@ -11,7 +11,6 @@ import re
 
 import pandas as pd
 import pytest
-from test_report_fixtures import bench_like_run, gpu_like_run, paper_rows, sweep_rows_50, write_run
 
 from lamina_bench.cli import main
 from lamina_bench.errors import UserInputError
@@ -34,6 +33,13 @@ from lamina_bench.report.figures import Missing, bandwidth_figure, breakdown_fig
 from lamina_bench.report.page import fmt_num
 from lamina_bench.results.metrics import METRICS
 from lamina_bench.results.row import PointRow
+from tests.lamina_bench.test_report_fixtures import (
+    bench_like_run,
+    gpu_like_run,
+    paper_rows,
+    sweep_rows_50,
+    write_run,
+)
 
 SECTION_IDS = ("runs", "headline", "batch", "pareto", "time", "predictions", "telemetry", "appendix")
 
@@ -42,8 +48,14 @@ def row(**kw) -> PointRow:
     """A report row (as data.load_run makes them: run_id is the run's label) with defaults; an argument
     named after a registered metric sets that metric (None: unknown). TEST DATA."""
     metrics = {name: kw.pop(name) for name in [k for k in kw if k in METRICS]}
-    base = {"run_id": "r1", "source": "modeled", "model": "llama-33b", "trace": "azure-conv", "dtype": "fp16",
-            "point_id": f"{random.getrandbits(64):016x}"}  # fmt: skip
+    base = {
+        "run_id": "r1",
+        "source": "modeled",
+        "model": "llama-33b",
+        "trace": "azure-conv",
+        "dtype": "fp16",
+        "point_id": f"{random.getrandbits(64):016x}",
+    }
     return PointRow(**{**base, **kw}, metrics={k: v for k, v in metrics.items() if v is not None})
 
 
@@ -52,10 +64,25 @@ def row(**kw) -> PointRow:
 
 def test_headline_pairs_lamina_with_the_closest_cost_baseline():
     # 1xH100 + 2xH20 = $20.32/h (paper); candidates $11.06, $22.12, $44.24 -> |diff| 9.26, 1.80, 23.92
-    lamina = row(system="lamina", compute="1xH100", attention="2xH20", pipeline_batches=2,
-                 cost_usd_per_hour=20.32, throughput_tok_per_s=1200.0, tbt_p99_ms=50.0)  # fmt: skip
-    homs = [row(system="homogeneous", compute=f"{n}xH100", cost_usd_per_hour=11.06 * n,
-                throughput_tok_per_s=500.0 * n, tbt_p99_ms=40.0) for n in (1, 2, 4)]  # fmt: skip
+    lamina = row(
+        system="lamina",
+        compute="1xH100",
+        attention="2xH20",
+        pipeline_batches=2,
+        cost_usd_per_hour=20.32,
+        throughput_tok_per_s=1200.0,
+        tbt_p99_ms=50.0,
+    )
+    homs = [
+        row(
+            system="homogeneous",
+            compute=f"{n}xH100",
+            cost_usd_per_hour=11.06 * n,
+            throughput_tok_per_s=500.0 * n,
+            tbt_p99_ms=40.0,
+        )
+        for n in (1, 2, 4)
+    ]
     other_trace = row(system="homogeneous", compute="9xH100", trace="kimi-conv", cost_usd_per_hour=20.32)
     other_run = row(system="homogeneous", compute="8xH100", run_id="r2", cost_usd_per_hour=20.32)
     measured = row(system="homogeneous", compute="7xH100", source="measured", cost_usd_per_hour=20.32)
@@ -100,8 +127,12 @@ def test_pareto_front_matches_brute_force_on_random_points():
     rng = random.Random(7)
     for _ in range(200):
         pts = [(rng.random(), rng.random()) for _ in range(rng.randint(1, 25))]
-        dominated = {i for i, (x, y) in enumerate(pts)
-                     for j, (u, v) in enumerate(pts) if j != i and u <= x and v >= y and (u < x or v > y)}  # fmt: skip
+        dominated = {
+            i
+            for i, (x, y) in enumerate(pts)
+            for j, (u, v) in enumerate(pts)
+            if j != i and u <= x and v >= y and (u < x or v > y)
+        }
         assert set(pareto_front(pts)) == set(range(len(pts))) - dominated
 
 
@@ -109,8 +140,10 @@ def test_pareto_front_matches_brute_force_on_random_points():
 
 
 def test_pool_times_from_pools_else_flat_metrics():
-    pools = {"compute": {"dense_ms": 30.0, "network_ms": 2.0, "idle_ms": 3.0},
-             "attention": {"attention_ms": 12.0, "network_ms": 2.0, "idle_ms": 21.0}}  # fmt: skip
+    pools = {
+        "compute": {"dense_ms": 30.0, "network_ms": 2.0, "idle_ms": 3.0},
+        "attention": {"attention_ms": 12.0, "network_ms": 2.0, "idle_ms": 21.0},
+    }
     got = pool_times(row(system="lamina", pools=pools, dense_ms=99.0))
     assert got["compute"] == {"dense_ms": 30.0, "attention_ms": None, "network_ms": 2.0, "idle_ms": 3.0}
     assert got["attention"]["attention_ms"] == 12.0
@@ -169,8 +202,13 @@ def test_link_and_breakdown_figures_from_rows():
 def test_predictions_pair_by_point_id_then_by_configuration():
     cfg = {"system": "homogeneous", "compute": "1xcpu", "trace": None, "batch_size": 4, "context_len": 128}
     measured = row(source="measured", point_id="a" * 16, throughput_tok_per_s=100.0, tbt_mean_ms=20.0, **cfg)
-    by_id = row(profile="cpu-cpu", predicts="a" * 16, throughput_tok_per_s=110.0, tbt_mean_ms=19.0,
-                **{**cfg, "batch_size": 999})  # fmt: skip
+    by_id = row(
+        profile="cpu-cpu",
+        predicts="a" * 16,
+        throughput_tok_per_s=110.0,
+        tbt_mean_ms=19.0,
+        **{**cfg, "batch_size": 999},
+    )
     by_config = row(predicts="measured", throughput_tok_per_s=50.0, **cfg)
     unrelated = row(throughput_tok_per_s=1.0, **cfg)  # no "predicts": a model point, not a prediction
     other_run = row(run_id="r2", predicts="a" * 16, throughput_tok_per_s=1.0, **{**cfg, "batch_size": 5})
@@ -221,8 +259,12 @@ def test_fmt_num_significant_digits_and_missing():
 @pytest.fixture(scope="module")
 def runs_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
-    return {"bench": bench_like_run(root), "after": bench_like_run(root, "bench-like-after", scale=1.1),
-            "gpu": gpu_like_run(root), "sweep": write_run(root, "sweep50", sweep_rows_50())}  # fmt: skip
+    return {
+        "bench": bench_like_run(root),
+        "after": bench_like_run(root, "bench-like-after", scale=1.1),
+        "gpu": gpu_like_run(root),
+        "sweep": write_run(root, "sweep50", sweep_rows_50()),
+    }
 
 
 def _figure_specs(page: str) -> dict:

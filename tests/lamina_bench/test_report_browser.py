@@ -234,20 +234,13 @@ def test_report_renders_in_chromium(browser, reports, tmp_path):
         assert check.loader["drawn"] == check.expected_figures
 
 
-def test_sweep_of_50_points_is_small_and_opens_fast(browser, reports, tmp_path):
+def test_sweep_of_50_points_is_small_and_renders(browser, reports, tmp_path):
+    """Size and a clean render; how fast it opens is a benchmark (tests/bench/test_bench_report_load.py)."""
     html = reports["sweep"]
     assert html.stat().st_size < SIZE_LIMIT_BYTES
-    # Best of up to three loads: this shared 2-core machine may be busy with other work; a load under
-    # the limit shows the page can open that fast.
-    times = []
-    for attempt in range(3):
-        check = check_report(browser, html, screenshot=tmp_path / "sweep.png" if attempt == 0 else None)
-        _assert_clean(check, html)
-        times.append(check.load_ms)
-        if check.load_ms < LOAD_LIMIT_MS:
-            break
-    assert min(times) < LOAD_LIMIT_MS, f"page loads took {times} ms (navigation start to every figure drawn)"
-    print(f"50-point report: {html.stat().st_size / 1e6:.2f} MB, loads {times} ms")
+    check = check_report(browser, html, screenshot=tmp_path / "sweep.png")
+    _assert_clean(check, html)
+    print(f"50-point report: {html.stat().st_size / 1e6:.2f} MB, loaded in {check.load_ms:.0f} ms")
 
 
 def _with_figure(html: Path, out: Path, fig_id: str, spec) -> Path:

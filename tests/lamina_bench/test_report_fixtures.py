@@ -44,8 +44,9 @@ def _money(metrics: dict[str, float | None]) -> dict[str, float]:
     return {**known, "tokens_per_usd": tput * 3600 / cost, "usd_per_mtok": cost / (tput * 3600) * 1e6}
 
 
-def modeled_trace_row(model: str, trace: str, system: str, compute: str, attention: str = "",
-                      depth: int = 1, scale: float = 1.0) -> PointRow:  # fmt: skip
+def modeled_trace_row(
+    model: str, trace: str, system: str, compute: str, attention: str = "", depth: int = 1, scale: float = 1.0
+) -> PointRow:
     """A modeled row of a trace simulation with made-up but plausible numbers (TEST DATA)."""
     spec = get_model(model)
     n_c = parse_mix(compute).count
@@ -54,33 +55,69 @@ def modeled_trace_row(model: str, trace: str, system: str, compute: str, attenti
     batch = (60.0 * n_c + 90.0 * n_a) / size * 10
     tbt_ms = 8.0 * size / n_c + 0.05 * batch
     tput = batch / tbt_ms * 1e3 * scale
-    config = {"model": model, "system": system, "compute": compute, "trace": trace, "dtype": "fp16",
-              "pipeline_batches": depth}  # fmt: skip
+    config = {
+        "model": model,
+        "system": system,
+        "compute": compute,
+        "trace": trace,
+        "dtype": "fp16",
+        "pipeline_batches": depth,
+    }
     if attention:
         config["attention"] = attention
-    metrics = {"generated_tokens": 400_000.0, "throughput_tok_per_s": tput, "tbt_p50_ms": tbt_ms,
-               "tbt_p90_ms": tbt_ms * 1.1, "tbt_p99_ms": tbt_ms * 1.25, "tbt_mean_ms": tbt_ms * 1.02,
-               "mean_batch_size": batch, "max_batch_size": batch * 1.6,
-               "cost_usd_per_hour": _cost(compute, *([attention] if attention else []))}  # fmt: skip
-    repro = (f"lamina-bench simulate --model {model} --system {system} --compute {compute} --trace {trace}"
-             + (f" --attention {attention} --pipeline-batches {depth}" if attention else ""))  # fmt: skip
+    metrics = {
+        "generated_tokens": 400_000.0,
+        "throughput_tok_per_s": tput,
+        "tbt_p50_ms": tbt_ms,
+        "tbt_p90_ms": tbt_ms * 1.1,
+        "tbt_p99_ms": tbt_ms * 1.25,
+        "tbt_mean_ms": tbt_ms * 1.02,
+        "mean_batch_size": batch,
+        "max_batch_size": batch * 1.6,
+        "cost_usd_per_hour": _cost(compute, *([attention] if attention else [])),
+    }
+    repro = f"lamina-bench simulate --model {model} --system {system} --compute {compute} --trace {trace}" + (
+        f" --attention {attention} --pipeline-batches {depth}" if attention else ""
+    )
     dense, attn = 0.6 * tbt_ms, 0.3 * tbt_ms
     if system == "lamina":
         net_bytes = float(net_bytes_per_token_per_layer(spec, "fp16") * spec.num_layers)
         network, idle_c, idle_a = 0.05 * tbt_ms, 0.05 * tbt_ms, 0.35 * tbt_ms
-        pools = {"compute": {"dense_ms": dense, "network_ms": network, "idle_ms": idle_c},
-                 "attention": {"attention_ms": attn, "network_ms": network, "idle_ms": idle_a}}  # fmt: skip
-        metrics.update(net_bytes_per_token=net_bytes, net_peak_gbps=net_bytes * tput * 8 / 1e9 * 1.3,
-                       dense_ms=dense, attention_ms=attn, network_ms=network, idle_ms=idle_c)  # fmt: skip
+        pools = {
+            "compute": {"dense_ms": dense, "network_ms": network, "idle_ms": idle_c},
+            "attention": {"attention_ms": attn, "network_ms": network, "idle_ms": idle_a},
+        }
+        metrics.update(
+            net_bytes_per_token=net_bytes,
+            net_peak_gbps=net_bytes * tput * 8 / 1e9 * 1.3,
+            dense_ms=dense,
+            attention_ms=attn,
+            network_ms=network,
+            idle_ms=idle_c,
+        )
     else:
         pools = {
             "compute": {"dense_ms": dense, "attention_ms": attn, "network_ms": 0.0, "idle_ms": 0.1 * tbt_ms}
         }
-        metrics.update(net_bytes_per_token=0.0, net_peak_gbps=0.0, dense_ms=dense, attention_ms=attn,
-                       network_ms=0.0, idle_ms=0.1 * tbt_ms)  # fmt: skip
-    return PointRow(**config, point_id=point_id({"mode": "modeled", **config}), source="modeled",
-                    profile="roofline", requests=2000, settings={"arrival": "saturate", "test_data": True},
-                    metrics=_money(metrics), pools=pools, repro_command=repro)  # fmt: skip
+        metrics.update(
+            net_bytes_per_token=0.0,
+            net_peak_gbps=0.0,
+            dense_ms=dense,
+            attention_ms=attn,
+            network_ms=0.0,
+            idle_ms=0.1 * tbt_ms,
+        )
+    return PointRow(
+        **config,
+        point_id=point_id({"mode": "modeled", **config}),
+        source="modeled",
+        profile="roofline",
+        requests=2000,
+        settings={"arrival": "saturate", "test_data": True},
+        metrics=_money(metrics),
+        pools=pools,
+        repro_command=repro,
+    )
 
 
 def measured_cpu_rows(batch_sizes=(1, 4), failed_lamina_batch: int | None = 4) -> list[PointRow]:
@@ -91,8 +128,15 @@ def measured_cpu_rows(batch_sizes=(1, 4), failed_lamina_batch: int | None = 4) -
     rows = []
     for system in ("homogeneous", "lamina"):
         for batch in batch_sizes:
-            config = {"model": "bench-llama-gqa", "system": system, "compute": "1xcpu", "batch_size": batch,
-                      "context_len": 128, "pipeline_batches": 2 if system == "lamina" else 1, "dtype": "fp32"}  # fmt: skip
+            config = {
+                "model": "bench-llama-gqa",
+                "system": system,
+                "compute": "1xcpu",
+                "batch_size": batch,
+                "context_len": 128,
+                "pipeline_batches": 2 if system == "lamina" else 1,
+                "dtype": "fp32",
+            }
             if system == "lamina":
                 config["attention"] = "1xcpu"
             measured_id = point_id({"mode": "measured", **config})
@@ -100,34 +144,71 @@ def measured_cpu_rows(batch_sizes=(1, 4), failed_lamina_batch: int | None = 4) -
             settings = {"device": "cpu", "new_tokens": 16, "tp": 1, "test_data": True}
             tbt_ms = 20.0 + 4.0 * batch + (6.0 if system == "lamina" else 0.0)
             if system == "lamina" and batch == failed_lamina_batch:
-                rows.append(PointRow(**config, point_id=measured_id, source="measured", status="failed",
-                                     error="RuntimeError: gloo connection reset (test data)", settings=settings,
-                                     repro_command=repro))  # fmt: skip
+                rows.append(
+                    PointRow(
+                        **config,
+                        point_id=measured_id,
+                        source="measured",
+                        status="failed",
+                        error="RuntimeError: gloo connection reset (test data)",
+                        settings=settings,
+                        repro_command=repro,
+                    )
+                )
             else:
-                rows.append(PointRow(
-                    **config, point_id=measured_id, source="measured", repeats=3, settings=settings,
-                    metrics={"throughput_tok_per_s": batch / tbt_ms * 1e3, "tbt_p50_ms": tbt_ms,
-                             "tbt_p90_ms": tbt_ms * 1.1, "tbt_p99_ms": tbt_ms * 1.3, "tbt_mean_ms": tbt_ms * 1.05,
-                             "mean_batch_size": float(batch), "max_batch_size": float(batch),
-                             "dense_ms": 0.7 * tbt_ms, "attention_ms": 0.2 * tbt_ms,
-                             "network_ms": 0.05 * tbt_ms if system == "lamina" else 0.0, "idle_ms": 0.05 * tbt_ms},
-                    ci={"tbt_p50_ms": (tbt_ms * 0.95, tbt_ms * 1.05)},
-                    telemetry_verdict="invalid: no NVML: nvmlInit failed (NVMLError_LibraryNotFound)",
-                    repro_command=repro))  # fmt: skip
+                rows.append(
+                    PointRow(
+                        **config,
+                        point_id=measured_id,
+                        source="measured",
+                        repeats=3,
+                        settings=settings,
+                        metrics={
+                            "throughput_tok_per_s": batch / tbt_ms * 1e3,
+                            "tbt_p50_ms": tbt_ms,
+                            "tbt_p90_ms": tbt_ms * 1.1,
+                            "tbt_p99_ms": tbt_ms * 1.3,
+                            "tbt_mean_ms": tbt_ms * 1.05,
+                            "mean_batch_size": float(batch),
+                            "max_batch_size": float(batch),
+                            "dense_ms": 0.7 * tbt_ms,
+                            "attention_ms": 0.2 * tbt_ms,
+                            "network_ms": 0.05 * tbt_ms if system == "lamina" else 0.0,
+                            "idle_ms": 0.05 * tbt_ms,
+                        },
+                        ci={"tbt_p50_ms": (tbt_ms * 0.95, tbt_ms * 1.05)},
+                        telemetry_verdict="invalid: no NVML: nvmlInit failed (NVMLError_LibraryNotFound)",
+                        repro_command=repro,
+                    )
+                )
             pred_tbt = tbt_ms * (0.9 if system == "homogeneous" else 1.2)
-            rows.append(PointRow(
-                **config, point_id=point_id({"mode": "modeled", **config, "predicts": "measured"}),
-                source="modeled", profile="cpu-cpu", settings=settings, predicts=measured_id, repro_command=repro,
-                metrics={"throughput_tok_per_s": batch / pred_tbt * 1e3, "tbt_mean_ms": pred_tbt,
-                         "mean_batch_size": float(batch), "max_batch_size": float(batch)}))  # fmt: skip
+            rows.append(
+                PointRow(
+                    **config,
+                    point_id=point_id({"mode": "modeled", **config, "predicts": "measured"}),
+                    source="modeled",
+                    profile="cpu-cpu",
+                    settings=settings,
+                    predicts=measured_id,
+                    repro_command=repro,
+                    metrics={
+                        "throughput_tok_per_s": batch / pred_tbt * 1e3,
+                        "tbt_mean_ms": pred_tbt,
+                        "mean_batch_size": float(batch),
+                        "max_batch_size": float(batch),
+                    },
+                )
+            )
     return rows
 
 
 def paper_rows(models=("llama-33b",), traces=("azure-conv",), scale: float = 1.0) -> list[PointRow]:
     """The paper's equal-cost pairs as modeled rows, plus a cheaper and a dearer baseline (TEST DATA)."""
-    setups = {"llama-33b": ("1xH100", "2xH20", ["1xH100", "2xH100", "4xH100"]),
-              "llama-65b": ("2xH100", "4xH20", ["2xH100", "4xH100", "8xH100"]),
-              "llama3-70b": ("2xH100", "4xH20", ["2xH100", "4xH100", "8xH100"])}  # fmt: skip
+    setups = {
+        "llama-33b": ("1xH100", "2xH20", ["1xH100", "2xH100", "4xH100"]),
+        "llama-65b": ("2xH100", "4xH20", ["2xH100", "4xH100", "8xH100"]),
+        "llama3-70b": ("2xH100", "4xH20", ["2xH100", "4xH100", "8xH100"]),
+    }
     rows = []
     for model in models:
         compute, attention, homogeneous = setups[model]
@@ -140,9 +221,11 @@ def paper_rows(models=("llama-33b",), traces=("azure-conv",), scale: float = 1.0
 def sweep_rows_50() -> list[PointRow]:
     """50 rows: 3 models x 2 traces x 7 mixes (42 modeled) + 4 measured + 4 predictions (TEST DATA)."""
     rows = []
-    lamina_mixes = {"llama-33b": [("1xH100", "2xH20"), ("1xH100", "4xH20"), ("2xH100", "4xH20"), ("2xH100", "2xH20")],
-                    "llama-65b": [("2xH100", "4xH20"), ("2xH100", "8xH20"), ("4xH100", "4xH20"), ("1xH100", "4xH20")],
-                    "llama3-70b": [("2xH100", "4xH20"), ("2xH100", "8xH20"), ("4xH100", "4xH20"), ("1xH100", "4xH20")]}  # fmt: skip
+    lamina_mixes = {
+        "llama-33b": [("1xH100", "2xH20"), ("1xH100", "4xH20"), ("2xH100", "4xH20"), ("2xH100", "2xH20")],
+        "llama-65b": [("2xH100", "4xH20"), ("2xH100", "8xH20"), ("4xH100", "4xH20"), ("1xH100", "4xH20")],
+        "llama3-70b": [("2xH100", "4xH20"), ("2xH100", "8xH20"), ("4xH100", "4xH20"), ("1xH100", "4xH20")],
+    }
     for model, mixes in lamina_mixes.items():
         for trace in ("azure-conv", "kimi-conv"):
             for i, (compute, attention) in enumerate(mixes):
@@ -154,8 +237,13 @@ def sweep_rows_50() -> list[PointRow]:
     return rows
 
 
-def telemetry_frame(devices: int = 2, samples: int = 400, interval_s: float = 0.1, t0: float = 1000.0,
-                    points: tuple[str | None, ...] = (None,)) -> pd.DataFrame:  # fmt: skip
+def telemetry_frame(
+    devices: int = 2,
+    samples: int = 400,
+    interval_s: float = 0.1,
+    t0: float = 1000.0,
+    points: tuple[str | None, ...] = (None,),
+) -> pd.DataFrame:
     """NVML-like samples: SM and memory busy, power, clocks per device; the samples are split evenly
     between the windows of `points` (TEST DATA)."""
     records = []
@@ -164,20 +252,41 @@ def telemetry_frame(devices: int = 2, samples: int = 400, interval_s: float = 0.
             t = t0 + i * interval_s
             wave = 0.5 + 0.5 * math.sin(i / 15 + d)
             point = points[i * len(points) // samples]
-            records.append({"device_index": d, "t_mono_s": t, "unix_time_s": 1.7e9 + t, "point_id": point,
-                            "sm_busy_pct": 60 + 35 * wave, "mem_busy_pct": 30 + 50 * wave,
-                            "mem_used_bytes": 40e9, "power_w": 250 + 300 * wave, "sm_clock_mhz": 1755.0,
-                            "mem_clock_mhz": 2619.0, "pcie_tx_bytes_per_s": None, "pcie_rx_bytes_per_s": None,
-                            "dram_bw_util_pct": None, "energy_counter_j": 5e5 + i * 40.0, "error": None})  # fmt: skip
+            records.append(
+                {
+                    "device_index": d,
+                    "t_mono_s": t,
+                    "unix_time_s": 1.7e9 + t,
+                    "point_id": point,
+                    "sm_busy_pct": 60 + 35 * wave,
+                    "mem_busy_pct": 30 + 50 * wave,
+                    "mem_used_bytes": 40e9,
+                    "power_w": 250 + 300 * wave,
+                    "sm_clock_mhz": 1755.0,
+                    "mem_clock_mhz": 2619.0,
+                    "pcie_tx_bytes_per_s": None,
+                    "pcie_rx_bytes_per_s": None,
+                    "dram_bw_util_pct": None,
+                    "energy_counter_j": 5e5 + i * 40.0,
+                    "error": None,
+                }
+            )
     return pd.DataFrame(records, columns=list(TELEMETRY_COLUMNS)).astype(TELEMETRY_COLUMNS)
 
 
-def write_run(root: Path, run_id: str, rows: list[PointRow], telemetry: pd.DataFrame | None = None,
-              spec: dict[str, Any] | None = None, finalize: bool = True) -> Path:  # fmt: skip
+def write_run(
+    root: Path,
+    run_id: str,
+    rows: list[PointRow],
+    telemetry: pd.DataFrame | None = None,
+    spec: dict[str, Any] | None = None,
+    finalize: bool = True,
+) -> Path:
     """A run folder under `root` holding `rows` (and telemetry), written through RunStore."""
     spec = spec or {"path": "test-fixture.toml", "shard": None, "toml": {"name": run_id, "test_data": True}}
-    store = RunStore.create(root, run_id=run_id, spec=spec, argv=["lamina-bench", "run", "test-fixture.toml"],
-                            devices=DEVICES)  # fmt: skip
+    store = RunStore.create(
+        root, run_id=run_id, spec=spec, argv=["lamina-bench", "run", "test-fixture.toml"], devices=DEVICES
+    )
     for row in rows:
         store.add_point(row)
     if telemetry is not None:
@@ -197,14 +306,36 @@ def gpu_like_run(root: Path, run_id: str = "gpu-like") -> Path:
     """Measured points with valid telemetry on two devices, one point with an invalid verdict (TEST DATA)."""
     rows = []
     for batch, verdict in ((8, "valid"), (32, "invalid: sample gap 450.0 ms > 2 x interval 100.0 ms")):
-        config = {"model": "llama2-7b", "system": "homogeneous", "compute": "1xH100", "batch_size": batch,
-                  "context_len": 1024, "pipeline_batches": 1, "dtype": "bf16"}  # fmt: skip
-        metrics = {"throughput_tok_per_s": batch * 70.0, "tbt_p50_ms": 14.0 + batch * 0.05,
-                   "tbt_p99_ms": 16.0 + batch * 0.05, "mean_batch_size": float(batch), "cost_usd_per_hour": 11.06,
-                   "sm_busy_pct_mean": 80.0, "mem_busy_pct_mean": 55.0, "power_w_mean": 520.0, "energy_j": 900.0}  # fmt: skip
-        rows.append(PointRow(**config, point_id=point_id({"mode": "measured", **config}), source="measured",
-                             metrics=_money(metrics), telemetry_verdict=verdict,
-                             repro_command="lamina-bench run gpu.toml"))  # fmt: skip
+        config = {
+            "model": "llama2-7b",
+            "system": "homogeneous",
+            "compute": "1xH100",
+            "batch_size": batch,
+            "context_len": 1024,
+            "pipeline_batches": 1,
+            "dtype": "bf16",
+        }
+        metrics = {
+            "throughput_tok_per_s": batch * 70.0,
+            "tbt_p50_ms": 14.0 + batch * 0.05,
+            "tbt_p99_ms": 16.0 + batch * 0.05,
+            "mean_batch_size": float(batch),
+            "cost_usd_per_hour": 11.06,
+            "sm_busy_pct_mean": 80.0,
+            "mem_busy_pct_mean": 55.0,
+            "power_w_mean": 520.0,
+            "energy_j": 900.0,
+        }
+        rows.append(
+            PointRow(
+                **config,
+                point_id=point_id({"mode": "measured", **config}),
+                source="measured",
+                metrics=_money(metrics),
+                telemetry_verdict=verdict,
+                repro_command="lamina-bench run gpu.toml",
+            )
+        )
     windows = (rows[0].point_id, None, rows[1].point_id)
     return write_run(root, run_id, rows, telemetry=telemetry_frame(points=windows))
 

@@ -19,18 +19,42 @@ PID = point_id({"test": "row"})
 def full_row() -> PointRow:
     """A row with every field set away from its default (TEST DATA)."""
     return PointRow(
-        point_id=PID, source="measured", status="failed", error="RuntimeError: boom", model="llama-33b",
-        system="lamina", compute="1xH100", attention="2xH20", trace="azure-conv", batch_size=8,
-        context_len=128, pipeline_batches=2, dtype="fp16", requests=300,
-        settings={"arrival": "poisson", "rate_per_s": 2.5, "tp": 1, "test_data": True}, repeat=2, repeats=3,
-        profile="h100-roofline", metrics={"throughput_tok_per_s": 1200.5, "tbt_p99_ms": 51, "energy_j": 0.0},
+        point_id=PID,
+        source="measured",
+        status="failed",
+        error="RuntimeError: boom",
+        model="llama-33b",
+        system="lamina",
+        compute="1xH100",
+        attention="2xH20",
+        trace="azure-conv",
+        batch_size=8,
+        context_len=128,
+        pipeline_batches=2,
+        dtype="fp16",
+        requests=300,
+        settings={"arrival": "poisson", "rate_per_s": 2.5, "tp": 1, "test_data": True},
+        repeat=2,
+        repeats=3,
+        profile="h100-roofline",
+        metrics={"throughput_tok_per_s": 1200.5, "tbt_p99_ms": 51, "energy_j": 0.0},
         ci={"throughput_tok_per_s": (1100.0, 1300.0), "tbt_p99_ms": [50.0, 52.0]},
-        pools={"compute": {"dense_ms": 30.0, "idle_ms": 0.0}, "attention": {"attention_ms": 12.0, "other_ms": 1.0}},
-        predicts="0123456789abcdef", rejected_requests=2, throughput_basis="saturated phase",
-        whole_trace={"throughput_tok_per_s": 1000.0}, failed_repeats=1, repeat_error="RuntimeError: first",
-        telemetry_verdict="invalid: no NVML", repro_command="lamina-bench run s.toml --point x", wall_s=3.25,
-        timestamp="2026-01-01T00:00:00.000Z", run_id="run-a",
-    )  # fmt: skip
+        pools={
+            "compute": {"dense_ms": 30.0, "idle_ms": 0.0},
+            "attention": {"attention_ms": 12.0, "other_ms": 1.0},
+        },
+        predicts="0123456789abcdef",
+        rejected_requests=2,
+        throughput_basis="saturated phase",
+        whole_trace={"throughput_tok_per_s": 1000.0},
+        failed_repeats=1,
+        repeat_error="RuntimeError: first",
+        telemetry_verdict="invalid: no NVML",
+        repro_command="lamina-bench run s.toml --point x",
+        wall_s=3.25,
+        timestamp="2026-01-01T00:00:00.000Z",
+        run_id="run-a",
+    )
 
 
 def test_record_round_trip_keeps_every_field():
@@ -69,10 +93,22 @@ def test_values_intervals_config_and_replace():
         with pytest.raises(ValueError, match=f"unknown metric '{typo}'"):
             row.interval(typo)
     assert not row.ok and row.replace(status="ok", error=None).ok
-    assert row.config() == {"model": "llama-33b", "system": "lamina", "compute": "1xH100", "attention": "2xH20",
-                            "trace": "azure-conv", "batch_size": 8, "context_len": 128, "pipeline_batches": 2,
-                            "dtype": "fp16", "requests": 300, "arrival": "poisson", "rate_per_s": 2.5, "tp": 1,
-                            "test_data": True}  # fmt: skip
+    assert row.config() == {
+        "model": "llama-33b",
+        "system": "lamina",
+        "compute": "1xH100",
+        "attention": "2xH20",
+        "trace": "azure-conv",
+        "batch_size": 8,
+        "context_len": 128,
+        "pipeline_batches": 2,
+        "dtype": "fp16",
+        "requests": 300,
+        "arrival": "poisson",
+        "rate_per_s": 2.5,
+        "tp": 1,
+        "test_data": True,
+    }
     assert PointRow(point_id=PID, source="modeled", model="m").config() == {"model": "m"}  # None left out
     with pytest.raises(ValueError, match="ok row must have none"):
         row.replace(status="ok")  # replace validates like the constructor
@@ -111,16 +147,25 @@ OK_ROW = {"point_id": PID, "source": "modeled"}
         ({"metrics": {"tbt_p50_ms": True}}, "metrics.tbt_p50_ms must be a finite number, got True"),
         ({"metrics": {"tbt_p50_ms": None}}, "metrics.tbt_p50_ms must be a finite number, got None"),
         ({"whole_trace": {"tput": 1.0}}, "unknown metric 'tput' in whole_trace"),
-        ({"ci": {"mean_batch_size": (1.0, 2.0)}}, "ci for 'mean_batch_size', which is not a registered metric with a CI"),
+        (
+            {"ci": {"mean_batch_size": (1.0, 2.0)}},
+            "ci for 'mean_batch_size', which is not a registered metric with a CI",
+        ),
         ({"ci": {"tput": (1.0, 2.0)}}, "ci for 'tput'"),
         ({"ci": {"tbt_p50_ms": (2.0, 1.0)}}, "ci.tbt_p50_ms has low 2.0 > high 1.0"),
         ({"ci": {"tbt_p50_ms": (1.0,)}}, r"ci.tbt_p50_ms must be \[low, high\]"),
         ({"ci": {"tbt_p50_ms": (1.0, float("inf"))}}, "ci.tbt_p50_ms must be a finite number"),
-        ({"pools": {"compute": {"gpu_ms": 1.0}}}, r"pools.compute has unknown parts \['gpu_ms'\]; valid: dense_ms"),
+        (
+            {"pools": {"compute": {"gpu_ms": 1.0}}},
+            r"pools.compute has unknown parts \['gpu_ms'\]; valid: dense_ms",
+        ),
         ({"pools": {"compute": 3.0}}, "pools.compute must map parts to ms"),
         ({"pools": {"compute": {"dense_ms": "x"}}}, "pools.compute.dense_ms must be a finite number"),
         ({"settings": {"arrival": ["poisson"]}}, "setting arrival=\\['poisson'\\] must be a scalar"),
-        ({"settings": {"model": "other"}}, "setting model='other' must be a scalar outside the config columns"),
+        (
+            {"settings": {"model": "other"}},
+            "setting model='other' must be a scalar outside the config columns",
+        ),
         ({"metrics": None}, "metrics must be a mapping, got None"),
         ({"metrics": [["tbt_p50_ms", 1.0]]}, r"metrics must be a mapping, got \[\["),
         ({"whole_trace": None}, "whole_trace must be a mapping"),
@@ -128,7 +173,7 @@ OK_ROW = {"point_id": PID, "source": "modeled"}
         ({"pools": None}, "pools must be a mapping"),
         ({"settings": None}, "settings must be a mapping"),
     ],
-)  # fmt: skip
+)
 def test_invalid_rows_raise_naming_the_problem(change, message):
     with pytest.raises(ValueError, match=message):
         PointRow(**{**OK_ROW, **change})
@@ -141,7 +186,10 @@ def test_invalid_rows_raise_naming_the_problem(change, message):
 @pytest.mark.parametrize(
     ("record", "message"),
     [
-        ({**OK_ROW, "schema": 2, "throughput": 1.0}, r"unknown fields \['throughput'\] in a point record; valid: "),
+        (
+            {**OK_ROW, "schema": 2, "throughput": 1.0},
+            r"unknown fields \['throughput'\] in a point record; valid: ",
+        ),
         ({**OK_ROW, "schema": 2, "extra": {}, "run": "r"}, r"unknown fields \['extra', 'run'\]"),
         ({"schema": 2, "source": "modeled"}, "needs point_id and source"),
         ({**OK_ROW, "schema": 3}, "point record schema 3; this version reads 2"),
@@ -149,7 +197,7 @@ def test_invalid_rows_raise_naming_the_problem(change, message):
         ([OK_ROW], "must be a JSON object, got list"),
         ("{}", "must be a JSON object, got str"),
     ],
-)  # fmt: skip
+)
 def test_bad_records(record, message):
     with pytest.raises(ValueError, match=message):
         PointRow.from_record(record)
@@ -179,25 +227,79 @@ def v1_record(**values) -> dict:
 
 V1_POOLS = {"compute": {"dense_ms": 14.0, "idle_ms": 0.5}, "attention": {"attention_ms": 6.0, "idle_ms": 8.5}}
 V1_MEASURED = v1_record(
-    run_id="old", point_id=PID, model="bench-llama-gqa", system="lamina", compute="1xcpu", attention="1xcpu",
-    batch_size=4, context_len=128, pipeline_batches=2, dtype="fp32", repeats=5, source="measured", status="ok",
-    throughput_tok_per_s=150.0, throughput_tok_per_s_ci_low=140.0, throughput_tok_per_s_ci_high=160.0,
-    tbt_p50_ms=26.0, tbt_p50_ms_ci_low=25.0, tbt_p50_ms_ci_high=27.5, mean_batch_size=4.0,
-    telemetry_verdict="invalid: no NVML", repro_command="lamina-bench run s.toml --point " + PID, wall_s=12.5,
+    run_id="old",
+    point_id=PID,
+    model="bench-llama-gqa",
+    system="lamina",
+    compute="1xcpu",
+    attention="1xcpu",
+    batch_size=4,
+    context_len=128,
+    pipeline_batches=2,
+    dtype="fp32",
+    repeats=5,
+    source="measured",
+    status="ok",
+    throughput_tok_per_s=150.0,
+    throughput_tok_per_s_ci_low=140.0,
+    throughput_tok_per_s_ci_high=160.0,
+    tbt_p50_ms=26.0,
+    tbt_p50_ms_ci_low=25.0,
+    tbt_p50_ms_ci_high=27.5,
+    mean_batch_size=4.0,
+    telemetry_verdict="invalid: no NVML",
+    repro_command="lamina-bench run s.toml --point " + PID,
+    wall_s=12.5,
     timestamp="2026-01-01T10:00:00.000Z",
-    extra_json=json.dumps({"device": "cpu", "new_tokens": 16, "tp": 1, "pools": V1_POOLS, "failed_repeats": 1,
-                           "first_error": "RuntimeError: gloo reset"}, sort_keys=True),
-)  # fmt: skip
+    extra_json=json.dumps(
+        {
+            "device": "cpu",
+            "new_tokens": 16,
+            "tp": 1,
+            "pools": V1_POOLS,
+            "failed_repeats": 1,
+            "first_error": "RuntimeError: gloo reset",
+        },
+        sort_keys=True,
+    ),
+)
 V1_MODELED = v1_record(
-    run_id="old", point_id=point_id({"test": "modeled"}), model="llama-33b", system="homogeneous",
-    compute="2xH100", trace="azure-conv", pipeline_batches=1, dtype="fp16", requests=300, source="modeled",
-    profile="roofline", status="ok", throughput_tok_per_s=1352.5, cost_usd_per_hour=22.12, network_ms=None,
-    extra_json=json.dumps({"arrival": "saturate", "rate_per_s": 0.0, "pools": {"compute": {"dense_ms": 14.0}},
-                           "predicts": PID, "rejected_requests": 3, "throughput_basis": "saturated phase",
-                           "whole_trace": {"throughput_tok_per_s": 1248.5}}, sort_keys=True),
-)  # fmt: skip
-V1_FAILED = v1_record(point_id=point_id({"test": "failed"}), source="measured", status="failed",
-                      error="RuntimeError: out of memory", model="m", repeat=0)  # fmt: skip
+    run_id="old",
+    point_id=point_id({"test": "modeled"}),
+    model="llama-33b",
+    system="homogeneous",
+    compute="2xH100",
+    trace="azure-conv",
+    pipeline_batches=1,
+    dtype="fp16",
+    requests=300,
+    source="modeled",
+    profile="roofline",
+    status="ok",
+    throughput_tok_per_s=1352.5,
+    cost_usd_per_hour=22.12,
+    network_ms=None,
+    extra_json=json.dumps(
+        {
+            "arrival": "saturate",
+            "rate_per_s": 0.0,
+            "pools": {"compute": {"dense_ms": 14.0}},
+            "predicts": PID,
+            "rejected_requests": 3,
+            "throughput_basis": "saturated phase",
+            "whole_trace": {"throughput_tok_per_s": 1248.5},
+        },
+        sort_keys=True,
+    ),
+)
+V1_FAILED = v1_record(
+    point_id=point_id({"test": "failed"}),
+    source="measured",
+    status="failed",
+    error="RuntimeError: out of memory",
+    model="m",
+    repeat=0,
+)
 
 
 def test_every_version_1_metric_is_still_registered():
@@ -208,15 +310,29 @@ def test_every_version_1_metric_is_still_registered():
 def test_version_1_records_read_as_typed_rows():
     measured = PointRow.from_record(json.loads(json.dumps(V1_MEASURED)))
     assert measured == PointRow(
-        point_id=PID, source="measured", model="bench-llama-gqa", system="lamina", compute="1xcpu",
-        attention="1xcpu", batch_size=4, context_len=128, pipeline_batches=2, dtype="fp32", repeats=5,
+        point_id=PID,
+        source="measured",
+        model="bench-llama-gqa",
+        system="lamina",
+        compute="1xcpu",
+        attention="1xcpu",
+        batch_size=4,
+        context_len=128,
+        pipeline_batches=2,
+        dtype="fp32",
+        repeats=5,
         settings={"device": "cpu", "new_tokens": 16, "tp": 1},
         metrics={"throughput_tok_per_s": 150.0, "tbt_p50_ms": 26.0, "mean_batch_size": 4.0},
-        ci={"throughput_tok_per_s": (140.0, 160.0), "tbt_p50_ms": (25.0, 27.5)}, pools=V1_POOLS,
-        failed_repeats=1, repeat_error="RuntimeError: gloo reset", telemetry_verdict="invalid: no NVML",
-        repro_command="lamina-bench run s.toml --point " + PID, wall_s=12.5, timestamp="2026-01-01T10:00:00.000Z",
+        ci={"throughput_tok_per_s": (140.0, 160.0), "tbt_p50_ms": (25.0, 27.5)},
+        pools=V1_POOLS,
+        failed_repeats=1,
+        repeat_error="RuntimeError: gloo reset",
+        telemetry_verdict="invalid: no NVML",
+        repro_command="lamina-bench run s.toml --point " + PID,
+        wall_s=12.5,
+        timestamp="2026-01-01T10:00:00.000Z",
         run_id="old",
-    )  # fmt: skip
+    )
     modeled = PointRow.from_record(V1_MODELED)
     assert modeled.settings == {"arrival": "saturate", "rate_per_s": 0.0}
     assert (modeled.predicts, modeled.rejected_requests, modeled.throughput_basis) == (
@@ -252,7 +368,7 @@ def test_version_1_records_read_as_typed_rows():
         ({"extra_json": json.dumps({"whole_trace": {"tput": 1.0}})}, "unknown metric 'tput' in whole_trace"),
         ({"extra_json": json.dumps({"arrival": {"kind": "poisson"}})}, "setting arrival=.* must be a scalar"),
     ],
-)  # fmt: skip
+)
 def test_bad_version_1_records(change, message):
     with pytest.raises(ValueError, match=message):
         PointRow.from_record({**V1_FAILED, **change})

@@ -40,8 +40,15 @@ def test_equal_cost_homogeneous_matches_the_paper():
 
 @pytest.fixture(scope="module")
 def small_search():
-    return search(get_model("llama3-70b"), load_trace("azure-conv"), tbt_slo_ms=60.0,
-                  budget_usd_per_hour=70.0, devices=["H100", "H20"], requests=400, simulate_top=4)  # fmt: skip
+    return search(
+        get_model("llama3-70b"),
+        load_trace("azure-conv"),
+        tbt_slo_ms=60.0,
+        budget_usd_per_hour=70.0,
+        devices=["H100", "H20"],
+        requests=400,
+        simulate_top=4,
+    )
 
 
 def test_search_respects_slo_and_budget(small_search):
@@ -83,8 +90,20 @@ def test_search_bad_input(kwargs, message):
 
 
 def test_cli_search_json_and_errors(capsys):
-    argv = ["search", "--model", "llama3-8b", "--trace", "azure-code", "--devices", "H100,H20", "--requests", "200",
-            "--tbt-slo-ms", "40", "--json"]  # fmt: skip
+    argv = [
+        "search",
+        "--model",
+        "llama3-8b",
+        "--trace",
+        "azure-code",
+        "--devices",
+        "H100,H20",
+        "--requests",
+        "200",
+        "--tbt-slo-ms",
+        "40",
+        "--json",
+    ]
     assert cli.main(argv) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["requests_used"] == 200 and out["ranked"][0]["tokens_per_usd"] > 0

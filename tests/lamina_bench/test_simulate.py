@@ -22,10 +22,25 @@ from tests.lamina_bench.test_perfmodel import TINY, make_profile
 
 LLAMA3_70B = get_model("llama3-70b")
 DESIGN_JSON_KEYS = {
-    "system", "model", "trace", "compute", "attention", "requests", "generated_tokens", "throughput_tok_per_s",
-    "mean_batch_size", "max_batch_size", "tbt_p50_ms", "tbt_p99_ms", "cost_usd_per_hour", "tokens_per_usd",
-    "net_bytes_per_token", "net_peak_gbps", "source", "profile",
-}  # fmt: skip
+    "system",
+    "model",
+    "trace",
+    "compute",
+    "attention",
+    "requests",
+    "generated_tokens",
+    "throughput_tok_per_s",
+    "mean_batch_size",
+    "max_batch_size",
+    "tbt_p50_ms",
+    "tbt_p99_ms",
+    "cost_usd_per_hour",
+    "tokens_per_usd",
+    "net_bytes_per_token",
+    "net_peak_gbps",
+    "source",
+    "profile",
+}
 
 
 def const_time(batch, sum_context):
@@ -38,8 +53,9 @@ def affine_time(batch, sum_context):
 
 def run(prompts, outputs, arrivals=None, capacity=10**9, time_fn=const_time, cap=None):
     arrivals = np.zeros(len(prompts)) if arrivals is None else np.asarray(arrivals, dtype=float)
-    return replay(np.array(prompts), np.array(outputs), arrivals, capacity, time_fn, cap,
-                      follow_arrivals=arrivals.any())  # fmt: skip
+    return replay(
+        np.array(prompts), np.array(outputs), arrivals, capacity, time_fn, cap, follow_arrivals=arrivals.any()
+    )
 
 
 # ---- hand-checked tiny cases ------------------------------------------------------------------------
@@ -90,8 +106,12 @@ def naive_replay(prompt, output, arrival, capacity, time_fn, cap, follow):
     running, done = {}, {}
     t, free, it, rows = 0.0, capacity, 0, []
     while queue or running:
-        while (queue and len(running) < (cap or 10**9) and need[queue[0]] <= free
-               and (not follow or arrival[queue[0]] <= t)):  # fmt: skip
+        while (
+            queue
+            and len(running) < (cap or 10**9)
+            and need[queue[0]] <= free
+            and (not follow or arrival[queue[0]] <= t)
+        ):
             r = queue.pop(0)
             running[r], free = 0, free - need[r]
         if not running:
@@ -144,8 +164,14 @@ def test_invariants(system, arrival):
     capacity = memory_plan(config).kv_capacity_tokens
     model = iteration_model(config)
     arrivals = trace.arrival_s if arrival != "poisson" else poisson_arrivals(len(trace), 20.0, 0)
-    rep = replay(trace.prompt_len, trace.output_len, arrivals, capacity, model.time_s,
-                     follow_arrivals=arrival != "saturate")  # fmt: skip
+    rep = replay(
+        trace.prompt_len,
+        trace.output_len,
+        arrivals,
+        capacity,
+        model.time_s,
+        follow_arrivals=arrival != "saturate",
+    )
     result = simulate(config, trace, arrival=arrival, rate_per_s=20.0)
     assert result.requests == len(trace) and result.rejected_requests == 0
     assert result.generated_tokens == int(trace.output_len.sum()) == int(rep.batch.sum())
@@ -214,13 +240,15 @@ def test_reference_run_prediction_by_hand():
     ctx = 4 * (32 + np.arange(3))
     per_step = (
         2 * (dm.dense_layer(TINY, "fp32", 4).time_s + dm.attention_layer(TINY, "fp32", 4, ctx).time_s)
-        + dm.head(TINY, "fp32", 4).time_s + 1e-4
-    )  # fmt: skip
+        + dm.head(TINY, "fp32", 4).time_s
+        + 1e-4
+    )
     assert pred.mean_tbt_s == pytest.approx(float(per_step.mean()))
     assert pred.throughput_tok_per_s == pytest.approx(12 / float(per_step.sum()))
     assert (pred.source, pred.profile) == ("modeled", "cpu-cpu")
-    lam = predict_reference_run(prof, ReferenceRun(TINY, "lamina", 4, 32, 3, attention_workers=2,
-                                                           pipeline_batches=2))  # fmt: skip
+    lam = predict_reference_run(
+        prof, ReferenceRun(TINY, "lamina", 4, 32, 3, attention_workers=2, pipeline_batches=2)
+    )
     assert lam.throughput_tok_per_s > 0
 
 
@@ -238,8 +266,22 @@ def test_spec_from_hf_config():
 
 
 def test_cli_simulate_json(capsys):
-    argv = ["simulate", "--model", "llama3-70b", "--system", "lamina", "--compute", "2xH100", "--attention",
-            "4xH20", "--trace", "azure-conv", "--requests", "300", "--json"]  # fmt: skip
+    argv = [
+        "simulate",
+        "--model",
+        "llama3-70b",
+        "--system",
+        "lamina",
+        "--compute",
+        "2xH100",
+        "--attention",
+        "4xH20",
+        "--trace",
+        "azure-conv",
+        "--requests",
+        "300",
+        "--json",
+    ]
     assert cli.main(argv) == 0
     out = json.loads(capsys.readouterr().out)
     assert set(out) >= DESIGN_JSON_KEYS
@@ -249,15 +291,35 @@ def test_cli_simulate_json(capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--model", "llama-7x", "--system", "homogeneous", "--compute", "4xH100"], "unknown model 'llama-7x'; valid:"),
-        (["--model", "llama3-70b", "--system", "homogeneous", "--compute", "4xH999"], "unknown device 'H999'; valid:"),
-        (["--model", "llama3-70b", "--system", "homogeneous", "--compute", "1xH100"], "does not fit on 1xH100"),
+        (
+            ["--model", "llama-7x", "--system", "homogeneous", "--compute", "4xH100"],
+            "unknown model 'llama-7x'; valid:",
+        ),
+        (
+            ["--model", "llama3-70b", "--system", "homogeneous", "--compute", "4xH999"],
+            "unknown device 'H999'; valid:",
+        ),
+        (
+            ["--model", "llama3-70b", "--system", "homogeneous", "--compute", "1xH100"],
+            "does not fit on 1xH100",
+        ),
         (["--model", "llama3-70b", "--system", "tp", "--compute", "4xH100"], "unknown system 'tp'; valid:"),
-        (["--model", "llama3-70b", "--system", "homogeneous", "--compute", "4xH100", "--arrival", "poisson"],
-         "needs a rate"),
+        (
+            [
+                "--model",
+                "llama3-70b",
+                "--system",
+                "homogeneous",
+                "--compute",
+                "4xH100",
+                "--arrival",
+                "poisson",
+            ],
+            "needs a rate",
+        ),
         (["--model", "llama3-70b"], "simulate needs --system, --compute"),
     ],
-)  # fmt: skip
+)
 def test_cli_simulate_bad_input_is_one_line_exit_2(capsys, argv, message):
     full = ["simulate", *argv] + ([] if "--system" not in argv else ["--trace", "azure-conv"])
     assert cli.main(full) == 2

@@ -90,13 +90,23 @@ def test_point_ids_are_those_of_earlier_versions():
     compare against older runs and the committed baselines match points by these ids."""
     spec = parse_spec(tomllib.loads(MEASURED + MODELED.replace('name = "t"', "")))
     assert [(p.kind, p.point_id) for p in spec.points] == [
-        ("measured", "d8fedd8e6b276a06"), ("prediction", "f0d91cb8b522700a"),
-        ("measured", "23d7a2905756a6d4"), ("prediction", "9f0c247b357ca38b"),
-        ("modeled", "de6da86a056aacf8"), ("modeled", "33ddd23eb78094b0"), ("modeled", "ab8f3a29a549f643"),
-        ("modeled", "d8808fc8fed34e4b"), ("modeled", "d880373e1073cb3d"), ("modeled", "892eaade4509b9df"),
-        ("modeled", "03ef56a76ed71019"), ("modeled", "8fd7f4df7f21e4b3"), ("modeled", "403e4218cab6e87b"),
-        ("modeled", "7cff943af303a946"), ("modeled", "6c57fbb6ddf7bced"), ("modeled", "71ed6c03db1512ac"),
-    ]  # fmt: skip
+        ("measured", "d8fedd8e6b276a06"),
+        ("prediction", "f0d91cb8b522700a"),
+        ("measured", "23d7a2905756a6d4"),
+        ("prediction", "9f0c247b357ca38b"),
+        ("modeled", "de6da86a056aacf8"),
+        ("modeled", "33ddd23eb78094b0"),
+        ("modeled", "ab8f3a29a549f643"),
+        ("modeled", "d8808fc8fed34e4b"),
+        ("modeled", "d880373e1073cb3d"),
+        ("modeled", "892eaade4509b9df"),
+        ("modeled", "03ef56a76ed71019"),
+        ("modeled", "8fd7f4df7f21e4b3"),
+        ("modeled", "403e4218cab6e87b"),
+        ("modeled", "7cff943af303a946"),
+        ("modeled", "6c57fbb6ddf7bced"),
+        ("modeled", "71ed6c03db1512ac"),
+    ]
     assert all(p.point_id == point_id(p.identity()) for p in spec.points)
 
 
@@ -109,18 +119,32 @@ def test_points_rows_and_repro_commands():
     assert prediction.identity() == {**measured.identity(), "mode": "modeled", "predicts": "measured"}
     assert (measured.source, prediction.source, modeled.source) == ("measured", "modeled", "modeled")
     assert prediction.row("cmd") == PointRow(
-        point_id=prediction.point_id, source="modeled", model="bench-llama-gqa", system="homogeneous",
-        compute="1xcpu", batch_size=2, context_len=16, pipeline_batches=1, dtype="fp32",
-        settings={"device": "cpu", "new_tokens": 4, "tp": 1}, predicts=measured.point_id, repro_command="cmd",
-    )  # fmt: skip
+        point_id=prediction.point_id,
+        source="modeled",
+        model="bench-llama-gqa",
+        system="homogeneous",
+        compute="1xcpu",
+        batch_size=2,
+        context_len=16,
+        pipeline_batches=1,
+        dtype="fp32",
+        settings={"device": "cpu", "new_tokens": 4, "tp": 1},
+        predicts=measured.point_id,
+        repro_command="cmd",
+    )
     row = modeled.row("cmd")
     assert (row.attention, row.trace, row.requests, row.settings) == (
-        "4xH20", "azure-conv", 1500, {"arrival": "saturate", "rate_per_s": 0.0})  # fmt: skip
+        "4xH20",
+        "azure-conv",
+        1500,
+        {"arrival": "saturate", "rate_per_s": 0.0},
+    )
     assert row.metrics == {} and row.ok
     assert repro_command(measured, "s.toml") == f"lamina-bench run s.toml --point {measured.point_id}"
     assert repro_command(modeled, "s.toml") == (
         "lamina-bench simulate --model llama-33b --system lamina --compute 2xH100 --trace azure-conv "
-        "--arrival saturate --dtype fp16 --attention 4xH20 --pipeline-batches 2 --requests 1500")  # fmt: skip
+        "--arrival saturate --dtype fp16 --attention 4xH20 --pipeline-batches 2 --requests 1500"
+    )
     with pytest.raises(ValueError, match="point kind must be one of measured, prediction, modeled"):
         Point("simulated", modeled.config)
     with pytest.raises(ValueError, match="a modeled point takes a ModeledConfig"):
@@ -159,10 +183,12 @@ def test_resume_finds_the_newest_unfinished_run_of_the_same_spec(tmp_path):
     spec = parse_spec(tomllib.loads(MODELED))
     record = manifest_spec(spec, "spec.toml", "1/2")
     assert record == {"path": "spec.toml", "shard": "1/2", "point": None, "repeats": 1, "toml": spec.raw}
-    for run_id, start, status, shard_text in (("old", "2026-01-01", "running", "1/2"),
-                                              ("new", "2026-02-01", "running", "1/2"),
-                                              ("done", "2026-03-01", "finished", "1/2"),
-                                              ("other", "2026-04-01", "running", "2/2")):  # fmt: skip
+    for run_id, start, status, shard_text in (
+        ("old", "2026-01-01", "running", "1/2"),
+        ("new", "2026-02-01", "running", "1/2"),
+        ("done", "2026-03-01", "finished", "1/2"),
+        ("other", "2026-04-01", "running", "2/2"),
+    ):
         store = RunStore.create(
             tmp_path, run_id, manifest_spec(spec, "spec.toml", shard_text), ["t"], devices=[]
         )
