@@ -12,6 +12,7 @@ from pathlib import Path
 
 from lamina_bench.cli.common import given
 from lamina_bench.errors import UserInputError
+from lamina_bench.gpucheck import add_arguments, run_from_args  # light: its steps load torch when they run
 from lamina_bench.report import build_report
 from lamina_bench.report.catalog_text import fmt, profile_text
 from lamina_bench.report.text import model_error_text, summary_text
@@ -159,8 +160,6 @@ def _run_profile(args) -> int:
 
 
 def add_gpu_check(sub) -> None:
-    from lamina_bench.gpucheck import add_arguments  # light: the steps load torch when they run
-
     p = sub.add_parser(
         "gpu-check",
         help="every GPU measurement in one call: gpu tests, copy and GEMM ceilings, decode kernel, "
@@ -174,6 +173,4 @@ def add_gpu_check(sub) -> None:
 
 
 def _run_gpu_check(args) -> int:
-    from lamina_bench.gpucheck import run_from_args
-
     return run_from_args(args)
