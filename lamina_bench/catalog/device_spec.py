@@ -39,7 +39,8 @@ class DeviceSpec:
     power_w: float | None  # board power (TDP)
     intra_link_bytes_per_s: float | None  # per direction (NVLink / PCIe / Infinity Fabric / ICI)
     nic_gbps: float | None  # scale-out network per device, gigabits/s
-    usd_per_hour: float | None  # on-demand rental price per device-hour
+    usd_per_hour: float | None = None  # rental price per device-hour, from one price set (catalog/prices.py)
+    price_set: str | None = None  # the set that priced it ("user file ..." when a user file sets the price)
     # field -> "source; date"; left out of the hash (a mapping is unhashable) but compared by ==
     sources: Mapping[str, str] = field(default_factory=dict, hash=False)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from lamina_bench.catalog.device_spec import TEXT_FIELDS, VALUE_FIELDS, DeviceSpec
 from lamina_bench.catalog.device_table import BUILTIN
 from lamina_bench.catalog.local import local_cpu
+from lamina_bench.catalog.prices import DEFAULT_PRICE_SET, PriceSet, get_price_set
 from lamina_bench.errors import UserInputError
 
 ENV_DEVICES_FILE = "LAMINA_BENCH_DEVICES"  # path of a user TOML file merged over the built-in table
@@ -27,8 +28,7 @@ def _builtin_spec(row: dict) -> DeviceSpec:
     for name in VALUE_FIELDS:
         if row.get(name) is None:
             continue
-        default = row["price_src"] if name == "usd_per_hour" else row["spec_src"]
-        sources[name] = row.get(f"{name}_src", default)
+        sources[name] = row.get(f"{name}_src", row["spec_src"])
     values = {f.name: row.get(f.name) for f in fields(DeviceSpec) if f.name != "sources"}
     values |= {name: float(row[name]) for name in VALUE_FIELDS if row.get(name) is not None}
     return DeviceSpec(**values, sources=sources)
@@ -75,6 +75,8 @@ def _apply_user_table(path: Path, name: str, table: dict, base: DeviceSpec | Non
     source = f"user file {path}" + (f": {table['source']}" if "source" in table else "")
     values = {k: (float(v) if k in VALUE_FIELDS else v) for k, v in table.items() if k != "source"}
     sourced = {k: source for k in values if k in VALUE_FIELDS}
+    if "usd_per_hour" in values:
+        values["price_set"] = f"user file {path}"
     if base is not None:
         return replace(base, **values, sources={**base.sources, **sourced})
     if "memory_bytes" not in values:
@@ -83,15 +85,33 @@ def _apply_user_table(path: Path, name: str, table: dict, base: DeviceSpec | Non
     return DeviceSpec(name=name, **new, sources=sourced)
 
 
-def load_catalog(user_file: str | Path | None = None) -> dict[str, DeviceSpec]:
-    """Built-in devices + "CPU" (this host) + an optional user TOML file, keyed by catalog name.
+def _priced(spec: DeviceSpec, price_set: PriceSet) -> DeviceSpec:
+    """`spec` with its price from `price_set`, or without a price when the set has none for it."""
+    price = price_set.prices.get(spec.name)
+    if price is None:
+        return spec
+    sources = {**spec.sources, "usd_per_hour": price_set.price_source(spec.name)}
+    return replace(spec, usd_per_hour=price.usd_per_hour, price_set=price_set.name, sources=sources)
+
+
+def load_catalog(
+    user_file: str | Path | None = None, prices: str = DEFAULT_PRICE_SET
+) -> dict[str, DeviceSpec]:
+    """Built-in devices priced from the price set `prices` + "CPU" (this host) + an optional user TOML
+    file, keyed by catalog name. A device the set does not price has no price (None, "n/a").
 
     The user file (argument, else env LAMINA_BENCH_DEVICES) holds [devices.NAME] tables; a table
     whose NAME matches a catalog device (case-insensitive) overrides the fields it sets, any other
     NAME adds a device (memory_bytes required). An optional `source = "..."` string is appended to
-    the "user file <path>" source of that table's values.
+    the "user file <path>" source of that table's values; a price set there overrides the set's.
     """
-    catalog = {row["name"]: _builtin_spec(row) for row in BUILTIN}
+    price_set = get_price_set(prices)
+    catalog = {row["name"]: _priced(_builtin_spec(row), price_set) for row in BUILTIN}
+    unknown = sorted(set(price_set.prices) - set(catalog))
+    if unknown:
+        raise UserInputError(
+            f"price set {price_set.name} prices unknown devices {unknown}; valid: {', '.join(catalog)}"
+        )
     catalog["CPU"] = local_cpu()
     if user_file is None:
         user_file = os.environ.get(ENV_DEVICES_FILE) or None

@@ -6,12 +6,14 @@ import dataclasses
 import json
 from pathlib import Path
 
-from lamina_bench.catalog.devices import load_catalog, parse_mix
+from lamina_bench.catalog.devices import parse_mix
 from lamina_bench.catalog.local import local_devices
 from lamina_bench.catalog.models import derived_sizes, dtype_bytes, get_model, list_models
+from lamina_bench.catalog.prices import DEFAULT_PRICE_SET, PAPER_PRICE_SET, get_price_set
 from lamina_bench.catalog.workloads import load_trace
-from lamina_bench.cli.common import given
+from lamina_bench.cli.common import add_catalog_arguments, catalog_of, given
 from lamina_bench.errors import UserInputError
+from lamina_bench.model.cost import require_prices
 from lamina_bench.model.iteration import iteration_model
 from lamina_bench.model.paper import paper_comparisons
 from lamina_bench.model.search import search
@@ -46,21 +48,25 @@ def _run_models(args) -> int:
 
 def add_hardware(sub) -> None:
     p = sub.add_parser("hardware", help="device catalog (specs, prices, sources) and the local devices")
-    p.add_argument("--devices-file", help="TOML file overriding or adding devices ([devices.NAME] tables)")
+    add_catalog_arguments(p)
     p.add_argument("--sources", action="store_true", help="print the source and date of every value")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_run_hardware)
 
 
 def _run_hardware(args) -> int:
-    catalog = load_catalog(args.devices_file)
+    catalog = catalog_of(args)
     local = local_devices(catalog)
+    prices = get_price_set(args.prices or DEFAULT_PRICE_SET)
     if args.json:
-        as_json = lambda d: {**dataclasses.asdict(d), "sources": dict(d.sources)}  # noqa: E731
+        as_json = lambda d: (
+            {f.name: getattr(d, f.name) for f in dataclasses.fields(d)} | {"sources": dict(d.sources)}
+        )  # noqa: E731
         catalog_json = [as_json(d) for d in catalog.values()]
-        print(json.dumps({"catalog": catalog_json, "local": [as_json(d) for d in local]}, indent=1))
+        local_json = [as_json(d) for d in local]
+        print(json.dumps({"prices": prices.name, "catalog": catalog_json, "local": local_json}, indent=1))
     else:
-        print(hardware_text(catalog, local, args.sources))
+        print(hardware_text(catalog, local, args.sources, prices.label()))
     return 0
 
 
@@ -87,14 +93,14 @@ def add_simulate(sub) -> None:
     p.add_argument("--pipeline-batches", type=int, help="Lamina: 1 none, 2 ping-pong (default), >2 rotate")
     p.add_argument("--max-batch", type=int, help="cap on running requests")
     p.add_argument("--dtype", help="fp16 (default) | bf16")
-    p.add_argument("--devices-file", help="TOML file overriding or adding devices (prices, specs)")
+    add_catalog_arguments(p, f"{DEFAULT_PRICE_SET}; with --paper, {PAPER_PRICE_SET}")
     p.add_argument("--profile-dir", help="folder of <device>-<backend>.json profiles (results/profiles)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_run_simulate)
 
 
 def _run_simulate(args) -> int:
-    catalog = load_catalog(args.devices_file)
+    catalog = catalog_of(args, PAPER_PRICE_SET if args.paper else DEFAULT_PRICE_SET)
     if args.profile_dir and not Path(args.profile_dir).is_dir():
         raise UserInputError(
             f"--profile-dir {args.profile_dir} is not a folder (it holds <device>-<backend>.json)"
@@ -131,6 +137,7 @@ def _run_simulate(args) -> int:
         **given(args, dtype="dtype", pipeline_batches="pipeline_batches", max_batch_size="max_batch"),
     )
     memory_plan(config)  # a mix the weights do not fit: one-line error before anything else
+    require_prices(args.prices or DEFAULT_PRICE_SET, config.compute, config.attention)
     if (args.rate is not None or args.seed is not None) and args.arrival != "poisson":
         raise UserInputError("--rate and --seed apply to --arrival poisson only")
     model = iteration_model(config, profile_dir=args.profile_dir)
@@ -153,7 +160,7 @@ def add_search(sub) -> None:
     p.add_argument("--devices", help="comma-separated catalog devices (default: all with specs and a price)")
     p.add_argument("--requests", type=int, help="replay the first N requests of the trace")
     p.add_argument("--top", type=int, default=15, help="rows of the ranked table to print")
-    p.add_argument("--devices-file", help="TOML file overriding or adding devices (prices, specs)")
+    add_catalog_arguments(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_run_search)
 
@@ -167,7 +174,8 @@ def _run_search(args) -> int:
         get_model(args.model),
         load_trace(args.trace),
         devices=devices,
-        catalog=load_catalog(args.devices_file),
+        catalog=catalog_of(args),
+        price_set=args.prices or DEFAULT_PRICE_SET,
         **limits,
     )
     print(json.dumps(result.to_dict()) if args.json else search_table(result, args.top))

@@ -1,7 +1,8 @@
 """Cost arithmetic: $/hour of device mixes, tokens per dollar, and the equal-cost homogeneous baseline.
 
-Prices come from the device catalog (`hardware.load_catalog`, overridable with a user TOML file); a
-device without a price makes every cost None ("n/a"), never 0.
+Prices come from one named price set (`catalog/prices.py`) through the device catalog
+(`catalog.devices.load_catalog(prices=...)`, overridable with a user TOML file); a device without a price
+makes every cost None ("n/a"), never 0. A comparison never mixes price sets.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from collections.abc import Mapping, Sequence
 
 from lamina_bench.catalog.device_spec import DeviceSpec
 from lamina_bench.catalog.devices import DeviceMix, get_device
+from lamina_bench.catalog.prices import get_price_set, price_sets
 from lamina_bench.errors import UserInputError
 
 # Tensor-parallel degrees the homogeneous baseline may use (one node of up to 8 devices).
@@ -27,6 +29,24 @@ def mixes_cost_usd_per_hour(*mixes: DeviceMix | None) -> float | None:
             return None
         total += cost
     return total
+
+
+def price_set_label(*mixes: DeviceMix | None) -> str | None:
+    """The price set that priced these mixes: one name, "a + b" if they differ (a user file), None if none."""
+    names = list(dict.fromkeys(m.device.price_set for m in mixes if m is not None and m.device.price_set))
+    return " + ".join(names) or None
+
+
+def require_prices(price_set: str, *mixes: DeviceMix | None) -> None:
+    """UserInputError (one line) when a device of the mixes has no price in the price set it was priced
+    from, naming the devices that set prices and the other sets."""
+    for mix in mixes:
+        if mix is not None and mix.device.usd_per_hour is None:
+            chosen = get_price_set(price_set)
+            raise UserInputError(
+                f"{chosen.missing_reason(mix.device.name)}; it prices {', '.join(chosen.prices)}; choose "
+                f"another --prices (valid: {', '.join(price_sets())}) or give usd_per_hour in a --devices-file"
+            )
 
 
 def tokens_per_usd(throughput_tok_per_s: float, cost_usd_per_hour: float | None) -> float | None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from lamina_bench.catalog.devices import DeviceSpec, load_catalog, parse_mix
 from lamina_bench.catalog.models import get_model
+from lamina_bench.catalog.prices import PAPER_PRICE_SET
 from lamina_bench.catalog.workloads import load_trace
 from lamina_bench.model.iteration import iteration_model
 from lamina_bench.model.simulator import SimulationResult, ratio, simulate
@@ -51,8 +52,9 @@ def paper_comparisons(
     profile_dir: str | Path | None = None,
 ) -> list[Comparison]:
     """The paper's nine comparisons (3 models x 3 traces, saturate mode, fp16, ping-pong Lamina), from
-    the stored profiles in `profile_dir` where a device has one, else the roofline."""
-    catalog = load_catalog() if catalog is None else catalog
+    the stored profiles in `profile_dir` where a device has one, else the roofline; priced with the
+    paper's price set unless `catalog` says otherwise."""
+    catalog = load_catalog(prices=PAPER_PRICE_SET) if catalog is None else catalog
     rows = []
     for name, compute, attention, homog in PAPER_SETUPS:
         spec = get_model(name)

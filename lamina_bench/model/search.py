@@ -23,12 +23,15 @@ import numpy as np
 from lamina_bench.catalog.device_spec import DeviceSpec
 from lamina_bench.catalog.devices import DeviceMix, get_device, load_catalog
 from lamina_bench.catalog.models import ModelSpec
+from lamina_bench.catalog.prices import DEFAULT_PRICE_SET
 from lamina_bench.catalog.workloads import Trace
 from lamina_bench.errors import UserInputError
-from lamina_bench.model.cost import TP_COUNTS
+from lamina_bench.model.cost import TP_COUNTS, require_prices
 from lamina_bench.model.iteration import IterationModel, iteration_model
 from lamina_bench.model.simulator import SimulationResult, simulate
 from lamina_bench.model.system import SystemConfig, memory_plan
+from lamina_bench.model.verdict import Verdict, frontier, verdicts
+from lamina_bench.results.row import CONFIG_FIELDS, PointRow, point_id
 
 POOL_COUNTS = (1, 2, 4, 8)
 PIPELINE_DEPTHS = (1, 2, 3, 4)
@@ -67,6 +70,18 @@ class Candidate:
         }
 
 
+def candidate_row(cand: Candidate, requests: int, price_set: str) -> PointRow:
+    """A replayed candidate as the row a sweep point of the same configuration would store (same id)."""
+    c, r = cand.config, cand.result
+    identity = {"mode": "modeled", "model": r.model, "system": c.system, "trace": r.trace, "compute": r.compute,
+                "attention": r.attention or "", "pipeline_batches": c.batches, "requests": requests,
+                "arrival": "saturate", "rate_per_s": 0.0, "dtype": r.dtype, "prices": price_set,
+                **({"max_batch": c.max_batch_size} if c.max_batch_size else {})}  # fmt: skip
+    columns = {k: identity[k] for k in CONFIG_FIELDS if identity.get(k) not in (None, "")}
+    settings = {k: v for k, v in identity.items() if k not in (*CONFIG_FIELDS, "mode")}
+    return PointRow(point_id=point_id(identity), **columns, settings=settings, **r.row_fields())
+
+
 @dataclass(frozen=True)
 class SearchResult:
     model: str
@@ -74,12 +89,34 @@ class SearchResult:
     requests_used: int
     tbt_slo_ms: float | None
     budget_usd_per_hour: float | None
+    price_set: str
     devices: tuple[str, ...]
     screened: int  # configurations estimated (fit, within budget, SLO reachable)
     dropped: tuple[str, ...]  # "config: reason" for configurations that cannot run
     ranked: tuple[Candidate, ...]  # replayed and meeting the SLO, best tokens/$ first
     best_homogeneous: Candidate | None
     best_lamina: Candidate | None
+
+    def rows(self) -> list[PointRow]:
+        return [candidate_row(c, self.requests_used, self.price_set) for c in self.ranked]
+
+    def verdict(self) -> Verdict | None:
+        """Best Lamina against best homogeneous at the SLO (model/verdict.py), from the replayed rows."""
+        found = verdicts(self.rows(), [self.tbt_slo_ms])
+        return found[0] if found else None
+
+    def catalog_price(self, device: str) -> float | None:
+        """The price set's USD per hour of `device`, from the replayed configurations that use it."""
+        for cand in self.ranked:
+            for mix in (cand.config.compute, cand.config.attention):
+                if mix is not None and mix.device.name == device:
+                    return mix.device.usd_per_hour
+        return None
+
+    def frontier(self) -> dict[str, list[PointRow]]:
+        """Each system's replayed rows on the frontier of tokens per USD against TBT p99."""
+        rows = self.rows()
+        return {s: frontier([r for r in rows if r.system == s]) for s in ("homogeneous", "lamina")}
 
     def to_dict(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -89,6 +126,13 @@ class SearchResult:
         out["devices"] = list(self.devices)
         for key in ("best_homogeneous", "best_lamina"):
             out[key] = None if getattr(self, key) is None else getattr(self, key).to_dict()
+        v = self.verdict()
+        out["verdict"] = None if v is None else {
+            "answer": v.answer(), "tokens_per_usd_ratio": v.ratio, "why": v.why,
+            "break_even": None if v.break_even is None else {"device": v.break_even[0], "usd_per_hour": v.break_even[1]},
+            "link_peak_gbps": v.link_gbps, "ratio_sensitivity": [list(x) for x in v.sensitivity],
+        }  # fmt: skip
+        out["frontier"] = {s: [r.point_id for r in rows] for s, rows in self.frontier().items()}
         return out
 
 
@@ -225,16 +269,18 @@ def search(
     requests: int = DEFAULT_SEARCH_REQUESTS,
     simulate_top: int = DEFAULT_SIMULATE_TOP,
     catalog: Mapping[str, DeviceSpec] | None = None,
+    price_set: str = DEFAULT_PRICE_SET,
 ) -> SearchResult:
     """Best tokens per dollar for `model` on `trace` (module doc). Devices default to every catalog
-    device with a price, a bf16 peak and a memory bandwidth."""
+    device with a bf16 peak, a memory bandwidth and a price in `price_set` (which priced `catalog`)."""
     if tbt_slo_ms is not None and not tbt_slo_ms > 0:
         raise UserInputError(f"TBT SLO must be a positive number of ms, got {tbt_slo_ms}")
     if budget_usd_per_hour is not None and not budget_usd_per_hour > 0:
         raise UserInputError(f"budget must be a positive number of $/hour, got {budget_usd_per_hour}")
     if requests < 1 or simulate_top < 1:
         raise UserInputError(f"requests and simulate_top must be >= 1, got {requests}, {simulate_top}")
-    specs = _search_devices(devices, load_catalog() if catalog is None else catalog)
+    catalog = load_catalog(prices=price_set) if catalog is None else catalog
+    specs = _search_devices(devices, catalog, price_set)
     subset = trace.head(requests)
     dropped: list[str] = []
     scored = _screen(_candidate_configs(model, specs), subset, tbt_slo_ms, budget_usd_per_hour, dropped)
@@ -247,6 +293,7 @@ def search(
         len(subset),
         tbt_slo_ms,
         budget_usd_per_hour,
+        price_set,
         tuple(d.name for d in specs),
         len(scored),
         tuple(dropped),
@@ -256,11 +303,14 @@ def search(
     )
 
 
-def _search_devices(devices: Sequence[str] | None, catalog: Mapping[str, DeviceSpec]) -> list[DeviceSpec]:
+def _search_devices(
+    devices: Sequence[str] | None, catalog: Mapping[str, DeviceSpec], price_set: str
+) -> list[DeviceSpec]:
     """The named devices (each must have a price and the specs the model needs), else every such device."""
     if devices is None:
         return [d for d in catalog.values() if all(getattr(d, f) is not None for f in _NEEDED)]
     specs = [get_device(name, catalog) for name in devices]
+    require_prices(price_set, *(DeviceMix(1, d) for d in specs))
     for dev in specs:
         missing = [f for f in _NEEDED if getattr(dev, f) is None]
         if missing:

@@ -17,7 +17,7 @@ import numpy as np
 from lamina_bench.catalog.models import dense_flops_per_token, net_bytes_per_token_per_layer
 from lamina_bench.catalog.workloads import Trace, poisson_arrivals
 from lamina_bench.errors import UserInputError
-from lamina_bench.model.cost import mixes_cost_usd_per_hour, tokens_per_usd, usd_per_mtok
+from lamina_bench.model.cost import mixes_cost_usd_per_hour, price_set_label, tokens_per_usd, usd_per_mtok
 from lamina_bench.model.iteration import IterationModel, iteration_model
 from lamina_bench.model.replay import Replay, replay
 from lamina_bench.model.roofline import attention_layer_bytes
@@ -79,9 +79,19 @@ class SimulationResult:
     kv_bandwidth_utilization: float | None  # KV bytes read / (time * peak bandwidth) of the KV pool, derived
     source: str
     profile: str
+    price_set: str | None = None  # the price set behind every cost figure (catalog/prices.py)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Every field, with the headline figures (throughput, mean batch, tokens per USD, USD per Mtok) on
+        the basis the stored rows use (`throughput_basis`, see `row_fields`) and the whole-trace ones
+        beside them as `whole_trace_<name>`: `simulate --json`, its table and the report agree."""
+        out = dataclasses.asdict(self)
+        fields = self.row_fields()
+        for name in _SATURATED_METRICS:
+            out[f"whole_trace_{name}"] = out[name]
+            out[name] = fields["metrics"].get(name)
+        out["throughput_basis"] = fields["throughput_basis"]
+        return out
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
@@ -93,7 +103,7 @@ class SimulationResult:
         after the last admission (`throughput_basis`), and keeps the whole-trace figures beside it.
         """
         values = {k: getattr(self, k) for k in _ROW_METRICS}
-        notes: dict[str, Any] = {}
+        notes: dict[str, Any] = {"throughput_basis": "whole trace"}
         if self.saturated_throughput_tok_per_s is not None:
             whole = {k: values[k] for k in _SATURATED_METRICS}
             notes.update(throughput_basis="saturated phase", whole_trace=_present(whole))
@@ -115,7 +125,6 @@ class SimulationResult:
         return {
             "source": self.source,
             "profile": self.profile,
-            "requests": self.requests,
             "rejected_requests": self.rejected_requests,
             "metrics": _present(values),
             "pools": pools,
@@ -251,6 +260,7 @@ def summarize(
         kv_capacity_tokens=kv_capacity_tokens,
         kv_peak_tokens=int(rep.kv_reserved_tokens.max()) if rep.iterations else 0,
         cost_usd_per_hour=cost,
+        price_set=price_set_label(config.compute, config.attention),
         tokens_per_usd=tokens_per_usd(throughput, cost),
         usd_per_mtok=usd_per_mtok(throughput, cost),
         saturated_tokens_per_usd=None if sat_tput is None else tokens_per_usd(sat_tput, cost),

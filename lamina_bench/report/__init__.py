@@ -48,8 +48,8 @@ def render_report(runs: Sequence[RunData], title: str | None = None, js: str | N
         f"Generated {now} from {len(runs)} run{'s' if len(runs) > 1 else ''} "
         f"({', '.join(esc(r.path) for r in runs)}). Every number is labelled: <b>measured</b> on the run's "
         "machine, <b>modeled</b> by the performance model and simulator (with the profile it was calibrated "
-        "from), or <b>derived</b> from other numbers. Prices are on-demand rental prices from the device "
-        "catalog (<code>lamina-bench hardware --sources</code>)."
+        "from), or <b>derived</b> from other numbers. Every price comes from the price set named with its "
+        "workload (one provider or one method, one date; <code>lamina-bench hardware --prices NAME --sources</code>)."
     )
     if js is None:
         lede += " <b>Figures left out: the plotly package is not installed here.</b>"

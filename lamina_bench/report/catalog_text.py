@@ -83,15 +83,21 @@ def _device_row(d: DeviceSpec) -> list[str]:
     ]
 
 
-def hardware_text(catalog: Mapping[str, DeviceSpec], local: Sequence[DeviceSpec], sources: bool) -> str:
-    """The device catalog and the detected local devices; with `sources`, every value's source and date."""
-    parts = []
+def hardware_text(
+    catalog: Mapping[str, DeviceSpec], local: Sequence[DeviceSpec], sources: bool, prices: str = ""
+) -> str:
+    """The device catalog and the detected local devices; with `sources`, every value's source and date.
+    `prices` names the price set the $/hour column comes from."""
+    parts = (
+        [f"prices: {prices}; n/a = not priced in this set (--prices NAME picks another)", ""]
+        if prices
+        else []
+    )
     for title, devices in (("catalog", list(catalog.values())), ("local devices (detected)", list(local))):
         parts += [f"{title}:", text_table(_DEVICE_HEADERS, [_device_row(d) for d in devices]), ""]
     if not sources:
         parts.append(
-            "Values are dense (no sparsity) vendor figures; prices are on-demand rental. "
-            "--sources lists each value's source and date."
+            "Values are dense (no sparsity) vendor figures. --sources lists each value's source and date."
         )
         return "\n".join(parts)
     for d in catalog.values():

@@ -23,6 +23,7 @@ import pandas as pd
 
 from lamina_bench.catalog.devices import parse_mix
 from lamina_bench.errors import UserInputError
+from lamina_bench.model.verdict import workload_of
 from lamina_bench.results.metrics import SOURCES
 from lamina_bench.results.row import CONFIG_FIELDS, PointRow
 from lamina_bench.results.store import RunStore
@@ -136,6 +137,18 @@ def workload_label(row: PointRow) -> str:
     if row.context_len is not None:
         parts.append(f"ctx={row.context_len}")
     return " ".join(parts) or "no workload recorded"
+
+
+def group_label(row: PointRow) -> str:
+    """The model and workload a figure or frontier may draw together (never two workloads in one):
+    a simulated row's model, trace, replayed requests, arrival and price set; a measured row's model
+    and its fixed-batch prompt length."""
+    workload = workload_of(row)
+    if workload is not None:
+        return workload.label()
+    ctx = f", prompt {row.context_len} tokens" if row.context_len is not None else ""
+    device = row.settings.get("device", "this machine")
+    return f"{row.model} · fixed batches{ctx} ({row.dtype} on {device})"
 
 
 def config_label(row: PointRow) -> str:
@@ -421,6 +434,7 @@ __all__ = [
     "link_gbps",
     "load_run",
     "load_runs",
+    "group_label",
     "mix_label",
     "nic_line_rate",
     "pareto_front",

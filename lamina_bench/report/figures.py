@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from lamina_bench.model.verdict import frontier
 from lamina_bench.report.data import (
     TIME_PARTS,
     batch_x,
@@ -29,6 +30,7 @@ from lamina_bench.report.data import (
 )
 from lamina_bench.results.row import PointRow
 
+BREAKDOWN_MAX_ROWS = 24  # more rows than this: only each system's frontier rows get bars
 TELEMETRY_MAX_POINTS = 1500  # per device and metric; more samples are thinned (the figure says so)
 # Colours: blues for the homogeneous baseline, reds/oranges for Lamina; one shade per device mix.
 _SHADES = {
@@ -120,6 +122,14 @@ def group_rows(rows: Iterable[PointRow], *keys: Any) -> dict[tuple, list[PointRo
     return groups
 
 
+def _frontier_rows(rows: Sequence[PointRow]) -> list[PointRow]:
+    """Each system's rows on the frontier of tokens per USD against TBT p99."""
+    priced = [r for r in rows if r.value("tbt_p99_ms") is not None and r.value("tokens_per_usd") is not None]
+    return [
+        r for system in ("homogeneous", "lamina") for r in frontier([p for p in priced if p.system == system])
+    ]
+
+
 def _hover(row: PointRow) -> str:
     return f"{config_label(row)}<br>{row.source} · run {row.run_id}"
 
@@ -199,12 +209,13 @@ def batch_figure(rows: Sequence[PointRow], model: str, runs: Sequence[str]) -> F
 # ---- 3. Pareto frontier of tokens per USD against TBT ---------------------------------------------
 
 
-def pareto_figure(rows: Sequence[PointRow], model: str, runs: Sequence[str]) -> Figure | Missing:
-    """Every configuration as a point (TBT p99, tokens per USD); the frontier of each system as a line."""
-    title = f"{model}: tokens per USD against TBT p99 (Pareto frontier per system)"
-    rows = [r for r in rows if r.value("tbt_p99_ms") is not None and r.value("tokens_per_usd") is not None]
+def _frontier_figure(
+    rows: Sequence[PointRow], title: str, runs: Sequence[str], x_of, x_title: str, lower_x_better: bool
+) -> Figure | Missing:
+    """Every configuration as a point (x_of(row), tokens per USD); the frontier of each system as a line."""
+    rows = [r for r in rows if x_of(r) is not None and r.value("tokens_per_usd") is not None]
     if not rows:
-        return Missing(title, "no row of this model has both a TBT p99 and a price (tokens per USD)")
+        return Missing(title, "no row of this model and workload has both a TBT and a price (tokens per USD)")
     styles = Styles(runs)
     data = []
     for (run, system), group in sorted(group_rows(rows, "run_id", "system").items(), key=str):
@@ -216,13 +227,14 @@ def pareto_figure(rows: Sequence[PointRow], model: str, runs: Sequence[str]) -> 
                     "mode": "markers",
                     "marker": styles.marker(first),
                     "name": styles.name(first, f"{system} {mix_label(first)}"),
-                    "x": [r.value("tbt_p99_ms") for r in points],
+                    "x": [x_of(r) for r in points],
                     "y": [r.value("tokens_per_usd") for r in points],
                     "text": [_hover(r) for r in points],
-                    "hovertemplate": "%{text}<br>TBT p99 %{x:.4g} ms<br>%{y:,.4g} tokens/USD<extra></extra>",
+                    "hovertemplate": "%{text}<br>x %{x:.4g}<br>%{y:,.4g} tokens/USD<extra></extra>",
                 }
             )
-        coords = [(r.value("tbt_p99_ms"), r.value("tokens_per_usd")) for r in group]
+        sign = 1.0 if lower_x_better else -1.0
+        coords = [(sign * x_of(r), r.value("tokens_per_usd")) for r in group]
         front = [group[i] for i in pareto_front(coords)]
         prefix = f"{run} · " if len(runs) > 1 else ""
         data.append(
@@ -230,13 +242,8 @@ def pareto_figure(rows: Sequence[PointRow], model: str, runs: Sequence[str]) -> 
                 "type": "scatter",
                 "mode": "lines",
                 "name": f"{prefix}frontier: {system}",
-                "line": {
-                    **styles.line(front[0]),
-                    "color": _FRONTIER.get(system, "#333333"),
-                    "shape": "hv",
-                    "width": 1.5,
-                },
-                "x": [r.value("tbt_p99_ms") for r in front],
+                "line": {**styles.line(front[0]), "color": _FRONTIER.get(system, "#333333"), "width": 1.5},
+                "x": [x_of(r) for r in front],
                 "y": [r.value("tokens_per_usd") for r in front],
                 "hoverinfo": "skip",
             }
@@ -245,17 +252,37 @@ def pareto_figure(rows: Sequence[PointRow], model: str, runs: Sequence[str]) -> 
         title,
         source_label(rows),
         height=440,
-        xaxis=axis("TBT p99 (ms), lower = more interactive"),
+        xaxis=axis(x_title),
         yaxis=axis("tokens per USD, higher = cheaper", rangemode="tozero"),
     )
-    return Figure(
+    note = (
+        "One model and one workload. A point is on its system's frontier when no configuration of that "
+        "system is both more interactive and cheaper (more tokens per USD)."
+    )
+    return Figure(title, source_label(rows), {"data": data, "layout": layout}, (note,))
+
+
+def pareto_figure(rows: Sequence[PointRow], label: str, runs: Sequence[str]) -> Figure | Missing:
+    """Tokens per USD against TBT p99, with each system's Pareto frontier."""
+    return _frontier_figure(rows, f"{label}: tokens per USD against TBT p99 (Pareto frontier per system)", runs,
+                            lambda r: r.value("tbt_p99_ms"), "TBT p99 (ms), lower = more interactive", True)  # fmt: skip
+
+
+def interactivity_figure(rows: Sequence[PointRow], label: str, runs: Sequence[str]) -> Figure | Missing:
+    """Tokens per USD against interactivity (tokens/s per user = 1000 / TBT p50 ms), with frontiers."""
+
+    def interactivity(row: PointRow) -> float | None:
+        tbt = row.value("tbt_p50_ms")
+        return None if not tbt else 1000.0 / tbt
+
+    title = f"{label}: tokens per USD against interactivity (Pareto frontier per system)"
+    return _frontier_figure(
+        rows,
         title,
-        source_label(rows),
-        {"data": data, "layout": layout},
-        (
-            "A point is on its system's frontier when no configuration of that system is both faster "
-            "(lower TBT p99) and cheaper (more tokens per USD).",
-        ),
+        runs,
+        interactivity,
+        "tokens/s per user (1000 / TBT p50), higher = more interactive",
+        False,
     )
 
 
@@ -263,8 +290,12 @@ def pareto_figure(rows: Sequence[PointRow], model: str, runs: Sequence[str]) -> 
 
 
 def breakdown_figure(rows: Sequence[PointRow], model: str, runs: Sequence[str]) -> Figure | Missing:
-    """Stacked bars: dense, attention, network and idle ms per decode iteration, one bar per row and pool."""
+    """Stacked bars: dense, attention, network and idle ms per decode iteration, one bar per row and pool
+    (for more than BREAKDOWN_MAX_ROWS rows, the rows on each system's tokens-per-USD frontier)."""
     title = f"{model}: time per decode iteration by pool"
+    thinned = len(rows) > BREAKDOWN_MAX_ROWS
+    if thinned:
+        rows = _frontier_rows(rows)
     labelled = []
     for row in rows:
         prefix = f"{row.run_id} · " if len(runs) > 1 else ""
@@ -298,6 +329,8 @@ def breakdown_figure(rows: Sequence[PointRow], model: str, runs: Sequence[str]) 
         legend={"traceorder": "normal"},
     )
     notes = ["Idle is time the pool waits on the other pool or the link."]
+    if thinned:
+        notes.append("Only configurations on a frontier of tokens per USD against TBT p99 are drawn.")
     if any("not split" in label for label, _, _ in labelled):
         notes.append("Rows without a per-pool record show the flat per-iteration columns as one bar.")
     return Figure(title, source_label(used), {"data": data, "layout": layout}, tuple(notes))
@@ -377,4 +410,12 @@ def bandwidth_figure(rows: Sequence[PointRow], model: str, runs: Sequence[str]) 
     )
 
 
-__all__ = ["Figure", "Missing", "bandwidth_figure", "batch_figure", "breakdown_figure", "pareto_figure"]
+__all__ = [
+    "Figure",
+    "Missing",
+    "bandwidth_figure",
+    "batch_figure",
+    "breakdown_figure",
+    "interactivity_figure",
+    "pareto_figure",
+]

@@ -15,6 +15,7 @@ from lamina_bench.report.data import (
     RunData,
     config_label,
     failed_rows,
+    group_label,
     headline_pairs,
     is_measured,
     mix_label,
@@ -27,6 +28,7 @@ from lamina_bench.report.data import (
 )
 from lamina_bench.report.figures_measured import prediction_figure, telemetry_figure
 from lamina_bench.report.page import Document, Section, esc, fmt_num, note, source_badges, table
+from lamina_bench.report.verdict_section import verdict_section
 from lamina_bench.results.metrics import DOWN, METRICS, UP
 from lamina_bench.results.row import PointRow
 
@@ -37,16 +39,20 @@ def _all_rows(runs: Sequence[RunData]) -> list[PointRow]:
     return [row for run in runs for row in run.rows]
 
 
-def _models(rows: Sequence[PointRow]) -> list[str]:
-    return list(dict.fromkeys(str(r.model) for r in rows))
+def _groups(rows: Sequence[PointRow]) -> dict[str, list[PointRow]]:
+    """Rows by model and workload (group_label), in first-seen order."""
+    groups: dict[str, list[PointRow]] = {}
+    for row in rows:
+        groups.setdefault(group_label(row), []).append(row)
+    return groups
 
 
-def _per_model(
+def _per_workload(
     runs: Sequence[RunData],
     doc: Document,
     builders: Sequence[Callable[[list, str, list], figs.Figure | figs.Missing]],
 ) -> tuple[str, str]:
-    """(HTML, sources) of one figure per builder per model, over the ok rows of every run."""
+    """(HTML, sources) of one figure per builder per model and workload, over the ok rows of every run."""
     rows = plot_rows(_all_rows(runs))
     labels = [r.label for r in runs]
     if not rows:
@@ -54,10 +60,9 @@ def _per_model(
         why = f"all {stored} stored points failed (listed above)" if stored else "no point is stored yet"
         return note(f"Nothing to draw: {why}."), "no rows"
     parts = []
-    for model in _models(rows):
-        model_rows = [r for r in rows if str(r.model) == model]
-        parts.append(f"<h3>{esc(model)}</h3>")
-        parts += [doc.figure(build(model_rows, model, labels)) for build in builders]
+    for label, group in _groups(rows).items():
+        parts.append(f"<h3>{esc(label)}</h3>")
+        parts += [doc.figure(build(group, label, labels)) for build in builders]
     return "".join(parts), source_label(rows)
 
 
@@ -149,9 +154,9 @@ def headline_section(runs: Sequence[RunData], doc: Document) -> Section:
     pairs, alone = headline_pairs(_all_rows(runs))
     multi = len(runs) > 1
     html = [
-        "<p>Each Lamina configuration against the homogeneous configuration of the same run, model and "
-        "workload whose price per hour is closest (cells: Lamina / baseline; × = Lamina ÷ baseline, "
-        "derived; green = better for Lamina).</p>"
+        "<p>Each Lamina configuration (without a batch cap) against the homogeneous configuration of the "
+        "same run, model and workload whose price per hour is closest (cells: Lamina / baseline; × = Lamina "
+        "÷ baseline, derived; green = better for Lamina).</p>"
     ]
     if not pairs:
         html.append(
@@ -169,9 +174,10 @@ def headline_section(runs: Sequence[RunData], doc: Document) -> Section:
         + ["workload", "source", "Lamina", "baseline", "USD/hour"]
         + [METRICS[m].label for m in HEADLINE_METRICS]
     )
-    for model in _models([p.lamina for p in pairs]):
+    uncapped = [p for p in pairs if "max_batch" not in p.lamina.settings]
+    for label in _groups([p.lamina for p in uncapped]):
         body = []
-        for p in (p for p in pairs if str(p.lamina.model) == model):
+        for p in (p for p in uncapped if group_label(p.lamina) == label):
             src = p.lamina.source, p.baseline.source
             cells = [esc(p.lamina.run_id)] if multi else []
             cells += [
@@ -184,7 +190,9 @@ def headline_section(runs: Sequence[RunData], doc: Document) -> Section:
             cells += [_ratio_cell(p, m) for m in HEADLINE_METRICS]
             body.append(cells)
         numeric = [False] * (len(headers) - len(HEADLINE_METRICS)) + [True] * len(HEADLINE_METRICS)
-        html.append(f"<h3>{esc(model)}</h3>" + table(headers, body, numeric=numeric))
+        opened = " open" if len(body) <= 12 else ""
+        html.append(f"<details{opened}><summary><b>{esc(label)}</b>: {len(body)} Lamina configurations</summary>"
+                    + table(headers, body, numeric=numeric) + "</details>")  # fmt: skip
     if alone:
         rows = [[esc(r.run_id), esc(config_label(r)), source_badges(r.source or "")] for r in alone]
         html.append(
@@ -193,7 +201,7 @@ def headline_section(runs: Sequence[RunData], doc: Document) -> Section:
     used = [p.lamina for p in pairs] + [p.baseline for p in pairs]
     return Section(
         "headline",
-        "1. Lamina against the homogeneous baseline of about equal cost",
+        "Every Lamina configuration against the homogeneous one of about equal cost",
         f"{source_label(used)}; ratios derived" if used else "no rows",
         "".join(html),
     )
@@ -203,18 +211,23 @@ def headline_section(runs: Sequence[RunData], doc: Document) -> Section:
 
 
 def batch_section(runs: Sequence[RunData], doc: Document) -> Section:
-    html, src = _per_model(runs, doc, [figs.batch_figure])
-    return Section("batch", "2. Throughput and tokens per dollar against batch size", src, html)
+    html, src = _per_workload(runs, doc, [figs.batch_figure])
+    return Section("batch", "Throughput and tokens per dollar against batch size", src, html)
 
 
 def pareto_section(runs: Sequence[RunData], doc: Document) -> Section:
-    html, src = _per_model(runs, doc, [figs.pareto_figure])
-    return Section("pareto", "3. Tokens per dollar against interactivity (Pareto frontier)", src, html)
+    html, src = _per_workload(runs, doc, [figs.pareto_figure, figs.interactivity_figure])
+    return Section(
+        "pareto",
+        "Tokens per dollar against TBT and interactivity (Pareto frontiers per model and workload)",
+        src,
+        html,
+    )
 
 
 def time_section(runs: Sequence[RunData], doc: Document) -> Section:
-    html, src = _per_model(runs, doc, [figs.breakdown_figure, figs.bandwidth_figure])
-    return Section("time", "4. Time per iteration by pool, and the link bandwidth needed", src, html)
+    html, src = _per_workload(runs, doc, [figs.breakdown_figure, figs.bandwidth_figure])
+    return Section("time", "Time per iteration by pool, and the link bandwidth needed", src, html)
 
 
 # ---- 5. measured against modeled --------------------------------------------------------------------
@@ -222,7 +235,7 @@ def time_section(runs: Sequence[RunData], doc: Document) -> Section:
 
 def prediction_section(runs: Sequence[RunData], doc: Document) -> Section:
     preds = predictions(_all_rows(runs))
-    title = "5. Measured against modeled"
+    title = "Measured here against modeled (the runtime and the calibration loop on this machine, not GPU performance)"
     if not preds:
         reason = (
             "no modeled row predicts a measured row in these runs (a [[measured]] block with "
@@ -283,7 +296,7 @@ def telemetry_section(runs: Sequence[RunData], doc: Document) -> Section:
     )
     return Section(
         "telemetry",
-        "6. Telemetry per device, with validity verdicts",
+        "Telemetry per device, with validity verdicts",
         "measured" if any_samples else "no samples",
         "".join(html),
     )
@@ -358,7 +371,7 @@ def appendix_section(runs: Sequence[RunData], doc: Document) -> Section:
         html.append(_metrics_table(run))
     return Section(
         "appendix",
-        "7. Appendix: manifests, specs, repro commands and every metric",
+        "Appendix: manifests, specs, repro commands and every metric",
         source_label(_all_rows(runs)),
         "".join(html),
     )
@@ -402,11 +415,12 @@ def _profiles(run: RunData) -> str:
 
 
 SECTIONS = (
-    runs_section,
-    headline_section,
-    batch_section,
+    verdict_section,
     pareto_section,
+    batch_section,
     time_section,
+    headline_section,
+    runs_section,
     prediction_section,
     telemetry_section,
     appendix_section,

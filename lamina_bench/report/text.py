@@ -6,7 +6,7 @@ import statistics
 from collections.abc import Sequence
 
 from lamina_bench.model.paper import Comparison
-from lamina_bench.model.search import Candidate, SearchResult
+from lamina_bench.model.search import SearchResult
 from lamina_bench.model.simulator import SimulationResult
 from lamina_bench.report.data import predictions
 from lamina_bench.results.row import PointRow
@@ -115,40 +115,73 @@ def result_table(result: SimulationResult) -> str:
 
 
 def search_table(result: SearchResult, top: int = 15) -> str:
-    """Markdown: the ranked configurations, then best homogeneous next to best Lamina."""
+    """Markdown: the verdict first, then the frontier of each system, then the ranked configurations."""
+    slo = f"{result.tbt_slo_ms:g} ms" if result.tbt_slo_ms is not None else "none"
+    budget = f"{result.budget_usd_per_hour:g} USD/h" if result.budget_usd_per_hour is not None else "none"
     lines = [
         f"search: {result.model} on {result.trace} (first {result.requests_used} requests, saturate mode), "
-        f"TBT p99 SLO {result.tbt_slo_ms if result.tbt_slo_ms is not None else 'none'} ms, budget "
-        f"{result.budget_usd_per_hour if result.budget_usd_per_hour is not None else 'none'} $/h; "
+        f"TBT p99 target {slo}, budget {budget}, prices {result.price_set} (devices: {', '.join(result.devices)}); "
         f"{result.screened} configurations estimated ({len(result.dropped)} dropped: weights do not fit, SLO), "
-        f"{len(result.ranked)} replayed; ranked by saturated tok/$ (source: {_search_sources(result)})",
+        f"{len(result.ranked)} replayed (source: {_search_sources(result)})",
         "",
-        "| # | system | compute | attention | n | batch cap | tok/s | mean batch | TBT p99 ms | $/h | tok/$ |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for i, cand in enumerate(result.ranked[:top], 1):
-        lines.append(_search_row(str(i), cand))
-    lines += [
+        *_verdict_lines(result),
         "",
-        "| best | system | compute | attention | n | batch cap | tok/s | mean batch | TBT p99 ms | $/h | tok/$ |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "frontier (no other configuration of the system is both faster and cheaper):",
+        "",
+        _HEADER.replace("| # |", "|"),
+        _RULE.replace("|---|", "|", 1),
     ]
-    for label, cand in (("homogeneous", result.best_homogeneous), ("lamina", result.best_lamina)):
-        lines.append(_search_row(label, cand) if cand is not None else f"| {label} | none feasible |")
+    for rows in result.frontier().values():
+        lines += [_row_line(None, r) for r in rows]
+    lines += ["", "ranked by tokens per USD:", "", _HEADER, _RULE]
+    lines += [_row_line(str(i), cand) for i, cand in enumerate(result.rows()[:top], 1)]
     return "\n".join(lines)
+
+
+_HEADER = (
+    "| # | system | compute | attention | n | batch cap | tok/s | mean batch | TBT p99 ms | USD/h | tok/USD |"
+)
+_RULE = "|---|---|---|---|---|---|---|---|---|---|---|"
+
+
+def _verdict_lines(result: SearchResult) -> list[str]:
+    v = result.verdict()
+    if v is None:
+        return ["verdict: nothing replayed meets the target"]
+    lines = [f"verdict: {v.answer()}"]
+    if v.lamina is not None and v.homogeneous is not None:
+        lines.append(
+            f"  best Lamina {v.lamina.compute}+{v.lamina.attention} vs best homogeneous {v.homogeneous.compute}"
+        )
+        lines.append(f"  why: {v.why}")
+    if v.break_even is not None:
+        device, price = v.break_even
+        listed = result.catalog_price(device)
+        now = f" (the set's price: {listed:,.2f})" if listed is not None else ""
+        text = (
+            f"{device} at {price:,.2f} USD/h{now}"
+            if price > 0
+            else f"none (even a free {device} would not pay){now}"
+        )
+        lines.append(f"  break-even price of the memory device: {text}")
+    if v.sensitivity:
+        ratios = "; ".join(f"{mix} {tpu:,.0f}" for mix, tpu in v.sensitivity[:6])
+        lines.append(f"  tokens per USD of that device pair by compute:memory counts: {ratios}")
+    if v.link_gbps is not None:
+        lines.append(f"  link Lamina needs: {v.link_gbps:,.0f} Gb/s at its peak iteration")
+    return lines
+
+
+def _row_line(label: str | None, row: PointRow) -> str:
+    cap = row.settings.get("max_batch") or "-"
+    first = "|" if label is None else f"| {label} |"
+    return (
+        f"{first} {row.system} | {row.compute} | {row.attention or '-'} | {row.pipeline_batches} | {cap} "
+        f"| {row.value('throughput_tok_per_s'):,.0f} | {row.value('mean_batch_size'):.0f} "
+        f"| {row.value('tbt_p99_ms'):.1f} | {row.value('cost_usd_per_hour'):.2f} | {row.value('tokens_per_usd'):,.0f} |"
+    )
 
 
 def _search_sources(result: SearchResult) -> str:
     seen = sorted({f"{c.result.source}, profile {c.result.profile}" for c in result.ranked})
     return "; ".join(seen) or "n/a"
-
-
-def _search_row(label: str, cand: Candidate) -> str:
-    c, r = cand.config, cand.result
-    tput = r.saturated_throughput_tok_per_s or r.throughput_tok_per_s
-    batch = r.saturated_mean_batch_size or r.mean_batch_size or 0.0
-    return (
-        f"| {label} | {c.system} | {c.compute} | {c.attention or '-'} | {c.batches} "
-        f"| {c.max_batch_size or '-'} | {tput:,.0f} | {batch:.0f} | {r.tbt_p99_ms:.1f} "
-        f"| {r.cost_usd_per_hour:.2f} | {cand.tokens_per_usd:,.0f} |"
-    )

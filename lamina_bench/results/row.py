@@ -93,7 +93,7 @@ class PointRow:
     context_len: int | None = None
     pipeline_batches: int | None = None  # 1 no overlap, 2 ping-pong, n rotational
     dtype: str | None = None
-    requests: int | None = None
+    requests: int | None = None  # modeled: the first N requests of the trace replayed (0 = all of it)
     settings: Mapping[str, Scalar] = field(default_factory=dict)  # e.g. arrival, device, tp, new_tokens
     repeat: int | None = None  # repeat index of a single run; None on an aggregate row
     repeats: int | None = None  # ok repeats folded into an aggregate row; None on a single run

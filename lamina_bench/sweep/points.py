@@ -10,12 +10,13 @@ configuration), so resume, shards and `compare` match points across runs and ver
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
-from lamina_bench.catalog.devices import DeviceSpec, parse_mix
+from lamina_bench.catalog.devices import DeviceSpec, load_catalog, parse_mix
 from lamina_bench.catalog.models import get_model
+from lamina_bench.catalog.prices import DEFAULT_PRICE_SET
 from lamina_bench.measure.run import MeasuredConfig
 from lamina_bench.model.system import SystemConfig
 from lamina_bench.results.row import CONFIG_FIELDS, PointRow, point_id
@@ -37,9 +38,12 @@ class ModeledConfig:
     arrival: str  # saturate | trace | poisson
     rate_per_s: float  # poisson only
     dtype: str
+    prices: str = DEFAULT_PRICE_SET  # the price set behind every cost figure
+    max_batch: int = 0  # cap on running requests (the concurrency sweep); 0 = none
 
-    def system_config(self, catalog: Mapping[str, DeviceSpec] | None = None) -> SystemConfig:
-        """The simulator's SystemConfig of this configuration."""
+    def system_config(self) -> SystemConfig:
+        """The simulator's SystemConfig of this configuration, its devices priced from `prices`."""
+        catalog = _catalog(self.prices)
         lamina = self.system == "lamina"
         return SystemConfig(
             system=self.system,
@@ -48,7 +52,13 @@ class ModeledConfig:
             attention=parse_mix(self.attention, catalog) if self.attention else None,
             dtype=self.dtype,
             pipeline_batches=self.pipeline_batches if lamina else None,
+            max_batch_size=self.max_batch or None,
         )
+
+
+@cache
+def _catalog(prices: str) -> dict[str, DeviceSpec]:
+    return load_catalog(prices=prices)
 
 
 @dataclass(frozen=True)
@@ -94,6 +104,8 @@ class Point:
                 "arrival": c.arrival,
                 "rate_per_s": c.rate_per_s,
                 "dtype": c.dtype,
+                "prices": c.prices,
+                **({"max_batch": c.max_batch} if c.max_batch else {}),
             }
         out = {
             "mode": self.source,

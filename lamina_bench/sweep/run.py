@@ -139,12 +139,14 @@ def repro_command(point: Point, spec_path: str) -> str:
         return f"lamina-bench run {spec_path} --point {point.point_id}"
     cmd = (
         f"lamina-bench simulate --model {c.model} --system {c.system} --compute {c.compute} "
-        f"--trace {c.trace} --arrival {c.arrival} --dtype {c.dtype}"
+        f"--trace {c.trace} --arrival {c.arrival} --dtype {c.dtype} --prices {c.prices}"
     )
     if c.attention:
         cmd += f" --attention {c.attention} --pipeline-batches {c.pipeline_batches}"
     if c.requests:
         cmd += f" --requests {c.requests}"
+    if c.max_batch:
+        cmd += f" --max-batch {c.max_batch}"
     if c.arrival == "poisson":
         cmd += f" --rate {c.rate_per_s}"
     return cmd

@@ -31,20 +31,17 @@ from __future__ import annotations
 
 import itertools
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lamina_bench.catalog.benchmodels import resolve_local_model
-from lamina_bench.catalog.devices import parse_mix
-from lamina_bench.catalog.models import get_model
-from lamina_bench.catalog.workloads import TRACES
 from lamina_bench.errors import UserInputError
 from lamina_bench.measure.run import MeasuredConfig
-from lamina_bench.model.simulator import ARRIVALS
-from lamina_bench.model.system import SYSTEMS, memory_plan
-from lamina_bench.sweep.points import ModeledConfig, Point
+from lamina_bench.sweep.blocks import check_keys, check_systems, positive_ints, with_defaults
+from lamina_bench.sweep.modeled import modeled_block, modeled_points
+from lamina_bench.sweep.points import Point
 from reference_impl.errors import ConfigError
 from reference_impl.lamina import Layout
 
@@ -63,18 +60,6 @@ _MEASURED_KEYS: dict[str, tuple[type, Any]] = {
     "pipeline_batches": (list, [1]),
     "predict": (bool, True),
 }
-_MODELED_KEYS: dict[str, tuple[type, Any]] = {
-    "models": (list, None),
-    "traces": (list, ["azure-conv"]),
-    "systems": (list, ["homogeneous", "lamina"]),
-    "homogeneous": (list, []),
-    "lamina": (list, []),
-    "requests": (int, 0),  # 0 = the whole trace
-    "arrival": (str, "saturate"),
-    "rate_per_s": (float, 0.0),
-    "dtype": (str, "fp16"),
-}
-_LAMINA_MIX_KEYS = ("compute", "attention", "pipeline_batches")
 _TOP_KEYS = ("name", "repeats", "measured", "modeled")
 
 
@@ -84,6 +69,7 @@ class SweepSpec:
     repeats: int
     points: tuple[Point, ...]
     raw: Mapping[str, Any]  # the parsed TOML, stored in the manifest
+    skipped: int = 0  # grid combinations of [[modeled]] blocks that cannot run (weights do not fit, ...)
 
 
 def load_spec(path: str | Path) -> SweepSpec:
@@ -98,23 +84,26 @@ def load_spec(path: str | Path) -> SweepSpec:
 
 
 def parse_spec(raw: Mapping[str, Any], origin: str = "spec") -> SweepSpec:
-    _check_keys(raw, _TOP_KEYS, origin)
+    check_keys(raw, _TOP_KEYS, origin)
     repeats = raw.get("repeats", 1)
     if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
         raise UserInputError(f"{origin}: repeats must be a positive integer, got {repeats!r}")
     points: list[Point] = []
+    skipped = 0
     for i, block in enumerate(_blocks(raw, "measured", origin)):
-        points += _measured_points(_with_defaults(block, _MEASURED_KEYS, f"{origin}: [[measured]] #{i + 1}"))
+        points += _measured_points(with_defaults(block, _MEASURED_KEYS, f"{origin}: [[measured]] #{i + 1}"))
     for i, block in enumerate(_blocks(raw, "modeled", origin)):
-        points += _modeled_points(_with_defaults(block, _MODELED_KEYS, f"{origin}: [[modeled]] #{i + 1}"))
+        where = f"{origin}: [[modeled]] #{i + 1}"
+        block_points, block_skipped = modeled_points(modeled_block(block, where))
+        points += block_points
+        skipped += block_skipped
     if not points:
         raise UserInputError(f"{origin}: no points; add a [[measured]] or [[modeled]] block")
     seen: dict[str, Point] = {}
     for p in points:
         seen.setdefault(p.point_id, p)  # the same point listed twice runs once
-    return SweepSpec(
-        name=str(raw.get("name", "sweep")), repeats=repeats, points=tuple(seen.values()), raw=raw
-    )
+    name = str(raw.get("name", "sweep"))
+    return SweepSpec(name=name, repeats=repeats, points=tuple(seen.values()), raw=raw, skipped=skipped)
 
 
 # ---- expansion ------------------------------------------------------------------------------------
@@ -127,51 +116,13 @@ def _blocks(raw: Mapping[str, Any], key: str, origin: str) -> list[Mapping[str, 
     return blocks
 
 
-def _check_keys(table: Mapping[str, Any], valid: Iterable[str], where: str) -> None:
-    valid = tuple(valid)
-    for key in table:
-        if key not in valid:
-            raise UserInputError(f"{where}: unknown key '{key}'; valid: {', '.join(valid)}")
-
-
-def _with_defaults(block: Mapping[str, Any], schema: Mapping[str, tuple[type, Any]], where: str) -> dict:
-    _check_keys(block, schema, where)
-    out: dict[str, Any] = {"_where": where}
-    for key, (kind, default) in schema.items():
-        value = block.get(key, default)
-        if value is None:
-            raise UserInputError(f"{where}: '{key}' is required")
-        if kind is list and not isinstance(value, list):
-            value = [value]
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise UserInputError(f"{where}: '{key}' must be {kind.__name__}, got {value!r}")
-        if kind is list and not value and key not in ("homogeneous", "lamina"):
-            raise UserInputError(f"{where}: '{key}' must not be empty")
-        out[key] = value
-    return out
-
-
-def _check_systems(systems: list, where: str) -> None:
-    for s in systems:
-        if s not in SYSTEMS:
-            raise UserInputError(f"{where}: unknown system {s!r}; valid: {', '.join(SYSTEMS)}")
-
-
-def _positive_ints(values: list, key: str, where: str) -> None:
-    for v in values:
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise UserInputError(f"{where}: '{key}' entries must be positive integers, got {v!r}")
-
-
 def _measured_points(b: dict) -> list[Point]:
     where = b["_where"]
-    _check_systems(b["systems"], where)
+    check_systems(b["systems"], where)
     for key in ("batch_sizes", "context_lens", "pipeline_batches"):
-        _positive_ints(b[key], key, where)
+        positive_ints(b[key], key, where)
     for key in ("new_tokens", "tp", "compute_workers", "attention_workers"):
-        _positive_ints([b[key]], key, where)
+        positive_ints([b[key]], key, where)
     if b["new_tokens"] < 2:
         raise UserInputError(
             f"{where}: new_tokens must be >= 2 (the first comes from the prefill; decode is measured)"
@@ -211,60 +162,6 @@ def _check_lamina_layout(compute: int, attention: int, depth: int, where: str) -
         Layout(compute, attention, depth)
     except ConfigError as exc:
         raise UserInputError(f"{where}: {exc}") from None
-
-
-def _modeled_points(b: dict) -> list[Point]:
-    where = b["_where"]
-    _check_systems(b["systems"], where)
-    for m in b["models"]:
-        get_model(m)  # UserInputError naming the valid models
-    for t in b["traces"]:
-        if t not in TRACES:
-            raise UserInputError(f"{where}: unknown trace {t!r}; valid: {', '.join(TRACES)}")
-    if b["arrival"] not in ARRIVALS:
-        raise UserInputError(f"{where}: unknown arrival {b['arrival']!r}; valid: {', '.join(ARRIVALS)}")
-    if b["arrival"] == "poisson" and b["rate_per_s"] <= 0:
-        raise UserInputError(f"{where}: arrival = 'poisson' needs rate_per_s > 0")
-    mixes = []
-    if "homogeneous" in b["systems"]:
-        if not b["homogeneous"]:
-            raise UserInputError(
-                f"{where}: system 'homogeneous' needs a 'homogeneous' list of mixes, e.g. [\"4xH100\"]"
-            )
-        mixes += [("homogeneous", str(parse_mix(m)), "", 1) for m in b["homogeneous"]]
-    if "lamina" in b["systems"]:
-        if not b["lamina"]:
-            raise UserInputError(
-                f"{where}: system 'lamina' needs a 'lamina' list like [{{compute = \"1xH100\", attention = \"2xH20\"}}]"
-            )
-        for mix in b["lamina"]:
-            if not isinstance(mix, dict):
-                raise UserInputError(f"{where}: 'lamina' entries must be tables, got {mix!r}")
-            _check_keys(mix, _LAMINA_MIX_KEYS, f"{where}: lamina mix")
-            if "compute" not in mix or "attention" not in mix:
-                raise UserInputError(f"{where}: a lamina mix needs 'compute' and 'attention', got {mix!r}")
-            depth = mix.get("pipeline_batches", 2)
-            _positive_ints([depth], "pipeline_batches", where)
-            mixes.append(("lamina", str(parse_mix(mix["compute"])), str(parse_mix(mix["attention"])), depth))
-    points = []
-    for model, trace, (system, compute, attention, depth) in itertools.product(
-        b["models"], b["traces"], mixes
-    ):
-        config = ModeledConfig(
-            model=model,
-            system=system,
-            trace=trace,
-            compute=compute,
-            attention=attention or None,
-            pipeline_batches=depth,
-            requests=b["requests"],
-            arrival=b["arrival"],
-            rate_per_s=b["rate_per_s"],
-            dtype=b["dtype"],
-        )
-        memory_plan(config.system_config())  # weights that do not fit: UserInputError before any work
-        points.append(Point("modeled", config))
-    return points
 
 
 DEFAULT_SPEC = Path(__file__).resolve().parents[1] / "data" / "default_sweep.toml"

@@ -19,6 +19,7 @@ repeats = 1
 models = ["llama-33b"]
 traces = ["azure-conv"]
 requests = 300
+prices = "paper-2025"
 homogeneous = ["2xH100"]
 lamina = [{ compute = "1xH100", attention = "2xH20", pipeline_batches = 2 }]
 """

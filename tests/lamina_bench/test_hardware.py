@@ -1,5 +1,6 @@
 """Device catalog: paper values, sources on every number, user TOML overrides, lookups, local detection."""
 
+import functools
 import re
 from types import SimpleNamespace
 
@@ -7,7 +8,9 @@ import pytest
 
 from lamina_bench.catalog.device_spec import DeviceSpec
 from lamina_bench.catalog.devices import ENV_DEVICES_FILE, DeviceMix, get_device, load_catalog, parse_mix
+from lamina_bench.catalog.devices import parse_mix as _parse_mix
 from lamina_bench.catalog.local import local_devices, match_cuda_name
+from lamina_bench.catalog.prices import get_price_set
 from lamina_bench.errors import UserInputError
 
 REQUIRED = [
@@ -48,7 +51,8 @@ def test_catalog_has_required_devices():
 
 
 def test_paper_table_values():
-    h100, h20 = get_device("H100"), get_device("H20")
+    paper = load_catalog(prices="paper-2025")
+    h100, h20 = get_device("H100", paper), get_device("H20", paper)
     assert (h100.bf16_flops_per_s, h100.memory_bytes, h100.mem_bandwidth_bytes_per_s) == (
         989e12,
         80e9,
@@ -57,8 +61,23 @@ def test_paper_table_values():
     assert (h100.power_w, h100.nic_gbps, h100.usd_per_hour) == (700, 400, 11.06)
     assert (h20.bf16_flops_per_s, h20.memory_bytes, h20.mem_bandwidth_bytes_per_s) == (148e12, 96e9, 4.0e12)
     assert (h20.power_w, h20.nic_gbps, h20.usd_per_hour) == (400, 400, 4.63)
-    assert "2405.01814" in h20.sources["usd_per_hour"]
+    assert (
+        "2405.01814" in h20.sources["usd_per_hour"] and "price set paper-2025" in h20.sources["usd_per_hour"]
+    )
     assert "GCP" in h100.sources["usd_per_hour"]
+    assert (h100.price_set, h20.price_set) == ("paper-2025", "paper-2025")
+
+
+def test_prices_come_from_one_named_set():
+    """Every priced device of a catalog is priced by the chosen set; devices the set lacks have no price."""
+    for name in ("paper-2025", "coreweave-ondemand-2026-09-20", "gcp-ondemand-2026-07-30"):
+        catalog = load_catalog(prices=name)
+        priced = {d.name for d in catalog.values() if d.usd_per_hour is not None}
+        assert priced == set(get_price_set(name).prices)
+        assert {d.price_set for d in catalog.values() if d.usd_per_hour is not None} == {name}
+    assert load_catalog()["H20"].usd_per_hour is None  # the default set has no H20 price
+    with pytest.raises(UserInputError, match="unknown price set 'nope'; valid: .*paper-2025"):
+        load_catalog(prices="nope")
 
 
 def test_every_value_has_a_dated_source():
@@ -88,6 +107,8 @@ def test_lookup_case_insensitive_aliases_and_errors():
 
 
 def test_mix_parse_cost_and_str():
+    paper = load_catalog(prices="paper-2025")
+    parse_mix = functools.partial(_parse_mix, catalog=paper)
     mix = parse_mix("2xH100")
     assert (mix.count, mix.device.name, str(mix)) == (2, "H100", "2xH100")
     assert mix.cost_usd_per_hour == pytest.approx(22.12)

@@ -292,7 +292,10 @@ def test_bench_report_has_every_part_offline_and_labelled(runs_root, tmp_path):
     assert all("source: " in spec["layout"]["title"]["text"] for spec in specs.values())
     # parts without data say why: a CPU machine has no NVML, the measured rows have no link traffic
     assert "Telemetry timelines, run bench-like</b>: not drawn, no telemetry samples: no NVML" in page
-    assert "bench-llama-gqa: link bandwidth needed against batch size (Lamina)</b>: not drawn" in page
+    assert (
+        "bench-llama-gqa · fixed batches, prompt 128 tokens (fp32 on cpu): link bandwidth needed against batch size (Lamina)</b>: not drawn"
+        in page
+    )
     assert "RuntimeError: gloo connection reset (test data)" in page  # the failed point is listed
     assert "lamina-bench run default_sweep.toml --point" in page  # repro commands in the appendix
     # and every registered metric a row has, with its unit, in one table

@@ -34,7 +34,9 @@ import pytest
 from playwright.sync_api import Browser, Page, Route, sync_playwright
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
+from lamina_bench.catalog.prices import PAPER_PRICE_SET
 from lamina_bench.report import build_report
+from lamina_bench.report.data import load_runs
 from tests.lamina_bench.test_report_fixtures import bench_like_run, gpu_like_run, sweep_rows_50, write_run
 
 REPO = Path(__file__).resolve().parents[2]
@@ -89,6 +91,7 @@ class PageCheck:
     expected_figures: int  # figure specs embedded in the page
     loader: Mapping[str, Any] | None  # window.__laminaReport
     screenshot: Path | None
+    verdict_rows: int = 0  # drawn rows (with a visible box) of the tables in section#verdict
 
     @property
     def network_requests(self) -> list[str]:
@@ -119,6 +122,8 @@ _FIGURES_JS = """() => ({
   expected: (() => { const s = document.getElementById('report-figures');
                      return s ? Object.keys(JSON.parse(s.textContent)).length : 0; })(),
   loader: window.__laminaReport || null,
+  verdict_rows: Array.from(document.querySelectorAll('section#verdict table tr'))
+    .filter(tr => tr.getBoundingClientRect().height > 0).length,
 })"""
 
 
@@ -174,6 +179,7 @@ def check_report(
         expected_figures=state["expected"],
         loader=loader,
         screenshot=shot,
+        verdict_rows=state["verdict_rows"],
     )
 
 
@@ -232,6 +238,8 @@ def test_report_renders_in_chromium(browser, reports, tmp_path):
         _assert_clean(check, reports[name])
         _assert_png(check.screenshot)
         assert check.loader["drawn"] == check.expected_figures
+        # the verdict opens the page: a header and a line per TBT target for each model and workload
+        assert check.verdict_rows >= 2 * 4, check.verdict_rows
 
 
 def test_sweep_of_50_points_is_small_and_renders(browser, reports, tmp_path):
@@ -321,6 +329,12 @@ def _real_run() -> Path | None:
     )
 
 
+def _paper_pairs(run: Path) -> set[tuple[str, str]]:
+    """The paper's model x trace pairs the run simulated with the paper's price set."""
+    rows = load_runs([run])[0].rows
+    return {(r.model, r.trace) for r in rows if r.trace and r.settings.get("prices") == PAPER_PRICE_SET}
+
+
 def test_report_of_a_real_run(browser, tmp_path):
     run = _real_run()
     if run is None:
@@ -329,10 +343,25 @@ def test_report_of_a_real_run(browser, tmp_path):
         )
     html = build_report([run], tmp_path / f"{run.name}.html")
     page = html.read_text()
-    for sid in ("runs", "headline", "batch", "pareto", "time", "predictions", "telemetry", "appendix"):
+    for sid in (
+        "verdict",
+        "runs",
+        "headline",
+        "batch",
+        "pareto",
+        "time",
+        "predictions",
+        "telemetry",
+        "appendix",
+    ):
         assert f'<section id="{sid}">' in page
+    verdict = page[
+        page.index('<section id="verdict">') : page.index("</section>", page.index('id="verdict"'))
+    ]
+    for model, trace in _paper_pairs(run):
+        assert f"<h3>{model} · {trace} (" in verdict, (model, trace)  # a verdict table per paper pair
     shot = REPO / "reports" / f"{run.name}-browser-test.png"
     check = check_report(browser, html, screenshot=shot)
     _assert_clean(check, html)
     _assert_png(shot)
-    assert check.load_ms < 2 * LOAD_LIMIT_MS, check.load_ms  # a real run is smaller than the 50-point sweep
+    assert check.verdict_rows > 0

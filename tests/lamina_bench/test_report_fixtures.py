@@ -15,13 +15,20 @@ from typing import Any
 
 import pandas as pd
 
-from lamina_bench.catalog.devices import parse_mix
+from lamina_bench.catalog.devices import load_catalog
+from lamina_bench.catalog.devices import parse_mix as _parse_mix
 from lamina_bench.catalog.models import get_model, net_bytes_per_token_per_layer
 from lamina_bench.results.row import PointRow, point_id
 from lamina_bench.results.store import RunStore
 from lamina_bench.results.telemetry import TELEMETRY_COLUMNS
 
 DEVICES = [{"name": "CPU", "note": "test fixture"}]
+PRICES = "paper-2025"  # the fixture's rows are priced with the paper's price set
+_CATALOG = load_catalog(prices=PRICES)
+
+
+def parse_mix(text: str):
+    return _parse_mix(text, _CATALOG)
 
 
 def _cost(*mixes: str) -> float | None:
@@ -113,7 +120,7 @@ def modeled_trace_row(
         source="modeled",
         profile="roofline",
         requests=2000,
-        settings={"arrival": "saturate", "test_data": True},
+        settings={"arrival": "saturate", "prices": PRICES, "test_data": True},
         metrics=_money(metrics),
         pools=pools,
         repro_command=repro,

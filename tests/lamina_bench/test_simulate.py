@@ -280,12 +280,26 @@ def test_cli_simulate_json(capsys):
         "azure-conv",
         "--requests",
         "300",
+        "--prices",
+        "paper-2025",
         "--json",
     ]
     assert cli.main(argv) == 0
     out = json.loads(capsys.readouterr().out)
     assert set(out) >= DESIGN_JSON_KEYS
     assert out["requests"] == 300 and out["net_bytes_per_token"] == 36_864 * 80
+    assert out["price_set"] == "paper-2025" and out["cost_usd_per_hour"] == pytest.approx(
+        2 * 11.06 + 4 * 4.63
+    )
+    # one definition of throughput: the same basis as the stored rows, the whole trace beside it
+    if out["throughput_basis"] == "saturated phase":  # requests still queued after the first admissions
+        assert out["throughput_tok_per_s"] == out["saturated_throughput_tok_per_s"]
+    else:  # all 300 requests fit at once: no saturated phase
+        assert out["throughput_basis"] == "whole trace" and out["saturated_throughput_tok_per_s"] is None
+        assert out["throughput_tok_per_s"] == out["whole_trace_throughput_tok_per_s"]
+    assert cli.main(argv[:-3] + ["--json"]) == 2  # the default price set has no H20
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "H20 has no price in price set coreweave-ondemand" in err
 
 
 @pytest.mark.parametrize(

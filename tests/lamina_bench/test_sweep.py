@@ -30,6 +30,7 @@ name = "t"
 models = ["llama-33b", "llama-65b"]
 traces = ["azure-conv", "azure-code", "kimi-conv"]
 requests = 1500
+prices = "paper-2025"
 homogeneous = ["4xH100"]
 lamina = [{ compute = "2xH100", attention = "4xH20", pipeline_batches = 2 }]
 """
@@ -85,8 +86,9 @@ def test_spec_expands_to_unique_stable_points():
     assert [p.point_id for p in again.points] == [p.point_id for p in spec.points]
 
 
-def test_point_ids_are_those_of_earlier_versions():
-    """Ids computed by the version before typed points (lamina_bench/sweep.py), pinned: resume, shards and
+def test_point_ids_are_pinned():
+    """Measured and prediction ids are those of the version before typed points (lamina_bench/sweep.py);
+    modeled ids also hash the price set since prices come from named sets. Pinned: resume, shards and
     compare against older runs and the committed baselines match points by these ids."""
     spec = parse_spec(tomllib.loads(MEASURED + MODELED.replace('name = "t"', "")))
     assert [(p.kind, p.point_id) for p in spec.points] == [
@@ -94,20 +96,26 @@ def test_point_ids_are_those_of_earlier_versions():
         ("prediction", "f0d91cb8b522700a"),
         ("measured", "23d7a2905756a6d4"),
         ("prediction", "9f0c247b357ca38b"),
-        ("modeled", "de6da86a056aacf8"),
-        ("modeled", "33ddd23eb78094b0"),
-        ("modeled", "ab8f3a29a549f643"),
-        ("modeled", "d8808fc8fed34e4b"),
-        ("modeled", "d880373e1073cb3d"),
-        ("modeled", "892eaade4509b9df"),
-        ("modeled", "03ef56a76ed71019"),
-        ("modeled", "8fd7f4df7f21e4b3"),
-        ("modeled", "403e4218cab6e87b"),
-        ("modeled", "7cff943af303a946"),
-        ("modeled", "6c57fbb6ddf7bced"),
-        ("modeled", "71ed6c03db1512ac"),
+        ("modeled", "b4d3cb622a5872ad"),
+        ("modeled", "1823f777a34cb8ca"),
+        ("modeled", "465f6ab0a71bbcaa"),
+        ("modeled", "35bd6f7408543222"),
+        ("modeled", "59ae40920ba0df73"),
+        ("modeled", "e9292a5e49cb56fd"),
+        ("modeled", "83723f58da079cd7"),
+        ("modeled", "02d9ed1ac4281fb4"),
+        ("modeled", "dfcfe9646eadbd4d"),
+        ("modeled", "ae58bb06e79e514b"),
+        ("modeled", "c74cdc11210046ba"),
+        ("modeled", "e87dc444062c5c35"),
     ]
     assert all(p.point_id == point_id(p.identity()) for p in spec.points)
+    capped = parse_spec(
+        tomllib.loads(MODELED.replace("requests = 1500", "requests = 1500\nbatch_caps = [0, 8]"))
+    )
+    ids = {(p.config.max_batch, p.point_id) for p in capped.points}
+    assert {pid for cap, pid in ids if cap == 0} == {p.point_id for p in spec.points if p.kind == "modeled"}
+    assert all("max_batch" in p.identity() for p in capped.points if p.config.max_batch)
 
 
 def test_points_rows_and_repro_commands():
@@ -137,13 +145,13 @@ def test_points_rows_and_repro_commands():
         "4xH20",
         "azure-conv",
         1500,
-        {"arrival": "saturate", "rate_per_s": 0.0},
+        {"arrival": "saturate", "rate_per_s": 0.0, "prices": "paper-2025"},
     )
     assert row.metrics == {} and row.ok
     assert repro_command(measured, "s.toml") == f"lamina-bench run s.toml --point {measured.point_id}"
     assert repro_command(modeled, "s.toml") == (
         "lamina-bench simulate --model llama-33b --system lamina --compute 2xH100 --trace azure-conv "
-        "--arrival saturate --dtype fp16 --attention 4xH20 --pipeline-batches 2 --requests 1500"
+        "--arrival saturate --dtype fp16 --prices paper-2025 --attention 4xH20 --pipeline-batches 2 --requests 1500"
     )
     with pytest.raises(ValueError, match="point kind must be one of measured, prediction, modeled"):
         Point("simulated", modeled.config)
