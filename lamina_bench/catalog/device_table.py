@@ -13,6 +13,7 @@ _NV_H100 = "NVIDIA H100 datasheet table (archive-lib.hpctech.co.jp/gpuproduct/nv
 _LAMINA = "Lamina paper Table 1, arXiv 2405.01814 v2; 2024-25"
 _AWS_P5_NIC = "AWS p5: 3,200 Gb/s EFA / 8 GPUs; 2023-07"
 _PCIE4 = "PCIe Gen4 x16: 64 GB/s bidirectional / 2, PCI-SIG PCIe 4.0 spec; 2017"
+_SM_H100 = "NVIDIA H100 datasheet table, SMs 132 (SXM) / 114 (PCIe) (archive-lib.hpctech.co.jp/gpuproduct/nvidia-h100.html); 2022-11"
 
 BUILTIN: list[dict] = [
     dict(
@@ -22,6 +23,7 @@ BUILTIN: list[dict] = [
         spec_src=f"{_LAMINA}; {_NV_H100}",
         intra_link_bytes_per_s_src="NVLink4 900 GB/s bidirectional / 2, NVIDIA H100 datasheet; 2022-11",
         price_src="GCP a3-highgpu-1g on-demand list $11.0612/h, as used in Lamina paper Table 1; 2024-25",
+        sm_count=132, sm_count_src=_SM_H100,
     ),
     dict(
         name="H100-PCIe", full_name="NVIDIA H100 PCIe 80GB", vendor="NVIDIA",
@@ -30,6 +32,7 @@ BUILTIN: list[dict] = [
         spec_src="NVIDIA H100 PCIe product brief PB-11133-001 v02; 2022-11",
         intra_link_bytes_per_s_src="PCIe Gen5 x16: 128 GB/s bidirectional / 2, PCI-SIG PCIe 5.0 spec; 2019",
         price_src="Lambda on-demand 1x H100 PCIe (techbytes.app serverless-gpu-pricing-matrix); 2026-05-07",
+        sm_count=114, sm_count_src=_SM_H100,
     ),
     dict(
         name="H200", full_name="NVIDIA H200 SXM 141GB", vendor="NVIDIA",
@@ -39,6 +42,7 @@ BUILTIN: list[dict] = [
         intra_link_bytes_per_s_src="NVLink4 900 GB/s bidirectional / 2, NVIDIA H200 datasheet; 2024",
         nic_gbps_src="AWS p5e/p5en: 3,200 Gb/s EFA / 8 GPUs (uncertain); 2024",
         price_src="GCP a3-ultragpu-8g on-demand $84.81/h / 8 (uncertain, from a public code catalog); 2025",
+        sm_count=132, sm_count_src="H200 specification, SMs 132 (saulelectric.com/nvidia-h200.html); 2024",
     ),
     dict(
         name="H20", full_name="NVIDIA H20 96GB", vendor="NVIDIA",
@@ -47,6 +51,7 @@ BUILTIN: list[dict] = [
         spec_src=f"{_LAMINA}; tweaktown.com/news/95224; 2024",
         intra_link_bytes_per_s_src="NVLink 900 GB/s bidirectional / 2 (tweaktown.com/news/95224); 2024",
         price_src="Lamina paper Table 1, the authors' estimate (no public cloud price), arXiv 2405.01814 v2; 2024-25",
+        sm_count=78, sm_count_src="78 SMs as reported by Geekbench 6 (zangshuxian.com/new/674733024499207168, uncertain); 2024",
     ),
     dict(
         name="H800", full_name="NVIDIA H800 SXM 80GB", vendor="NVIDIA",
@@ -65,6 +70,7 @@ BUILTIN: list[dict] = [
         intra_link_bytes_per_s_src="NVLink3 600 GB/s bidirectional / 2, NVIDIA A100 datasheet; 2021",
         nic_gbps_src="AWS p4de: 400 Gb/s EFA / 8 GPUs; 2022",
         price_src="GCP a2-ultragpu-1g on-demand list (from a public code catalog); 2024-25",
+        sm_count=108, sm_count_src="A100 80GB: 108 SMs (notes.haroldbenoit.com/ML/Engineering/GPUs/Hardware); 2021",
     ),
     dict(
         name="A100-40G", full_name="NVIDIA A100 SXM4 40GB", vendor="NVIDIA",
@@ -74,6 +80,16 @@ BUILTIN: list[dict] = [
         intra_link_bytes_per_s_src="NVLink3 600 GB/s bidirectional / 2, NVIDIA A100 datasheet; 2020",
         nic_gbps_src="AWS p4d: 400 Gb/s EFA / 8 GPUs; 2020",
         price_src="GCP a2-highgpu-1g on-demand list $3.673/h; 2024",
+        sm_count=108, sm_count_src="A100: 108 SMs, same GA100 configuration as the 80GB part (notes.haroldbenoit.com/ML/Engineering/GPUs/Hardware); 2020",
+    ),
+    dict(
+        name="A40", full_name="NVIDIA A40 48GB", vendor="NVIDIA",
+        bf16_flops_per_s=149.7e12, memory_bytes=48e9, mem_bandwidth_bytes_per_s=0.696e12, power_w=300,
+        intra_link_bytes_per_s=32e9, nic_gbps=None, usd_per_hour=None,
+        spec_src="NVIDIA A40 datasheet figures: 48 GB GDDR6, 696 GB/s, 300 W (relationship-nepal.org "
+        "900-2g133-0000-000 product sheet); BF16 tensor 149.7 TFLOPS dense (hmc-tech.com nvidia-a100-vs-nvidia-a40); 2020-10",
+        intra_link_bytes_per_s_src=_PCIE4,
+        sm_count=84, sm_count_src="A40 (GA102): 84 SMs (elprocus.com/nvidia-a40-gpu); 2020-10",
     ),
     dict(
         name="L40S", full_name="NVIDIA L40S 48GB", vendor="NVIDIA",
@@ -83,6 +99,7 @@ BUILTIN: list[dict] = [
         intra_link_bytes_per_s_src=_PCIE4,
         nic_gbps_src="AWS g6e.48xlarge: 400 Gb/s / 8 GPUs (uncertain); 2024",
         price_src="AWS g6e.xlarge on-demand us-east-1 (modal.com/blog/nvidia-l40s-price-article); 2025-08-12",
+        sm_count=142, sm_count_src="L40S: 142 SMs (computizer.com nvidia-l40s-48gb product page, TechPowerUp figures); 2022-10",
     ),
     dict(
         name="L20", full_name="NVIDIA L20 48GB", vendor="NVIDIA",
@@ -123,6 +140,7 @@ BUILTIN: list[dict] = [
         intra_link_bytes_per_s_src="NVLink5 1,800 GB/s bidirectional / 2; 2025",
         nic_gbps_src="HGX B200 node 8x400G NICs (uncertain); 2025",
         price_src="RunPod pod on-demand (deploybase.ai/articles/b200-vs-h200-vs-h100); 2026-03",
+        sm_count=148, sm_count_src="B200: 2 dies x 74 enabled SMs = 148 (Chips and Cheese, 'Nvidia\'s B200: Keeping the CUDA Juggernaut Rolling'); 2025-12",
     ),
     dict(
         name="MI300X", full_name="AMD Instinct MI300X 192GB", vendor="AMD",
