@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: install chromium test test-slow check-baseline bench lint format clean
+.PHONY: install chromium test test-slow check-baseline check-validation bench lint format clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,7 @@ test: install chromium
 	$(VENV)/bin/ruff format --check lamina_bench reference_impl tests
 	$(PY) -m pytest -q -m "not slow"
 	$(MAKE) --no-print-directory check-baseline
+	$(MAKE) --no-print-directory check-validation
 
 # The deterministic modeled sweep must reproduce the committed baseline exactly (README: regression tracking).
 check-baseline: install
@@ -44,6 +45,11 @@ check-baseline: install
 	$(VENV)/bin/lamina-bench run results/baselines/modeled.toml --out $$out --run-id ci-modeled --no-report >/dev/null && \
 	$(VENV)/bin/lamina-bench compare results/baselines/modeled $$out/ci-modeled --fail-on change; \
 	rc=$$?; rm -rf $$out; exit $$rc
+
+# The operator model against public measurements: exit 1 when an error figure got worse than the committed
+# results/validation/errors.json (README: model fidelity). A few seconds.
+check-validation: install
+	$(VENV)/bin/lamina-bench validate >/dev/null
 
 test-slow: install
 	$(PY) -m pytest -q -m slow

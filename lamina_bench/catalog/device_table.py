@@ -10,6 +10,7 @@ _NV_H100 = "NVIDIA H100 datasheet table (archive-lib.hpctech.co.jp/gpuproduct/nv
 _LAMINA = "Lamina paper Table 1, arXiv 2405.01814 v2; 2024-25"
 _AWS_P5_NIC = "AWS p5: 3,200 Gb/s EFA / 8 GPUs; 2023-07"
 _PCIE4 = "PCIe Gen4 x16: 64 GB/s bidirectional / 2, PCI-SIG PCIe 4.0 spec; 2017"
+_SM_H100 = "NVIDIA H100 datasheet table, SMs 132 (SXM) / 114 (PCIe) (archive-lib.hpctech.co.jp/gpuproduct/nvidia-h100.html); 2022-11"
 
 BUILTIN: list[dict] = [
     dict(
@@ -18,6 +19,7 @@ BUILTIN: list[dict] = [
         intra_link_bytes_per_s=450e9, nic_gbps=400,
         spec_src=f"{_LAMINA}; {_NV_H100}",
         intra_link_bytes_per_s_src="NVLink4 900 GB/s bidirectional / 2, NVIDIA H100 datasheet; 2022-11",
+        sm_count=132, sm_count_src=_SM_H100,
     ),
     dict(
         name="H100-PCIe", full_name="NVIDIA H100 PCIe 80GB", vendor="NVIDIA",
@@ -25,6 +27,7 @@ BUILTIN: list[dict] = [
         intra_link_bytes_per_s=64e9, nic_gbps=None,
         spec_src="NVIDIA H100 PCIe product brief PB-11133-001 v02; 2022-11",
         intra_link_bytes_per_s_src="PCIe Gen5 x16: 128 GB/s bidirectional / 2, PCI-SIG PCIe 5.0 spec; 2019",
+        sm_count=114, sm_count_src=_SM_H100,
     ),
     dict(
         name="H200", full_name="NVIDIA H200 SXM 141GB", vendor="NVIDIA",
@@ -33,6 +36,7 @@ BUILTIN: list[dict] = [
         spec_src="NVIDIA H200 datasheet figures (saulelectric.com/nvidia-h200.html); 2024",
         intra_link_bytes_per_s_src="NVLink4 900 GB/s bidirectional / 2, NVIDIA H200 datasheet; 2024",
         nic_gbps_src="AWS p5e/p5en: 3,200 Gb/s EFA / 8 GPUs (uncertain); 2024",
+        sm_count=132, sm_count_src="H200 specification, SMs 132 (saulelectric.com/nvidia-h200.html); 2024",
     ),
     dict(
         name="H20", full_name="NVIDIA H20 96GB", vendor="NVIDIA",
@@ -40,6 +44,7 @@ BUILTIN: list[dict] = [
         intra_link_bytes_per_s=450e9, nic_gbps=400,
         spec_src=f"{_LAMINA}; tweaktown.com/news/95224; 2024",
         intra_link_bytes_per_s_src="NVLink 900 GB/s bidirectional / 2 (tweaktown.com/news/95224); 2024",
+        sm_count=78, sm_count_src="78 SMs as reported by Geekbench 6 (zangshuxian.com/new/674733024499207168, uncertain); 2024",
     ),
     dict(
         name="H800", full_name="NVIDIA H800 SXM 80GB", vendor="NVIDIA",
@@ -56,6 +61,7 @@ BUILTIN: list[dict] = [
         spec_src="NVIDIA A100 datasheet (github calculon-ai/calculon systems/a100_80g.json); 2021",
         intra_link_bytes_per_s_src="NVLink3 600 GB/s bidirectional / 2, NVIDIA A100 datasheet; 2021",
         nic_gbps_src="AWS p4de: 400 Gb/s EFA / 8 GPUs; 2022",
+        sm_count=108, sm_count_src="A100 80GB: 108 SMs (notes.haroldbenoit.com/ML/Engineering/GPUs/Hardware); 2021",
     ),
     dict(
         name="A100-40G", full_name="NVIDIA A100 SXM4 40GB", vendor="NVIDIA",
@@ -64,6 +70,16 @@ BUILTIN: list[dict] = [
         spec_src="NVIDIA A100 datasheet (github winston-zhang/gpu-specs specs.md); 2020",
         intra_link_bytes_per_s_src="NVLink3 600 GB/s bidirectional / 2, NVIDIA A100 datasheet; 2020",
         nic_gbps_src="AWS p4d: 400 Gb/s EFA / 8 GPUs; 2020",
+        sm_count=108, sm_count_src="A100: 108 SMs, same GA100 configuration as the 80GB part (notes.haroldbenoit.com/ML/Engineering/GPUs/Hardware); 2020",
+    ),
+    dict(
+        name="A40", full_name="NVIDIA A40 48GB", vendor="NVIDIA",
+        bf16_flops_per_s=149.7e12, memory_bytes=48e9, mem_bandwidth_bytes_per_s=0.696e12, power_w=300,
+        intra_link_bytes_per_s=32e9, nic_gbps=None,
+        spec_src="NVIDIA A40 datasheet figures: 48 GB GDDR6, 696 GB/s, 300 W (relationship-nepal.org "
+        "900-2g133-0000-000 product sheet); BF16 tensor 149.7 TFLOPS dense (hmc-tech.com nvidia-a100-vs-nvidia-a40); 2020-10",
+        intra_link_bytes_per_s_src=_PCIE4,
+        sm_count=84, sm_count_src="A40 (GA102): 84 SMs (elprocus.com/nvidia-a40-gpu); 2020-10",
     ),
     dict(
         name="L40S", full_name="NVIDIA L40S 48GB", vendor="NVIDIA",
@@ -72,6 +88,7 @@ BUILTIN: list[dict] = [
         spec_src="NVIDIA L40S datasheet table (mullet.se product 355414); 2023",
         intra_link_bytes_per_s_src=_PCIE4,
         nic_gbps_src="AWS g6e.48xlarge: 400 Gb/s / 8 GPUs (uncertain); 2024",
+        sm_count=142, sm_count_src="L40S: 142 SMs (computizer.com nvidia-l40s-48gb product page, TechPowerUp figures); 2022-10",
     ),
     dict(
         name="L20", full_name="NVIDIA L20 48GB", vendor="NVIDIA",
@@ -108,6 +125,7 @@ BUILTIN: list[dict] = [
         spec_src="glennklockwood.com/garden/processors/B200 (180 GB usable of 192 physical); 2025",
         intra_link_bytes_per_s_src="NVLink5 1,800 GB/s bidirectional / 2; 2025",
         nic_gbps_src="HGX B200 node 8x400G NICs (uncertain); 2025",
+        sm_count=148, sm_count_src="B200: 2 dies x 74 enabled SMs = 148 (Chips and Cheese, 'Nvidia\'s B200: Keeping the CUDA Juggernaut Rolling'); 2025-12",
     ),
     dict(
         name="MI300X", full_name="AMD Instinct MI300X 192GB", vendor="AMD",

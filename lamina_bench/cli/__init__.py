@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 
-from lamina_bench.cli import local, modeled, results
+from lamina_bench.cli import local, modeled, results, validate
 from lamina_bench.cli.common import Parser
 from lamina_bench.errors import UserInputError
 from reference_impl.errors import ConfigError
@@ -24,11 +24,13 @@ COMMANDS = (
     modeled.add_search,
     local.add_run,
     local.add_profile,
+    validate.add_profile_import,
     results.add_report,
     results.add_compare,
     results.add_baseline,
     results.add_merge,
     local.add_gpu_check,
+    validate.add_validate,
 )
 
 

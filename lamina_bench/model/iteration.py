@@ -176,14 +176,16 @@ def iteration_model(
     profile_dir: str | Path | None = None,
     derive_from: Profile | None = None,
     backend: str = "cuda",
+    operators: str = "roofline",
 ) -> IterationModel:
-    """The iteration-time model of `config`: stored profiles per device, else `derive_from`, else roofline."""
-    cm = device_model(config.compute.device, backend, profile_dir, derive_from)
+    """The iteration-time model of `config`: stored profiles per device, else `derive_from`, else the
+    `operators` model ("roofline" or "calibrated", operators.device_model)."""
+    cm = device_model(config.compute.device, backend, profile_dir, derive_from, operators)
     if config.system == "homogeneous":
         return IterationModel(
             config.model, config.dtype, "homogeneous", config.compute.count, config.compute.count, 1, cm, cm
         )
-    am = device_model(config.attention.device, backend, profile_dir, derive_from)
+    am = device_model(config.attention.device, backend, profile_dir, derive_from, operators)
     return IterationModel(
         config.model,
         config.dtype,

@@ -8,9 +8,12 @@ The simulator (`model/iteration.py`) only composes the operator times defined he
 * tensor-parallel all-reduce (ring: 2(n-1) steps, 2(n-1)/n of the bytes on each link);
 * a point-to-point link (latency + bytes / bandwidth), used between the compute and attention pools.
 
-Where no profile exists, each operator is a roofline, ``max(bytes / (peak_bw * eff_bw), flops / (peak *
-eff_flops))`` plus a fixed launch overhead, with the efficiency factors stated below. A measured profile
-(``results/profiles/<device>-<backend>.json``) replaces the roofline for that device (format: `model/profiles.py`).
+Where no profile exists, each operator is either the calibrated GPU operator model (`model/ops/`: GEMM,
+elementwise, decode-attention and collective kernels with constants fitted on public measurements,
+results/validation/; `operators="calibrated"`) or a roofline, ``max(bytes / (peak_bw * eff_bw), flops /
+(peak * eff_flops))`` plus a fixed launch overhead, with the efficiency factors stated in roofline.py
+(`operators="roofline"`, the default). A measured profile (``results/profiles/<device>-<backend>.json``)
+replaces both for that device (format: `model/profiles.py`).
 
 Using a profile: for the profiled shape (same hidden/intermediate/head sizes, dtype and tp) dense time is
 interpolated between the measured batch points (source ``measured``). For another shape or tp, the
@@ -26,8 +29,6 @@ shape, ``modeled`` otherwise). A profile taken on device A and applied to device
 
 from __future__ import annotations
 
-import itertools
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
@@ -38,6 +39,10 @@ import numpy as np
 from lamina_bench.catalog.devices import DeviceSpec, get_device
 from lamina_bench.catalog.models import ModelSpec, same_layer_shape
 from lamina_bench.errors import UserInputError
+from lamina_bench.model.ops.device import GpuModel, gpu_model
+from lamina_bench.model.ops.layer import LayerShape
+from lamina_bench.model.profile_fit import _fit_profile, _interp_extrap, _ProfileFits
+from lamina_bench.model.profile_fit import nonneg_fit as nonneg_fit  # re-exported: its home before the split
 from lamina_bench.model.profiles import Profile, find_profile
 from lamina_bench.model.roofline import (
     ATTENTION_BW_EFFICIENCY,
@@ -61,37 +66,6 @@ from lamina_bench.model.roofline import (
 )
 from lamina_bench.results.metrics import SOURCES
 
-# ---- fitting ----------------------------------------------------------------------------------------
-
-
-def nonneg_fit(features: np.ndarray, times_s: np.ndarray) -> np.ndarray:
-    """Non-negative least squares on relative error, by trying every column subset (few columns)."""
-    x = features / times_s[:, None]
-    y = np.ones_like(times_s)
-    ncol = features.shape[1]
-    best, best_err = np.zeros(ncol), math.inf
-    for k in range(1, ncol + 1):
-        for cols in itertools.combinations(range(ncol), k):
-            coef, *_ = np.linalg.lstsq(x[:, cols], y, rcond=None)
-            if np.any(coef < 0):
-                continue
-            full = np.zeros(ncol)
-            full[list(cols)] = coef
-            err = float(np.sum((x @ full - y) ** 2))
-            if err < best_err - 1e-15:
-                best, best_err = full, err
-    return best
-
-
-def _interp_extrap(x, xp: np.ndarray, fp: np.ndarray):
-    """Piecewise-linear interpolation; beyond the ends, the end segments' slopes (never below 0)."""
-    y = np.interp(x, xp, fp)
-    lo_slope = max((fp[1] - fp[0]) / (xp[1] - xp[0]), 0.0)
-    hi_slope = max((fp[-1] - fp[-2]) / (xp[-1] - xp[-2]), 0.0)
-    y = np.where(x < xp[0], fp[0] - lo_slope * (xp[0] - x), y)
-    y = np.where(x > xp[-1], fp[-1] + hi_slope * (x - xp[-1]), y)
-    return np.maximum(y, 0.0)
-
 
 @dataclass(frozen=True)
 class OpTime:
@@ -104,53 +78,6 @@ class OpTime:
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
             raise ValueError(f"source must be one of {SOURCES}, got {self.source!r}")
-
-
-@dataclass(frozen=True)
-class _ProfileFits:
-    """Coefficients fitted once per profile (see module doc)."""
-
-    dense: np.ndarray  # 1/bw_eff [s/B], 1/flops_eff [s/flop]
-    attention: np.ndarray  # c0 [s], per sequence [s], 1/bw_eff [s/B]
-    head_batch: np.ndarray | None
-    head_time_s: np.ndarray | None
-    dense_batch: np.ndarray
-    dense_time_s: np.ndarray
-    link: np.ndarray | None  # latency [s], 1/bw [s/B]
-    allreduce: np.ndarray | None  # per ring step [s], 1/bw per link [s/B]
-
-
-def _fit_profile(p: Profile) -> _ProfileFits:
-    dense = sorted(p.dense, key=lambda q: q.batch)
-    db = np.array([q.batch for q in dense], dtype=float)
-    dt = np.array([q.time_s for q in dense])
-    feats = np.stack(
-        [dense_layer_bytes(p.model, p.dtype, db, p.tp), dense_layer_flops(p.model, db, p.tp)], axis=1
-    )
-    ab = np.array([q.batch for q in p.attention], dtype=float)
-    actx = np.array([q.batch * q.context_len for q in p.attention], dtype=float)
-    at = np.array([q.time_s for q in p.attention])
-    afeats = np.stack([np.ones_like(ab), ab, attention_layer_bytes(p.model, p.dtype, ab, actx)], axis=1)
-    head = sorted(p.head, key=lambda q: q.batch)
-    link = allreduce = None
-    if p.link:
-        nb = np.array([q.nbytes for q in p.link], dtype=float)
-        link = nonneg_fit(np.stack([np.ones_like(nb), nb], axis=1), np.array([q.time_s for q in p.link]))
-    if p.allreduce:
-        nb = np.array([q.nbytes for q in p.allreduce], dtype=float)
-        ws = np.array([q.world_size for q in p.allreduce], dtype=float)
-        feats_ar = np.stack([2.0 * (ws - 1), ring_allreduce_bytes_per_link(nb, ws)], axis=1)
-        allreduce = nonneg_fit(feats_ar, np.array([q.time_s for q in p.allreduce]))
-    return _ProfileFits(
-        dense=nonneg_fit(feats, dt),
-        attention=nonneg_fit(afeats, at),
-        head_batch=np.array([q.batch for q in head], dtype=float) if len(head) >= 2 else None,
-        head_time_s=np.array([q.time_s for q in head]) if len(head) >= 2 else None,
-        dense_batch=db,
-        dense_time_s=dt,
-        link=link,
-        allreduce=allreduce,
-    )
 
 
 # ---- per-device operator model ------------------------------------------------------------------
@@ -167,7 +94,8 @@ def _require(device: DeviceSpec, fields: Iterable[str], what: str) -> None:
 
 @dataclass(frozen=True)
 class DeviceModel:
-    """Operator times on one device type: from `profile` when given, else the roofline of `device`.
+    """Operator times on one device type: from `profile` when given, else from `ops` (the calibrated
+    GPU operator model) when given, else the roofline of `device`.
 
     A profile whose device differs from `device` is applied by datasheet ratios (source `derived`).
     `device` may be None only with a profile of a device that has no catalog entry (e.g. "cpu").
@@ -175,6 +103,7 @@ class DeviceModel:
 
     device: DeviceSpec | None
     profile: Profile | None = None
+    ops: GpuModel | None = None
 
     def __post_init__(self) -> None:
         if self.device is None and self.profile is None:
@@ -186,7 +115,17 @@ class DeviceModel:
 
     @property
     def profile_name(self) -> str:
-        return self.profile.name if self.profile is not None else ROOFLINE
+        if self.profile is not None:
+            return self.profile.name
+        return self.ops.name if self.ops is not None else ROOFLINE
+
+    @property
+    def _ops(self) -> GpuModel | None:
+        """The operator model, used only where no profile exists."""
+        return self.ops if self.profile is None else None
+
+    def _ops_time(self, t) -> OpTime:
+        return OpTime(t, "derived" if self.ops.derived else "modeled", self.ops.name)
 
     @property
     def derived(self) -> bool:
@@ -241,6 +180,8 @@ class DeviceModel:
         """One decoder layer's dense part for `batch` tokens on one device of a `tp`-way replica."""
         self._check_dtype(dtype)
         batch = np.asarray(batch, dtype=float)
+        if self._ops is not None:
+            return self._ops_time(self.ops.dense_layer(LayerShape.of(spec), batch, tp, dtype))
         nbytes = dense_layer_bytes(spec, dtype, batch, tp)
         flops = dense_layer_flops(spec, batch, tp)
         if self.profile is None:
@@ -261,6 +202,8 @@ class DeviceModel:
         """Final norm + LM head for `batch` tokens on one device of a `tp`-way replica."""
         self._check_dtype(dtype)
         batch = np.asarray(batch, dtype=float)
+        if self._ops is not None:
+            return self._ops_time(self.ops.head(spec, batch, tp, dtype))
         nbytes, flops = head_bytes(spec, dtype, batch, tp), head_flops(spec, batch, tp)
         if self.profile is None:
             t = self._roofline(
@@ -287,6 +230,12 @@ class DeviceModel:
         """One layer's decode attention on a device holding `kv_fraction` of every sequence's KV."""
         self._check_dtype(dtype)
         batch = np.asarray(batch, dtype=float)
+        if self._ops is not None:  # every sequence at the mean context; heads on this device by KV share
+            kv_heads = max(1.0, spec.num_kv_heads * kv_fraction)
+            heads = kv_heads * spec.group_size
+            context = np.asarray(sum_context, dtype=float) / np.maximum(batch, 1.0)
+            t = self.ops.attention(batch, context, heads, kv_heads, spec.head_dim, dtype)
+            return self._ops_time(np.where(batch > 0, t, 0.0))
         nbytes = attention_layer_bytes(spec, dtype, batch, sum_context, kv_fraction)
         if self.profile is None:
             flops = attention_layer_flops(spec, sum_context, kv_fraction)
@@ -305,6 +254,8 @@ class DeviceModel:
         nbytes = np.asarray(nbytes, dtype=float)
         if world_size <= 1:
             return OpTime(np.zeros_like(nbytes), "modeled", self.profile_name)
+        if self._ops is not None:
+            return self._ops_time(self.ops.allreduce(nbytes, world_size))
         steps = 2.0 * (world_size - 1)
         per_link = ring_allreduce_bytes_per_link(nbytes, world_size)
         f = self.fits
@@ -327,6 +278,9 @@ class DeviceModel:
         f = self.fits
         if f is not None and f.link is not None and not self.derived and f.link[1] > 0:
             return float(f.link[0]), float(1.0 / f.link[1]), "modeled"  # fitted to measured link points
+        if self._ops is not None:  # the Lamina paper's host-bypassed stack over this device's NIC
+            latency, bandwidth = self.ops.pool_link()
+            return latency, bandwidth, "derived" if self.ops.derived else "modeled"
         if self.device is None or self.device.nic_gbps is None:
             raise UserInputError(f"device {self.name} has no nic_gbps in the catalog; cannot model the link")
         return NIC_LATENCY_S, self.device.nic_gbps * 1e9 / 8.0 * NIC_EFFICIENCY, "modeled"
@@ -336,12 +290,20 @@ class DeviceModel:
         return self.profile.iteration_overhead_s if self.profile is not None and not self.derived else 0.0
 
 
+OPERATORS = ("roofline", "calibrated")
+
+
 def device_model(
     device: DeviceSpec,
     backend: str = "cuda",
     profile_dir: str | Path | None = None,
     derive_from: Profile | None = None,
+    operators: str = "roofline",
 ) -> DeviceModel:
-    """The model of `device`: its own profile if one is stored, else `derive_from` (derived), else roofline."""
+    """The model of `device`: its own profile if one is stored, else `derive_from` (derived), else the
+    calibrated operator model (operators="calibrated", when a calibration is committed) or the roofline."""
+    if operators not in OPERATORS:
+        raise UserInputError(f"unknown operator model {operators!r}; valid: {', '.join(OPERATORS)}")
     own = find_profile(device.name, backend, profile_dir)
-    return DeviceModel(device, own if own is not None else derive_from)
+    ops = gpu_model(device) if operators == "calibrated" and device.bf16_flops_per_s is not None else None
+    return DeviceModel(device, own if own is not None else derive_from, ops)

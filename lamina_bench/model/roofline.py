@@ -18,7 +18,9 @@ from lamina_bench.errors import UserInputError
 ROOFLINE = "roofline"
 
 # ---- roofline constants (used only where no measured profile exists) -----------------------------
-# Stated assumptions, not measurements; a profile replaces all of them for its device.
+# Stated assumptions, not measurements (tag: assumed, 2025; reasoning on each); a profile replaces all of
+# them for its device, and the calibrated operator model (model/ops/, operators="calibrated") replaces
+# the efficiency and overhead constants with constants fitted on public measurements.
 # Large bf16 GEMMs with cuBLAS typically reach ~65-75% of the datasheet dense peak on H100-class parts.
 DENSE_FLOPS_EFFICIENCY = 0.70
 # Streaming reads of weights through GEMV/GEMM kernels reach ~80% of datasheet HBM bandwidth.
@@ -38,8 +40,8 @@ INTRA_LINK_STEP_LATENCY_S = 2e-6
 NIC_LATENCY_S = 10e-6
 # Achievable share of NIC line rate for large RDMA messages.
 NIC_EFFICIENCY = 0.90
-# Share of each device's memory kept for activations, CUDA graphs and allocator slack; vLLM's default
-# gpu_memory_utilization is 0.9, i.e. the same 10%.
+# Share of each device's memory kept for activations, CUDA graphs and allocator slack (spec: vLLM's
+# default gpu_memory_utilization is 0.9, i.e. the same 10%).
 WORKSPACE_RESERVE_FRACTION = 0.10
 
 

@@ -72,6 +72,9 @@ _TABLE = (
      "memory busy mean (% of time)"),
     ("dram_bw_util_pct_mean", "%", NEUTRAL, False, "DRAM bandwidth used, percent of peak (NVML GPM)",
      "DRAM bandwidth mean (%)"),
+    ("op_time_us", "us", DOWN, False,
+     "time of one operator call (a kernel, a layer's dense part or a collective), measured or predicted",
+     "operator time (us)"),
 )  # fmt: skip
 
 METRICS: dict[str, Metric] = {row[0]: Metric(*row) for row in _TABLE}

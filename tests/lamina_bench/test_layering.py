@@ -11,7 +11,19 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "lamina_bench"
-LAYERS = ("errors", "catalog", "results", "model", "measure", "sweep", "compare", "report", "gpucheck", "cli")
+LAYERS = (
+    "errors",
+    "catalog",
+    "results",
+    "model",
+    "validate",
+    "measure",
+    "sweep",
+    "compare",
+    "report",
+    "gpucheck",
+    "cli",
+)
 USES_REFERENCE_IMPL = {"measure", "sweep", "gpucheck", "cli"}
 
 

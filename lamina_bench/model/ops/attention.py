@@ -1,0 +1,91 @@
+"""Paged decode attention: one query token per sequence against its cached K and V.
+
+For `batch` sequences of `context` cached tokens, `heads` query heads sharing `kv_heads` KV heads
+(GQA) of `head_dim`, elements of e bytes:
+
+    bytes  = batch context 2 kv_heads head_dim e  +  batch 2 heads head_dim e      (K, V; q in, out)
+    splits = FlashAttention's split-KV heuristic (`fa_splits`) over batch kv_heads work items, the CTA
+             slots (SMs ctas_per_sm) and ceil(context / chunk_tokens) KV blocks
+    ctas   = batch kv_heads splits,  slots = SMs ctas_per_sm
+    waves  = ceil(ctas / slots),     fill = ctas / (waves slots)     (share of the CTA slots that work)
+    t_kv   = bytes / (B eta fill)                                 (streaming K and V)
+    t      = t_fixed + t_wave waves + ((t_item batch kv_heads)^q + t_kv^q)^(1/q)
+
+Each CTA streams its share at the per-slot bandwidth B eta / slots, so too few CTAs (small batch, short
+context) or a ragged last wave leave bandwidth unused (fill < 1). t_item is the cost of one work item, a
+(sequence, KV head) pair: writing the new token's K and V, walking the page table, loading q and
+writing the output; it runs alongside the streaming of other items, so the two combine as a smooth
+max (q >= 1). t_wave is the latency a wave of CTAs pays before it streams. t_fixed, t_item, t_wave, eta,
+q, chunk_tokens and ctas_per_sm are
+fitted per GPU (calibration.py); t_fixed is the kernel-only cost of the call (ATTENTION_KERNELS
+kernels), and a CUDA graph adds its per-kernel gap (gemm.sequence_time_s).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import lru_cache
+
+import numpy as np
+
+from lamina_bench.model.ops.hardware import Hardware
+
+ATTENTION_CONSTANTS = ("t_fixed_s", "t_item_s", "t_wave_s", "eta", "q", "chunk_tokens", "ctas_per_sm")
+
+
+def attention_bytes(batch, context, heads, kv_heads, head_dim, elem_bytes: float = 2.0) -> np.ndarray:
+    batch, context = np.asarray(batch, dtype=float), np.asarray(context, dtype=float)
+    heads, kv_heads = np.asarray(heads, dtype=float), np.asarray(kv_heads, dtype=float)
+    return batch * elem_bytes * head_dim * (2.0 * context * kv_heads + 2.0 * heads)
+
+
+MAX_SPLITS = 128
+
+
+@lru_cache(maxsize=65536)
+def fa_splits(work: int, slots: int, blocks: int, max_splits: int = MAX_SPLITS) -> int:
+    """KV splits per (sequence, KV head): FlashAttention-2's num_splits_heuristic (Dao-AILab/flash-attention,
+    csrc/flash_attn/flash_api.cpp). No split once the work items nearly fill the slots (>= 80%); else the
+    smallest split count whose wave efficiency is >= 85% of the best, skipping counts that give the same
+    blocks per split as one fewer.
+    """
+    if work >= 0.8 * slots:
+        return 1
+    top = min(max_splits, slots, blocks)
+    per_split = [-(-blocks // s) for s in range(1, top + 1)]
+    eff = []
+    for s in range(1, top + 1):
+        if s > 1 and per_split[s - 1] == per_split[s - 2]:
+            eff.append(0.0)
+            continue
+        waves = work * s / slots
+        eff.append(waves / np.ceil(waves))
+    best = max(eff)
+    return next(s for s, e in enumerate(eff, start=1) if e >= 0.85 * best)
+
+
+def attention_waves(a: Mapping[str, float], hw: Hardware, batch, context, kv_heads):
+    """(ctas, waves, fill) of the split-KV launch (module doc)."""
+    batch, context = np.asarray(batch, dtype=float), np.asarray(context, dtype=float)
+    seq_heads = np.maximum(batch * np.asarray(kv_heads, dtype=float), 1.0)
+    slots = int(hw.sms * a["ctas_per_sm"])
+    blocks = np.maximum(np.ceil(context / a["chunk_tokens"]), 1.0)
+    work, blocks = np.broadcast_arrays(seq_heads, blocks)
+    splits = np.array([fa_splits(int(w), slots, int(b)) for w, b in zip(work.ravel(), blocks.ravel(), strict=True)],
+                      dtype=float).reshape(work.shape)  # fmt: skip
+    ctas = seq_heads * splits
+    waves = np.ceil(ctas / slots)
+    return ctas, waves, ctas / (waves * slots)
+
+
+def attention_time_s(
+    a: Mapping[str, float], hw: Hardware, batch, context, heads, kv_heads, head_dim, elem_bytes: float = 2.0
+) -> np.ndarray:
+    """Kernel-only time of one decode-attention call (module doc); `a` holds ATTENTION_CONSTANTS."""
+    _, waves, fill = attention_waves(a, hw, batch, context, kv_heads)
+    t_kv = attention_bytes(batch, context, heads, kv_heads, head_dim, elem_bytes) / (
+        hw.mem_bw * a["eta"] * fill
+    )
+    t_items = a["t_item_s"] * np.asarray(batch, dtype=float) * np.asarray(kv_heads, dtype=float)
+    q = a["q"]
+    return a["t_fixed_s"] + a["t_wave_s"] * waves + (t_items**q + t_kv**q) ** (1.0 / q)
