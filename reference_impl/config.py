@@ -15,6 +15,7 @@ from reference_impl.attention import BACKENDS, resolve_backend
 from reference_impl.dtypes import DTYPES
 from reference_impl.errors import ConfigError
 from reference_impl.kv_cache import DEFAULT_BLOCK_SIZE
+from reference_impl.supervisor import HEARTBEAT_INTERVAL_S, HEARTBEAT_TIMEOUT_S
 
 SYSTEMS = ("homogeneous",)
 # The Triton paged decode kernel takes one page as one tile of keys (attention/triton_decode.py).
@@ -35,8 +36,10 @@ class GenerateConfig:
     seed: int = 0
     ignore_eos: bool = False
     attention_backend: str = "auto"  # one of attention.BACKENDS
+    heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT_S  # tp > 1: a rank silent this long counts as hung
 
     def __post_init__(self) -> None:
+        check_heartbeat_timeout(self.heartbeat_timeout_s)
         if self.system not in SYSTEMS:
             raise ConfigError(f"unknown system {self.system!r}; valid: {', '.join(SYSTEMS)}")
         check_common_options(
@@ -70,3 +73,10 @@ def check_common_options(
             f"the triton attention backend needs --block-size in {low}..{high}, got {block_size} "
             "(or choose the torch backend)"
         )
+
+
+def check_heartbeat_timeout(heartbeat_timeout_s: float) -> None:
+    """ConfigError unless the heartbeat timeout spans at least 4 heartbeats (one late beat is no hang)."""
+    low = 4 * HEARTBEAT_INTERVAL_S
+    if not heartbeat_timeout_s >= low:
+        raise ConfigError(f"--heartbeat-timeout must be >= {low:g} s, got {heartbeat_timeout_s:g}")

@@ -1,8 +1,10 @@
 """Start a torch.distributed group on this machine (127.0.0.1 only), for tests and local launchers.
 
 `free_port` + `init_process_group` are the two calls a spawned worker needs; `run_in_group` spawns
-`world_size` processes, runs a function in each and returns the per-rank results (tests use it).
-Multi-machine runs go through `torchrun` instead (`init_process_group` from the environment).
+`world_size` processes under a `supervisor.Supervisor`, runs a function in each and returns the
+per-rank results (the homogeneous engine's tensor parallelism and tests use it): a rank that dies or
+hangs ends it at once with WorkerFailure, and no process outlives it. Multi-machine runs go through
+`torchrun` instead (`init_process_group` from the environment).
 
 Loopback only: the rendezvous store is reached at 127.0.0.1 and gloo's data sockets are pinned to
 the loopback interface (GLOO_SOCKET_IFNAME) so nothing leaves the machine even where the host name
@@ -13,19 +15,31 @@ from __future__ import annotations
 
 import datetime
 import os
-import queue as queue_lib
 import socket
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
+from reference_impl.errors import ConfigError, WorkerFailure
+from reference_impl.faults import fault_from_env
+from reference_impl.supervisor import ERROR_GRACE_S, HEARTBEAT_TIMEOUT_S, Failure, Supervisor
+
 LOOPBACK_HOST = "127.0.0.1"
 BACKENDS = ("gloo", "nccl")
 DEFAULT_TIMEOUT_S = 120.0  # collective/recv timeout; a hung peer fails a test instead of hanging it
+# How long a rank waits for the others at a rendezvous (store gets and waits: a process group forming
+# at start-up, or again after a recovery). The slowest rank imports torch, and a replacement loads its
+# model shard, meanwhile: seconds here. Separate from the per-message timeouts (DEFAULT_TIMEOUT_S,
+# homogeneous.TP_TIMEOUT_S, LaminaConfig.comm_timeout_s), which a long step may need. Under the
+# spawning launchers the supervisor ends a run with a dead or silent rank much sooner; this bounds
+# the wait where no supervisor watches (torchrun).
+GROUP_TIMEOUT_S = 60.0
+# After every rank returned its result: how long they may take to leave the group and exit before
+# they are killed (leaving takes well under a second).
+EXIT_GRACE_S = 10.0
 
 
 def free_port() -> int:
@@ -62,7 +76,8 @@ def init_process_group(
 ) -> None:
     """Joins the default process group of `world_size` local processes rendezvousing at 127.0.0.1:`port`.
 
-    Every rank calls it with the same port (rank 0 hosts the TCP store). For "nccl" the caller
+    Every rank calls it with the same port (rank 0 hosts the TCP store). The store's rendezvous
+    waits at most GROUP_TIMEOUT_S; timeout_s is the collectives' timeout. For "nccl" the caller
     selects its CUDA device first (torch.cuda.set_device).
     """
     if backend not in BACKENDS:
@@ -72,9 +87,17 @@ def init_process_group(
     if not 0 < port < 65536:
         raise ValueError(f"port {port} is not a TCP port (1..65535)")
     pin_gloo_to_loopback()
+    store = dist.TCPStore(
+        LOOPBACK_HOST,
+        port,
+        world_size,
+        rank == 0,
+        timeout=datetime.timedelta(seconds=GROUP_TIMEOUT_S),
+        wait_for_workers=False,
+    )
     dist.init_process_group(
         backend=backend,
-        init_method=f"tcp://{LOOPBACK_HOST}:{port}",
+        store=store,
         rank=rank,
         world_size=world_size,
         timeout=datetime.timedelta(seconds=timeout_s),
@@ -90,19 +113,15 @@ def _group_entry(
     torch_threads: int | None,
     fn: Callable[..., Any],
     args: tuple,
-    results: Any,
-) -> None:
-    """Body of one spawned process: join the group, run fn, report (rank, ok, result or traceback)."""
+) -> Any:
+    """Body of one spawned process (under the supervisor): join the group, run fn, leave the group."""
+    if torch_threads is not None:
+        torch.set_num_threads(torch_threads)
+    init_process_group(rank, world_size, port, backend=backend, timeout_s=timeout_s)
     try:
-        if torch_threads is not None:
-            torch.set_num_threads(torch_threads)
-        init_process_group(rank, world_size, port, backend=backend, timeout_s=timeout_s)
-        try:
-            results.put((rank, True, fn(rank, world_size, *args)))
-        finally:
-            dist.destroy_process_group()
-    except BaseException:
-        results.put((rank, False, traceback.format_exc()))
+        return fn(rank, world_size, *args)
+    finally:
+        dist.destroy_process_group()
 
 
 def run_in_group(
@@ -112,55 +131,59 @@ def run_in_group(
     backend: str = "gloo",
     timeout_s: float = DEFAULT_TIMEOUT_S,
     torch_threads: int | None = 1,
+    heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT_S,
+    describe_rank: Callable[[int], str] | None = None,
 ) -> list[Any]:
     """Runs fn(rank, world_size, *args) in `world_size` spawned processes joined in one group.
 
     fn must be importable by the children (a module-level function) and return something picklable.
-    Returns the results by rank. As soon as one rank reports a failure the others are killed (they may
-    be waiting for it forever) and RuntimeError carries the tracebacks reported so far; TimeoutError if
-    they did not all report within timeout_s (the children are killed). `torch_threads` caps each
-    child's intra-op threads (None: torch's default).
+    Returns the results by rank. The processes run under a `supervisor.Supervisor`: a process that
+    dies, or is silent for heartbeat_timeout_s, before it has returned its result ends the run with
+    WorkerFailure (one line: describe_rank(rank), what happened, and its stage); a rank that raises
+    ends it with RuntimeError carrying its traceback, unless another rank's death caused the error
+    (then WorkerFailure names that death); TimeoutError if they did not all finish within timeout_s.
+    Whatever happens, every process is killed and reaped before this returns. `torch_threads` caps
+    each child's intra-op threads (None: torch's default). A test-only fault can be injected with
+    the REFERENCE_IMPL_FAULT environment variable (faults.py).
     """
     if world_size < 1:
         raise ValueError(f"world_size must be >= 1, got {world_size}")
-    ctx = torch.multiprocessing.get_context("spawn")
-    results = ctx.Queue()
     port = free_port()
-    common = (world_size, port, backend, timeout_s, torch_threads, fn, tuple(args), results)
-    procs = [
-        ctx.Process(target=_group_entry, args=(rank, *common), daemon=True) for rank in range(world_size)
-    ]
-    for proc in procs:
-        proc.start()
-    reports: list[tuple[int, bool, Any]] = []
-    try:
-        _collect_reports(results, world_size, timeout_s, reports)
-    finally:
-        all_ok = len(reports) == world_size and all(ok for _, ok, _ in reports)
-        _stop(procs, grace_s=10.0 if all_ok else 0.0)
-    reports.sort(key=lambda r: r[0])
-    failures = [f"rank {rank}:\n{payload}" for rank, ok, payload in reports if not ok]
-    if failures:
-        raise RuntimeError("process group run failed\n" + "\n".join(failures))
-    return [payload for _, _, payload in reports]
+    fault = fault_from_env(world_size)
+    results: dict[int, Any] = {}
+    with Supervisor(world_size, heartbeat_timeout_s, describe_rank) as supervisor:
+        for rank in range(world_size):
+            entry_args = (rank, world_size, port, backend, timeout_s, torch_threads, fn, tuple(args))
+            own_fault = fault if fault is not None and fault.rank == rank else None
+            supervisor.start(rank, _group_entry, entry_args, fault=own_fault)
+        deadline = time.monotonic() + timeout_s
+        while len(results) < world_size:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{world_size}-process group did not finish within {timeout_s} s")
+            for child, event in supervisor.poll():
+                if isinstance(event, Failure):
+                    raise WorkerFailure(
+                        f"{supervisor.describe(event)}; the group cannot go on without it", event
+                    )
+                if event[0] == "done":
+                    results[child.rank] = event[1]
+                elif event[0] == "error":
+                    raise _error_of(supervisor, child.rank, event)
+        supervisor.close(grace_s=EXIT_GRACE_S)
+    return [results[rank] for rank in range(world_size)]
 
 
-def _collect_reports(results: Any, world_size: int, timeout_s: float, reports: list) -> None:
-    """Appends reports as they arrive until every rank has reported or one reports a failure."""
-    deadline = time.monotonic() + timeout_s
-    while len(reports) < world_size:
-        try:
-            reports.append(results.get(timeout=max(0.0, deadline - time.monotonic())))
-        except queue_lib.Empty:
-            raise TimeoutError(f"{world_size}-process group did not finish within {timeout_s} s") from None
-        if not reports[-1][1]:
-            return  # a failed rank: the others may block on it until their own timeouts
-
-
-def _stop(procs: list, grace_s: float) -> None:
-    """Joins the processes, killing any still alive after grace_s (0: kill at once)."""
-    for proc in procs:
-        proc.join(timeout=grace_s)
-        if proc.is_alive():
-            proc.kill()
-            proc.join(timeout=10.0)
+def _error_of(supervisor: Supervisor, rank: int, event: tuple) -> Exception:
+    """The exception for a rank that raised: its peer's death if one caused it, else its traceback."""
+    _, category, line, trace = event
+    supervisor.watch_for(ERROR_GRACE_S)
+    deaths = [f for f in supervisor.failures if f.rank != rank]
+    if deaths:
+        return WorkerFailure(
+            f"{supervisor.describe(deaths[0])}; the group cannot go on without it", deaths[0]
+        )
+    if category == "config":
+        return ConfigError(line)
+    if category == "failure":
+        return WorkerFailure(line)
+    return RuntimeError(f"process group run failed\nrank {rank}:\n{trace}")

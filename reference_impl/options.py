@@ -83,6 +83,13 @@ def add_generate_arguments(parser: argparse.ArgumentParser, systems: Sequence[st
     )
     add("--max-batch-size", type=int, default=homogeneous["max_batch_size"], help="cap on running requests")
     add("--attention-backend", default=homogeneous["attention_backend"], help="auto | torch | triton")
+    add(
+        "--heartbeat-timeout",
+        dest="heartbeat_timeout_s",
+        type=float,
+        default=homogeneous["heartbeat_timeout_s"],
+        help="seconds without a heartbeat after which a worker process counts as hung (lamina; --tp > 1)",
+    )
 
 
 def config_from_args(cls: type[Config], args: argparse.Namespace) -> Config:

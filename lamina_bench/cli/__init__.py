@@ -52,12 +52,17 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from reference_impl.errors import WorkerFailure  # a run's process died or hung: exit code 1
+
     args = build_parser(argv).parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except (UserInputError, ConfigError) as exc:
         print(f"lamina-bench: error: {exc}", file=sys.stderr)
         return 2
+    except WorkerFailure as exc:  # a worker process died or hung; the run stopped every process first
+        print(f"lamina-bench: error: {exc}", file=sys.stderr)
+        return 1
     except BrokenPipeError:  # output piped into `head` and the like: stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

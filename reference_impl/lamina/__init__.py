@@ -18,7 +18,7 @@ Reading order, one idea per module:
     recovery.py          rank 0: replacing dead workers and redoing the step
     fabric.py            process groups per epoch (processes) or in-process queues (threads)
     build.py, serve.py   building a rank's worker; the serve loops of rank 0 and the others
-    launch.py            generate_lamina: the processes and threads launchers
+    launch.py            generate_lamina: the processes (supervised) and threads launchers
     results.py           LaminaRun: per-worker times, link traffic, recoveries
     __main__.py          the command line (spawning launcher, or one rank under torchrun)
 """

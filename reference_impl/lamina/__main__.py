@@ -6,7 +6,9 @@
 Without torchrun, the command spawns A + B processes on this machine (127.0.0.1); under torchrun
 (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT set; WORLD_SIZE must be A + B) each process serves its rank
 and the ranks may span machines (set GLOO_SOCKET_IFNAME to the interface gloo should use there).
-Rank 0 prints one JSON line per request on stdout and the run's summary on stderr.
+Rank 0 prints one JSON line per request on stdout and the run's summary on stderr. Bad input ends
+with one line on stderr and exit code 2; a worker process that died or hung, with one line and exit
+code 1 (the spawning launcher: within the heartbeat timeout, every process stopped first).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import os
 import sys
 
 from reference_impl.checkpoint import read_config
-from reference_impl.errors import ConfigError
+from reference_impl.errors import ConfigError, WorkerFailure
 from reference_impl.lamina.config import LaminaConfig, check_model
 from reference_impl.lamina.fabric import StoreAddress
 from reference_impl.lamina.launch import generate_lamina, serve_rank
@@ -82,6 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except WorkerFailure as exc:  # a process died or hung: every process is gone already
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted; every worker process was stopped", file=sys.stderr)
+        return 130
     if run is None:
         return 0  # a worker rank under torchrun: rank 0 prints
     print_completions(run.completions, run.summary())

@@ -11,11 +11,12 @@ from dataclasses import dataclass
 
 import torch
 
-from reference_impl.config import check_common_options
+from reference_impl.config import check_common_options, check_heartbeat_timeout
 from reference_impl.errors import ConfigError
 from reference_impl.kv_cache import DEFAULT_BLOCK_SIZE
 from reference_impl.lamina.layout import COMPUTE, HeadRouting, Layout
 from reference_impl.model import ModelConfig, check_tp
+from reference_impl.supervisor import HEARTBEAT_TIMEOUT_S
 
 LAUNCHERS = ("processes", "threads")
 
@@ -38,6 +39,8 @@ class LaminaConfig:
     attention_backend: str = "auto"  # one of attention.BACKENDS
     launcher: str = "processes"  # processes (gloo/NCCL, recovery) | threads (one process, tp 1, for tests)
     comm_timeout_s: float = 300.0  # a receive waiting longer declares its peer dead
+    # processes launcher: a process whose heartbeat is silent this long counts as hung and is killed
+    heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT_S
     kill_at: tuple[int, int] | None = None  # test hook: rank 0 SIGKILLs rank r at decode step s, (r, s)
 
     def __post_init__(self) -> None:
@@ -53,6 +56,7 @@ class LaminaConfig:
             self._check_gpu_count(layout)
         if not self.comm_timeout_s > 0:
             raise ConfigError(f"comm_timeout_s must be > 0, got {self.comm_timeout_s}")
+        check_heartbeat_timeout(self.heartbeat_timeout_s)
         if self.kill_at is not None:
             self._check_kill_at(layout)
 

@@ -15,7 +15,9 @@ from collections.abc import Callable
 
 import torch
 
+from reference_impl import supervisor
 from reference_impl.engine import Engine, SamplingParams
+from reference_impl.errors import WorkerFailure
 from reference_impl.kv_accounting import KVAccounting, bookkeeping_cache
 from reference_impl.lamina.clock import WorkerClock
 from reference_impl.lamina.compute_worker import ComputeWorker
@@ -31,6 +33,7 @@ from reference_impl.lamina.results import (
     steps_from_tensor,
     traffic_from_tensor,
 )
+from reference_impl.supervisor import Stage
 
 MAX_RECOVERIES_PER_STEP = 3
 
@@ -64,7 +67,7 @@ class LaminaExecutor(KVAccounting):
         self._reserves: list[tuple[int, int]] = []  # since the last plan
         self._frees: list[int] = []
         self._step_id = 0
-        self._decode_steps = 0
+        self._steps = {Phase.PREFILL: 0, Phase.DECODE: 0}  # steps begun per phase, redos not counted
         self._killed = False
         self.decode_token_layers = 0
         self.recovery = Recovery(
@@ -98,7 +101,10 @@ class LaminaExecutor(KVAccounting):
                 break
             attempt = self.recovery.recover(plan, attempt, self._history, self._reservations)
         if not attempt.ok:
-            raise RuntimeError(f"step {plan.step_id} failed {MAX_RECOVERIES_PER_STEP + 1} times; giving up")
+            raise WorkerFailure(
+                f"step {plan.step_id} failed {MAX_RECOVERIES_PER_STEP + 1} times (ranks "
+                f"{sorted(attempt.dead)} dead); giving up"
+            )
         for seq_id, chunk in zip(seq_ids, tokens, strict=True):
             self._history[seq_id].extend(chunk)
         with self.clock.section("dense"):
@@ -135,10 +141,17 @@ class LaminaExecutor(KVAccounting):
         """One attempt of a step (or a rebuild) on every rank; failures are reported, not raised."""
         started = time.perf_counter()
         links = self.fabric.links(self.clock)
+        first_attempt = plan.op == Op.STEP and not plan.redo
+        index = self._steps[plan.phase]
+        if first_attempt:
+            supervisor.report(Stage.DECODE if plan.phase == Phase.DECODE else Stage.PREFILL, index)
         self._broadcast(plan, links)
         if plan.op == Op.STEP and plan.phase == Phase.DECODE:
             self.decode_token_layers += len(plan.seq_ids) * self.worker.num_layers
-            self._maybe_kill(plan)
+        if first_attempt:  # right after the plan went out: a victim dies mid-step
+            self._maybe_kill(plan, index)
+            supervisor.fault_point(plan.phase.name.lower(), index)
+            self._steps[plan.phase] += 1
         own = self.worker.execute(plan, links)
         attempt = Attempt(hidden=None, poisoned=own.poisoned)
         if plan.op == Op.STEP:
@@ -175,14 +188,14 @@ class LaminaExecutor(KVAccounting):
             parts.append(part)
         return torch.cat(parts)
 
-    def _maybe_kill(self, plan: StepPlan) -> None:
-        if self.cfg.kill_at is None or self._killed or plan.redo:
+    def _maybe_kill(self, plan: StepPlan, index: int) -> None:
+        """Test hook cfg.kill_at = (rank, s): SIGKILL that rank at the first attempt of decode step s."""
+        if self.cfg.kill_at is None or self._killed or plan.phase != Phase.DECODE:
             return
         rank, at_step = self.cfg.kill_at
-        if self._decode_steps == at_step:
-            self.fabric.kill(rank)  # right after the plan went out: the victim dies mid-step
+        if index == at_step:
+            self.fabric.kill(rank)
             self._killed = True
-        self._decode_steps += 1
 
     # -- end of the run --
     def abort(self) -> None:

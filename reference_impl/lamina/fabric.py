@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from reference_impl.distributed import GROUP_TIMEOUT_S
+from reference_impl.errors import WorkerFailure
 from reference_impl.lamina.clock import WorkerClock
 from reference_impl.lamina.layout import Layout
 from reference_impl.lamina.links import Links
@@ -105,7 +107,7 @@ class ProcessFabric:
         if self.rank == 0:
             self.store.set(key, "1")
         else:
-            self.store.wait([key], datetime.timedelta(seconds=self.timeout_s))
+            self.store.wait([key], datetime.timedelta(seconds=GROUP_TIMEOUT_S))
         self._retire()
         self.join(epoch)
 
@@ -154,7 +156,7 @@ class ThreadFabric:
         return Links(self.transport, clock, self.timeout_s)
 
     def regroup(self, epoch: int) -> None:
-        raise RuntimeError("a worker failed; recovery needs the processes launcher")
+        raise WorkerFailure("a worker failed; recovery needs the processes launcher")
 
     def traffic(self) -> dict[str, list[int]]:
         return sent_by_kind(self.transport)

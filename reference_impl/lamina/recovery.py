@@ -2,16 +2,23 @@
 failed send).
 
 Rank 0: (1) tells every live rank to regroup (REGROUP), collects their acks on the old group and only
-then lets everyone leave it, so no message of the old epoch is lost; (2) starts a replacement process
-for each dead rank (on rank 0's machine) that loads the checkpoint (compute) or allocates an empty
-cache (attention); (3) everyone joins the group of the new epoch (fabric.py); (4) for replaced
-attention workers, replica 0 recomputes the KV of every running request from its prompt and generated
-tokens and ships it (REBUILD); (5) the failed step is redone; survivors reuse that step's cache slots,
-so the tokens are exactly those of a run without the failure.
+then lets everyone leave it, so no message of the old epoch is lost; (2) has the launcher start a
+replacement process for each dead rank (on rank 0's machine) that loads the checkpoint (compute) or
+allocates an empty cache (attention); (3) everyone joins the group of the new epoch (fabric.py); (4)
+for replaced attention workers, replica 0 recomputes the KV of every running request from its prompt
+and generated tokens and ships it (REBUILD); (5) the failed step is redone; survivors reuse that
+step's cache slots, so the tokens are exactly those of a run without the failure.
+
+A hung rank is found by the spawning launcher's supervisor (no heartbeat and no CPU time for
+cfg.heartbeat_timeout_s) and SIGKILLed, after which rank 0 finds it dead like any other. Rank 0
+publishes RECOVERY with the ranks it replaces, so that the launcher ends the run when another rank
+fails meanwhile (launch.py).
 
 Limits: rank 0 (the scheduler) cannot be replaced; a compute rank of a tensor-parallel replica cannot
-either (its peers' collectives fail); torchrun's agent stops every worker when one dies, so recovery
-needs the spawning launcher; NCCL communicators do not survive a dead peer (CPU/gloo only).
+either (its peers' collectives fail); a second failure during a recovery ends the run; torchrun's
+agent stops every worker when one dies, so recovery needs the spawning launcher; NCCL communicators
+do not survive a dead peer (CPU/gloo only). Where recovery is impossible, the run ends with one-line
+WorkerFailure.
 """
 
 from __future__ import annotations
@@ -22,11 +29,14 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from reference_impl import supervisor
+from reference_impl.errors import WorkerFailure
 from reference_impl.lamina.build import bind_tp_group
 from reference_impl.lamina.clock import WorkerClock
 from reference_impl.lamina.layout import ATTENTION, COMPUTE, Layout
-from reference_impl.lamina.plan import Op, StepPlan
+from reference_impl.lamina.plan import Op, Phase, StepPlan
 from reference_impl.lamina.results import RecoveryEvent
+from reference_impl.supervisor import Stage
 
 
 @dataclass
@@ -81,12 +91,14 @@ class Recovery:
         """
         t0 = time.perf_counter()
         dead = sorted(failed.dead)
+        supervisor.report(Stage.RECOVERY, recovering=dead)  # the launcher: other failures now end the run
         if dead:
             self._regroup(dead, plan.step_id)
         t1 = time.perf_counter()
         workers = [self.layout.worker_of(r) for r in dead if self.layout.role(r) == ATTENTION]
         rebuilt = self._rebuild(workers, plan.step_id, history, reservations) if workers else 0
         t2 = time.perf_counter()
+        supervisor.report(Stage.DECODE if plan.phase == Phase.DECODE else Stage.PREFILL)
         attempt = self.run(replace(plan, redo=True))
         event = RecoveryEvent(
             step_id=plan.step_id,
@@ -105,13 +117,13 @@ class Recovery:
     def _regroup(self, dead: list[int], step_id: int) -> None:
         """Steps (1)-(3): every live rank leaves the old epoch's group, replacements start, all join."""
         if 0 in dead:
-            raise RuntimeError("rank 0 cannot fail and recover itself")
+            raise WorkerFailure("rank 0 cannot fail and recover itself")
         if self.layout.tp > 1 and any(self.layout.role(r) == COMPUTE for r in dead):
-            raise RuntimeError(
+            raise WorkerFailure(
                 f"compute ranks {dead} of a tensor-parallel replica died; they cannot be replaced"
             )
         if self.respawn is None:
-            raise RuntimeError(f"ranks {dead} failed; replacing workers needs the spawning launcher")
+            raise WorkerFailure(f"ranks {dead} failed; replacing workers needs the spawning launcher")
         self.epoch += 1
         live = [r for r in range(1, self.layout.world_size) if r not in dead]
         links = self.fabric.links(self.clock)
@@ -121,7 +133,7 @@ class Recovery:
                 links.send(rank, "ctrl", [msg])
             for rank in live:  # each live rank has consumed everything of the old epoch
                 if links.recv(rank, "ack") is None:
-                    raise RuntimeError(f"rank {rank} failed during the recovery of ranks {dead}")
+                    raise WorkerFailure(f"rank {rank} failed during the recovery of ranks {dead}")
             links.flush()
         for rank in dead:
             self.fabric.kill(rank)  # a rank declared dead after a timeout may still run
@@ -148,7 +160,7 @@ class Recovery:
         )
         attempt = self.run(plan)
         if attempt.dead or attempt.poisoned:
-            raise RuntimeError(
+            raise WorkerFailure(
                 f"ranks {sorted(attempt.dead)} failed while rebuilding attention workers {workers}"
             )
         self.clock.mark_step(step_id, "rebuild")

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import torch
 
+from reference_impl import supervisor
 from reference_impl.engine import Request
+from reference_impl.errors import WorkerFailure
 from reference_impl.lamina.attention_worker import AttentionWorker
 from reference_impl.lamina.build import bind_tp_group
 from reference_impl.lamina.clock import WorkerClock
@@ -19,6 +21,7 @@ from reference_impl.lamina.links import status_tensor
 from reference_impl.lamina.plan import Op, Phase, StepPlan
 from reference_impl.lamina.results import LaminaRun, ModelShape, steps_to_tensor, traffic_to_tensor
 from reference_impl.prompts import sampling_params
+from reference_impl.supervisor import Stage
 
 # How long a worker waits for rank 0's next plan (if rank 0 dies, the receive fails at once instead).
 _CTRL_TIMEOUT_S = 24 * 3600.0
@@ -27,13 +30,16 @@ _CTRL_TIMEOUT_S = 24 * 3600.0
 def serve_worker(worker: ComputeWorker | AttentionWorker, fabric, clock: WorkerClock) -> None:
     """Runs plans from rank 0 until STOP; then sends rank 0 this worker's times and traffic."""
     is_compute = isinstance(worker, ComputeWorker)
+    steps = {Phase.PREFILL: 0, Phase.DECODE: 0}  # steps begun (redos not counted): test-fault indices
     while True:
         links = fabric.links(clock)
         got = links.recv(0, "ctrl", timeout_s=_CTRL_TIMEOUT_S)
         if got is None:
-            raise RuntimeError(f"rank {worker.rank}: lost rank 0 (the scheduler); stopping")
+            raise WorkerFailure(f"rank {worker.rank} lost rank 0 (the scheduler) and stops")
         plan = StepPlan.decode(got[0])
         if plan.op == Op.STOP:
+            supervisor.report(Stage.SHUTDOWN)
+            supervisor.fault_point("shutdown")
             clock.mark_step(plan.step_id, "stop")
             links.send(0, "stats", [steps_to_tensor(clock.steps), traffic_to_tensor(fabric.traffic())])
             links.flush()
@@ -46,6 +52,9 @@ def serve_worker(worker: ComputeWorker | AttentionWorker, fabric, clock: WorkerC
                 bind_tp_group(worker.model, fabric.tp_group())
             clock.mark_step(plan.step_id, "regroup")
             continue
+        if plan.op == Op.STEP and not plan.redo:
+            supervisor.fault_point(plan.phase.name.lower(), steps[plan.phase])
+            steps[plan.phase] += 1
         out = worker.execute(plan, links)
         if is_compute:
             links.send(0, "status", [status_tensor(out.poisoned, links.dead)])
@@ -72,7 +81,9 @@ def serve_scheduler(
     except BaseException:
         executor.abort()  # tell the other ranks to exit; their figures are not waited for
         raise
+    supervisor.report(Stage.SHUTDOWN)
     workers = executor.stop()
+    supervisor.fault_point("shutdown")
     return LaminaRun(
         engine=engine_run,
         config=cfg,
