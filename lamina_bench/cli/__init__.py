@@ -63,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     except WorkerFailure as exc:  # a worker process died or hung; the run stopped every process first
         print(f"lamina-bench: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: every child process was stopped on the way out; no traceback
+        print("lamina-bench: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # output piped into `head` and the like: stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
