@@ -93,15 +93,26 @@ def add_simulate(sub) -> None:
     p.set_defaults(func=_run_simulate)
 
 
+# Options of one simulation that --paper (nine fixed setups) would silently ignore.
+_SINGLE_RUN_OPTIONS = ("model", "system", "compute", "attention", "trace", "arrival", "rate", "seed")
+_SINGLE_RUN_OPTIONS += ("pipeline_batches", "max_batch")
+
+
 def _run_simulate(args) -> int:
     catalog = load_catalog(args.devices_file)
-    if args.profile_dir and not Path(args.profile_dir).is_dir():
+    if args.profile_dir is not None and (args.profile_dir == "" or not Path(args.profile_dir).is_dir()):
         raise UserInputError(
             f"--profile-dir {args.profile_dir} is not a folder (it holds <device>-<backend>.json)"
         )
     if args.paper:
         if args.dtype not in (None, "fp16"):
             raise UserInputError("--paper reproduces the paper's fp16 setting; drop --dtype")
+        ignored = [f"--{o.replace('_', '-')}" for o in _SINGLE_RUN_OPTIONS if getattr(args, o) is not None]
+        if ignored:
+            raise UserInputError(
+                f"--paper runs the paper's nine fixed setups; drop {', '.join(ignored)} "
+                "(with --paper only --requests, --devices-file, --profile-dir and --json apply)"
+            )
         rows = paper_comparisons(requests=args.requests, catalog=catalog, profile_dir=args.profile_dir)
         if args.json:
             print(
@@ -159,7 +170,13 @@ def add_search(sub) -> None:
 
 
 def _run_search(args) -> int:
-    devices = [d.strip() for d in args.devices.split(",") if d.strip()] if args.devices else None
+    if args.top < 1:
+        raise UserInputError(f"--top must be >= 1 (rows of the ranked table), got {args.top}")
+    devices = None
+    if args.devices is not None:
+        devices = [d.strip() for d in args.devices.split(",") if d.strip()]
+        if not devices:
+            raise UserInputError(f"--devices names no device, got {args.devices!r}; e.g. --devices H100,H20")
     limits = given(
         args, tbt_slo_ms="tbt_slo_ms", budget_usd_per_hour="budget_usd_per_hour", requests="requests"
     )

@@ -19,7 +19,6 @@ from __future__ import annotations
 import datetime as dt
 import importlib.metadata
 import importlib.util
-import json
 import platform
 import statistics
 import time
@@ -30,7 +29,12 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from lamina_bench.catalog.benchmodels import BENCH_MODELS, checkpoint_path
+from lamina_bench.catalog.benchmodels import (
+    BENCH_MODELS,
+    checkpoint_path,
+    local_model_config,
+    local_model_spec,
+)
 from lamina_bench.catalog.local import match_cuda_name
 from lamina_bench.catalog.models import get_model, hf_config, spec_from_hf_config
 from lamina_bench.errors import UserInputError
@@ -130,9 +134,8 @@ def _build_model(settings: ProfileSettings):
     """(model, ModelSpec of the profiled shape, checkpoint folder or None) on the settings' device."""
     dtype = DTYPES[settings.dtype]
     if settings.model in BENCH_MODELS or Path(settings.model, "config.json").is_file():
-        folder = checkpoint_path(settings.model)
-        config = json.loads((folder / "config.json").read_text())
-        spec = spec_from_hf_config(config, name=Path(settings.model).name)
+        folder = checkpoint_path(settings.model)  # a folder's config.json is checked here
+        spec = spec_from_hf_config(local_model_config(folder), name=Path(settings.model).name)
         return load_model(folder, device=settings.device, dtype=dtype), spec, folder
     try:
         spec = get_model(settings.model)
@@ -240,7 +243,7 @@ def _link_points(s: ProfileSettings) -> tuple[tuple[TransferPoint, ...], tuple[A
 
 def _lamina_steps(folder, s: ProfileSettings) -> tuple[StepPoint, ...]:
     """Median decode step of the real Lamina runtime (1 compute + 1 attention process, no pipelining)."""
-    vocab = json.loads((Path(folder) / "config.json").read_text())["vocab_size"]
+    vocab = local_model_spec(folder).vocab_size
     points = []
     for b in LAMINA_STEP_BATCHES:
         requests = fixed_batch_requests(b, STEP_CONTEXT, STEP_NEW_TOKENS, vocab, seed=1)

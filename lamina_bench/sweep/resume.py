@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from lamina_bench.errors import UserInputError
+from lamina_bench.results.paths import check_output_folder
 from lamina_bench.results.store import RunStore
 from lamina_bench.sweep.points import Point
 from lamina_bench.sweep.spec import SweepSpec
@@ -21,11 +23,14 @@ def shard(points: Iterable[Point], index: int, count: int) -> list[Point]:
     return [p for i, p in enumerate(points) if i % count == index - 1]
 
 
+_SHARD_RE = re.compile(r"^(\d{1,9})/(\d{1,9})$")
+
+
 def parse_shard(text: str) -> tuple[int, int]:
-    try:
-        index, count = (int(x) for x in text.split("/"))
-    except ValueError:
-        raise UserInputError(f"--shard must look like I/N (e.g. 1/2), got {text!r}") from None
+    match = _SHARD_RE.match(text)
+    if match is None:
+        raise UserInputError(f"--shard must look like I/N with 1 <= I <= N (e.g. 1/2), got {text!r}")
+    index, count = int(match.group(1)), int(match.group(2))
     shard([], index, count)  # validates
     return index, count
 
@@ -56,9 +61,9 @@ def find_resumable(out_root: Path, record: dict[str, Any]) -> Path | None:
 def select_points(spec: SweepSpec, spec_path: str, shard_text: str | None, point: str | None) -> list[Point]:
     """The points one invocation runs: all of the spec, one shard of them, or the one point asked for."""
     points = list(spec.points)
-    if shard_text:
+    if shard_text is not None:
         points = shard(points, *parse_shard(shard_text))
-    if point:
+    if point is not None:
         points = [p for p in points if p.point_id == point]
         if not points:
             raise UserInputError(f"no point {point!r} in {spec_path}; ids are in each row's repro_command")
@@ -74,17 +79,18 @@ def open_run(
     argv: Sequence[str],
     log: Callable[[str], None],
 ) -> RunStore:
-    """The run folder to write: the newest unfinished run of the same record when resuming, else a new one
-    named `run_id` (default <spec name>-<UTC time>[-shardIofN])."""
-    if out_root.exists() and not out_root.is_dir():
-        raise UserInputError(f"--out {out_root} exists and is not a folder")
+    """The run folder to write, locked for this process (RunStore.lock): the newest unfinished run of the
+    same record when resuming, else a new one named `run_id` (default <spec name>-<UTC time>[-shardIofN])."""
+    check_output_folder(out_root, "--out")
     found = find_resumable(out_root, record) if resume else None
     if resume and found is None:
         log(f"nothing to resume under {out_root} for this spec; starting a new run")
     if found is not None:
+        store = RunStore.open(found).lock()  # UserInputError while another process writes it
         log(f"resuming {found}")
-        return RunStore.open(found)
+        return store
     shard_text = record.get("shard")
     shard_tag = f"-shard{shard_text.replace('/', 'of')}" if shard_text else ""
-    run_id = run_id or f"{spec.name}-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}{shard_tag}"
-    return RunStore.create(out_root, run_id=run_id, spec=record, argv=argv)
+    if run_id is None:
+        run_id = f"{spec.name}-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}{shard_tag}"
+    return RunStore.create(out_root, run_id=run_id, spec=record, argv=argv).lock()

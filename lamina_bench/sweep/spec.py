@@ -30,20 +30,22 @@ Unknown keys, unknown names and impossible mixes fail before any work with a one
 from __future__ import annotations
 
 import itertools
+import math
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lamina_bench.catalog.benchmodels import resolve_local_model
+from lamina_bench.catalog.benchmodels import local_model_spec, resolve_local_model
 from lamina_bench.catalog.devices import parse_mix
 from lamina_bench.catalog.models import get_model
-from lamina_bench.catalog.workloads import TRACES
+from lamina_bench.catalog.workloads import TRACES, load_trace
 from lamina_bench.errors import UserInputError
 from lamina_bench.measure.run import MeasuredConfig
 from lamina_bench.model.simulator import ARRIVALS
 from lamina_bench.model.system import SYSTEMS, memory_plan
+from lamina_bench.results.store import check_run_id
 from lamina_bench.sweep.points import ModeledConfig, Point
 from reference_impl.errors import ConfigError
 from reference_impl.lamina import Layout
@@ -87,11 +89,17 @@ class SweepSpec:
 
 
 def load_spec(path: str | Path) -> SweepSpec:
+    if str(path) == "":
+        raise UserInputError("the sweep spec path is empty; give a TOML file")
     path = Path(path)
+    if path.is_dir():
+        raise UserInputError(f"sweep spec {path} is a folder; give a TOML file")
     if not path.is_file():
         raise UserInputError(f"sweep spec {path} does not exist")
     try:
         raw = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserInputError(f"sweep spec {path} cannot be read as UTF-8 text ({exc})") from None
     except tomllib.TOMLDecodeError as exc:
         raise UserInputError(f"sweep spec {path}: not valid TOML ({exc})") from None
     return parse_spec(raw, origin=str(path))
@@ -112,9 +120,9 @@ def parse_spec(raw: Mapping[str, Any], origin: str = "spec") -> SweepSpec:
     seen: dict[str, Point] = {}
     for p in points:
         seen.setdefault(p.point_id, p)  # the same point listed twice runs once
-    return SweepSpec(
-        name=str(raw.get("name", "sweep")), repeats=repeats, points=tuple(seen.values()), raw=raw
-    )
+    name = raw.get("name", "sweep")
+    check_run_id(name, f"{origin}: name (it starts the run folder's name)")
+    return SweepSpec(name=name, repeats=repeats, points=tuple(seen.values()), raw=raw)
 
 
 # ---- expansion ------------------------------------------------------------------------------------
@@ -147,6 +155,8 @@ def _with_defaults(block: Mapping[str, Any], schema: Mapping[str, tuple[type, An
             value = float(value)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise UserInputError(f"{where}: '{key}' must be {kind.__name__}, got {value!r}")
+        if kind is float and not math.isfinite(value):
+            raise UserInputError(f"{where}: '{key}' must be a finite number, got {value!r}")
         if kind is list and not value and key not in ("homogeneous", "lamina"):
             raise UserInputError(f"{where}: '{key}' must not be empty")
         out[key] = value
@@ -181,6 +191,13 @@ def _measured_points(b: dict) -> list[Point]:
     if b["dtype"] not in ("fp32", "fp16", "bf16"):
         raise UserInputError(f"{where}: dtype must be fp32, fp16 or bf16, got {b['dtype']!r}")
     model = resolve_local_model(b["model"], where)
+    max_position = local_model_spec(model).max_position
+    longest = max(b["context_lens"]) + b["new_tokens"]
+    if longest > max_position:
+        raise UserInputError(
+            f"{where}: context_lens up to {max(b['context_lens'])} + new_tokens {b['new_tokens']} = {longest} "
+            f"tokens exceed the {max_position} positions of {b['model']}"
+        )
     points = []
     for system, batch, ctx in itertools.product(b["systems"], b["batch_sizes"], b["context_lens"]):
         for depth in b["pipeline_batches"] if system == "lamina" else [1]:
@@ -225,6 +242,15 @@ def _modeled_points(b: dict) -> list[Point]:
         raise UserInputError(f"{where}: unknown arrival {b['arrival']!r}; valid: {', '.join(ARRIVALS)}")
     if b["arrival"] == "poisson" and b["rate_per_s"] <= 0:
         raise UserInputError(f"{where}: arrival = 'poisson' needs rate_per_s > 0")
+    if b["requests"] < 0:
+        raise UserInputError(f"{where}: requests must be >= 0 (0 = the whole trace), got {b['requests']}")
+    for t in b["traces"]:
+        available = len(load_trace(t))
+        if b["requests"] > available:
+            raise UserInputError(
+                f"{where}: requests = {b['requests']} but trace {t} has {available}; "
+                f"give at most {available}, or 0 for the whole trace"
+            )
     mixes = []
     if "homogeneous" in b["systems"]:
         if not b["homogeneous"]:
