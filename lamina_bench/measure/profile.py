@@ -20,6 +20,7 @@ import datetime as dt
 import importlib.metadata
 import importlib.util
 import platform
+import re
 import statistics
 import time
 from collections.abc import Callable
@@ -257,8 +258,8 @@ def local_device_name(device: str) -> str:
     """The profile's device key: "cpu", or the catalog name of the local GPU (its torch name otherwise)."""
     if device == "cpu":
         return "cpu"
-    name = torch.cuda.get_device_name(0)
-    return match_cuda_name(name) or name.replace(" ", "-")
+    name = torch.cuda.get_device_name(0)  # a file name part (<device>-<backend>.json): no separators
+    return match_cuda_name(name) or re.sub(r"[^A-Za-z0-9_-]+", "-", name).strip("-") or "cuda"
 
 
 def profile_device(settings: ProfileSettings, progress: Callable[[str], None] = lambda _msg: None) -> Profile:
