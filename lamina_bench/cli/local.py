@@ -16,7 +16,7 @@ import threading
 from lamina_bench.cli.common import given
 from lamina_bench.errors import UserInputError
 from lamina_bench.gpucheck import add_arguments, run_from_args  # light: its steps load torch when they run
-from lamina_bench.report import build_report
+from lamina_bench.report import build_report, default_report_path
 from lamina_bench.report.catalog_text import fmt, profile_text
 from lamina_bench.report.text import model_error_text, summary_text
 from lamina_bench.results.paths import check_output_file, check_output_folder
@@ -183,7 +183,7 @@ def _sweep(args, state: dict) -> int:
     report = None
     if not args.no_report:
         report = args.report  # checked now, not after the sweep; the default needs the run id
-        check_output_file(report if report is not None else "reports/x.html", "--report")
+        check_output_file(report if report is not None else default_report_path(["x"]), "--report")
     out = check_output_folder(args.out, "--out")
     log = lambda message: print(message, file=sys.stderr)  # noqa: E731
     store = state["store"] = open_run(spec, record, out, args.resume, args.run_id, sys.argv, log)
@@ -200,7 +200,10 @@ def _sweep(args, state: dict) -> int:
     if errors:
         print(errors)
     if not args.no_report:
-        print(f"report: {build_report([store.path], report or f'reports/{store.run_id}.html')}")
+        default = default_report_path(
+            [store.path]
+        )  # the folder's name: a resumed manifest's run_id is no path
+        print(f"report: {build_report([store.path], report if report is not None else default)}")
     return 1 if outcome.failed else 0
 
 

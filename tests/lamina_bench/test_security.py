@@ -5,15 +5,17 @@ input (run ids, baseline names, device names) lets a write escape its output fol
 from __future__ import annotations
 
 import ast
+import json
 import random
 from pathlib import Path
 
 import pytest
 
+from lamina_bench.cli import main
 from lamina_bench.compare.baselines import update_baseline
 from lamina_bench.errors import UserInputError
 from lamina_bench.results.store import RunStore, check_run_id
-from tests.lamina_bench.compare_helpers import REPO, make_row, make_store
+from tests.lamina_bench.compare_helpers import REPO, SMALL_SPEC, make_row, make_store
 
 SCANNED = ("lamina_bench", "reference_impl", "tests")
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -235,3 +237,21 @@ def test_unknown_gpu_names_make_plain_profile_file_names(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: "Weird/../GPU 9000 (rev. 2)")
     name = local_device_name("cuda")
     assert name == "Weird-GPU-9000-rev-2" and Path(f"{name}-cuda.json").name == f"{name}-cuda.json"
+
+
+def test_default_report_paths_come_from_folder_names_not_manifests(tmp_path, monkeypatch):
+    """A run folder's manifest is input: a run_id like ../../x in it must not place the report."""
+    work = tmp_path / "a" / "b"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)  # reports/../../escaped.html would land in tmp_path
+    spec = work / "spec.toml"
+    spec.write_text(SMALL_SPEC)
+    assert main(["run", str(spec), "--out", "runs", "--run-id", "r1", "--no-report"]) == 0
+    run = work / "runs" / "r1"
+    manifest = json.loads((run / "manifest.json").read_text())
+    (run / "manifest.json").write_text(
+        json.dumps({**manifest, "run_id": "../../escaped", "status": "running"})
+    )
+    assert main(["report", str(run)]) == 0  # reports/<folder name>.html
+    assert main(["run", str(spec), "--out", "runs", "--resume"]) == 0  # the resumed run's report too
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.html")) == ["a/b/reports/r1.html"]
