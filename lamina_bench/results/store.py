@@ -9,10 +9,13 @@ Layout of `results/<run_id>/`:
                         analysis; never read back, so it cannot disagree with the rows
     telemetry/part-*.parquet, telemetry.parquet     the telemetry table (results/telemetry.py)
     requests/part-*.parquet,  requests.parquet      optional per-request records
+    .lock               held (fcntl.flock) by the one process writing the run; released when it exits
 
 Every file is written to a temporary file in the same folder, fsynced, then renamed over the target
 (os.replace is atomic on POSIX), so a killed run leaves each file either old or new, never half-written.
-Readers skip the temporaries (`.*.tmp`) a kill can leave behind.
+Readers skip the temporaries (`.*.tmp`) a kill can leave behind; the next writer removes them. Reading
+checks what it reads: a manifest that is not a JSON object with a run_id, a point file that is not a
+row, or a Parquet part that does not open is a one-line UserInputError naming the file.
 
 A row's `point_id` is unique within a run: hash everything that tells rows apart (mode/source, repeat).
 """
