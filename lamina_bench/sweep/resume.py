@@ -11,7 +11,7 @@ from typing import Any
 
 from lamina_bench.errors import UserInputError
 from lamina_bench.results.paths import check_output_folder
-from lamina_bench.results.store import RunStore
+from lamina_bench.results.store import RunStore, check_run_id
 from lamina_bench.sweep.points import Point
 from lamina_bench.sweep.spec import SweepSpec
 
@@ -42,19 +42,27 @@ def manifest_spec(
     return {"path": spec_path, "shard": shard_text, "point": point, "repeats": spec.repeats, "toml": spec.raw}
 
 
+def _resumable_since(manifest: Path, record: dict[str, Any]) -> str | None:
+    """The start time of the run whose manifest this is, when it was made by the same spec and shard and
+    did not finish; None otherwise (also for a manifest that cannot be read: not a run to resume)."""
+    try:
+        data = json.loads(manifest.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(data, dict) or data.get("status") == "finished":
+        return None
+    if data.get("spec") != json.loads(json.dumps(record, default=str)):
+        return None
+    return str(data.get("start_time") or "")
+
+
 def find_resumable(out_root: Path, record: dict[str, Any]) -> Path | None:
     """The newest run folder under `out_root` made by the same spec and shard and not finished."""
     candidates = []
     for manifest in out_root.glob("*/manifest.json"):
-        try:
-            data = json.loads(manifest.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        if (
-            data.get("spec") == json.loads(json.dumps(record, default=str))
-            and data.get("status") != "finished"
-        ):
-            candidates.append((data.get("start_time") or "", manifest.parent))
+        since = _resumable_since(manifest, record)
+        if since is not None:
+            candidates.append((since, manifest.parent))
     return max(candidates)[1] if candidates else None
 
 
@@ -79,10 +87,20 @@ def open_run(
     argv: Sequence[str],
     log: Callable[[str], None],
 ) -> RunStore:
-    """The run folder to write, locked for this process (RunStore.lock): the newest unfinished run of the
-    same record when resuming, else a new one named `run_id` (default <spec name>-<UTC time>[-shardIofN])."""
+    """The run folder to write, locked for this process (RunStore.lock): when resuming, the run `run_id`
+    if given, else the newest unfinished run of the same record; else (or when there is none) a new run
+    named `run_id` (default <spec name>-<UTC time>[-shardIofN])."""
     check_output_folder(out_root, "--out")
-    found = find_resumable(out_root, record) if resume else None
+    found = None
+    if resume and run_id is not None and (out_root / check_run_id(run_id)).exists():
+        found = out_root / run_id  # --resume --run-id X continues X itself, never another run
+        if _resumable_since(found / "manifest.json", record) is None:
+            raise UserInputError(
+                f"--resume --run-id {run_id}: {found} is finished, not a run folder, or made by another "
+                "spec, shard or point; give another --run-id, or leave --run-id out to resume the newest"
+            )
+    elif resume:
+        found = find_resumable(out_root, record)
     if resume and found is None:
         log(f"nothing to resume under {out_root} for this spec; starting a new run")
     if found is not None:

@@ -263,3 +263,30 @@ def test_gpu_check_bad_arguments(tmp_path, capsys, monkeypatch, out_dir, extra, 
         capsys, "gpu-check", target, "--steps", "gemm", "--device", "cpu", *extra
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def _unfinished(out: Path, run_id: str, start: str) -> Path:
+    """A run of SPEC killed after its first point: status running, one point file gone."""
+    run = out / run_id
+    manifest = json.loads((run / "manifest.json").read_text())
+    (run / "manifest.json").write_text(json.dumps({**manifest, "status": "running", "start_time": start}))
+    next((run / "points").glob("*.json")).unlink()
+    return run
+
+
+def test_resume_with_a_run_id_continues_that_run_and_skips_unreadable_manifests(tmp_path, capsys):
+    spec = _spec(tmp_path, SPEC.replace('["azure-conv"]', '["azure-conv", "azure-code"]'))  # two points
+    out = tmp_path / "out"
+    for run_id in ("older", "newer", "done"):
+        assert run_cli(capsys, "run", spec, "--out", out, "--run-id", run_id, "--no-report")[0] == 0
+    older, newer = _unfinished(out, "older", "2026-01-01"), _unfinished(out, "newer", "2026-02-01")
+    for name, content in (("binary", b"\xff\x00\xfe" * 9), ("list", b"[1]")):
+        (out / name).mkdir()
+        (out / name / "manifest.json").write_bytes(content)  # not runs to resume: skipped
+    code, _, err = run_cli(capsys, "run", spec, "--out", out, "--resume", "--run-id", "older", "--no-report")
+    assert code == 0 and f"resuming {older}" in err, err
+    assert json.loads((newer / "manifest.json").read_text())["status"] == "running"  # left alone
+    code, _, err = run_cli(capsys, "run", spec, "--out", out, "--resume", "--no-report")
+    assert code == 0 and f"resuming {newer}" in err, err
+    err = one_line_error(capsys, "run", spec, "--out", out, "--resume", "--run-id", "done", "--no-report")
+    assert "--resume --run-id done" in err and "is finished" in err
