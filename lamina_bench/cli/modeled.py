@@ -35,12 +35,13 @@ def add_models(sub) -> None:
 
 
 def _run_models(args) -> int:
-    dtype_bytes(args.dtype)  # validates
-    rows = [(spec, derived_sizes(spec, args.dtype)) for spec in list_models()]
+    dtype_bytes(args.dtype)  # validates (case-insensitive)
+    dtype = args.dtype.lower()
+    rows = [(spec, derived_sizes(spec, dtype)) for spec in list_models()]
     if args.json:
-        print(json.dumps([{**dataclasses.asdict(s), **d, "dtype": args.dtype} for s, d in rows], indent=1))
+        print(json.dumps([{**dataclasses.asdict(s), **d, "dtype": dtype} for s, d in rows], indent=1))
     else:
-        print(models_text(rows, args.dtype))
+        print(models_text(rows, dtype))
     return 0
 
 

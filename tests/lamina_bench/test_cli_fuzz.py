@@ -132,6 +132,14 @@ def test_devices_file_bad_contents(tmp_path, capsys, text, message):
         assert message in one_line_error(capsys, *command, "--devices-file", path)
 
 
+def test_models_dtype_is_case_insensitive_and_reported_in_lower_case(capsys):
+    code, out, _ = run_cli(capsys, "models", "--dtype", "FP16", "--json")
+    assert code == 0 and {m["dtype"] for m in json.loads(out)} == {"fp16"}
+    assert "unknown dtype 'int8'; valid: fp32, fp16, bf16, fp8" in one_line_error(
+        capsys, "models", "--dtype", "int8"
+    )
+
+
 def test_devices_file_empty_path(capsys):
     assert "device file path is empty" in one_line_error(capsys, "hardware", "--devices-file", "")
 
