@@ -133,9 +133,9 @@ def interrupt_on_sigterm():
         signal.signal(signal.SIGTERM, previous)
 
 
-def resume_command(spec_path: str, args) -> str:
-    """The command that continues an interrupted sweep of the same spec, shard and point."""
-    parts = ["lamina-bench", "run", spec_path, "--out", str(args.out), "--resume"]
+def resume_command(spec_path: str, args, run_id: str) -> str:
+    """The command that continues this very run: the same spec, shard and point, and its run id."""
+    parts = ["lamina-bench", "run", spec_path, "--out", str(args.out), "--resume", "--run-id", run_id]
     for option, value in (("--shard", args.shard), ("--point", args.point)):
         if value is not None:
             parts += [option, value]
@@ -156,10 +156,11 @@ def _run_run(args) -> int:
         if store is None:
             print("lamina-bench: interrupted before the sweep started; no point was run", file=sys.stderr)
             return 130
-        store.mark_interrupted()
+        with contextlib.suppress(OSError, UserInputError):  # the run stays resumable without the mark
+            store.mark_interrupted()
         print(
             f"lamina-bench: interrupted: {len(store.finished_point_ids())} points are stored in {store.path} "
-            f"(each whole); continue with: {resume_command(state['spec_path'], args)}",
+            f"(each whole); continue with: {resume_command(state['spec_path'], args, store.path.name)}",
             file=sys.stderr,
         )
         return 130

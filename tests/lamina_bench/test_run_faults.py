@@ -9,6 +9,7 @@ import json
 import math
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from lamina_bench.cli import main
+from lamina_bench.results import store as store_module
 from lamina_bench.results.store import RunStore
 from lamina_bench.sweep import run as sweep_run
 from lamina_bench.sweep.spec import parse_spec
@@ -87,10 +89,15 @@ def only_run(out: Path) -> Path:
     return run
 
 
-def resume_and_check(out: Path, stored_before: set[str], capsys) -> Path:
-    """Resume in-process; every point ends up stored exactly once and the run folder is whole."""
+def resume_and_check(out: Path, stored_before: set[str], capsys, command: str | None = None) -> Path:
+    """Resume in-process (with `command`, the one the interrupted run printed, if given); every point ends
+    up stored exactly once and the run folder is whole."""
     run = only_run(out)
-    assert main(["run", str(out.parent / "spec.toml"), "--out", str(out), "--resume", "--no-report"]) == 0
+    argv = ["run", str(out.parent / "spec.toml"), "--out", str(out), "--resume"]
+    if command is not None:
+        assert shlex.split(command)[0] == "lamina-bench"
+        argv = shlex.split(command)[1:]
+    assert main([*argv, "--no-report"]) == 0
     printed = capsys.readouterr()
     assert f"resuming {run}" in printed.err
     todo = len(POINT_IDS) - len(stored_before)
@@ -105,17 +112,30 @@ def resume_and_check(out: Path, stored_before: set[str], capsys) -> Path:
     return run
 
 
+def check_interrupted(out: Path, stored: set[str], err: str) -> str:
+    """The one line an interrupted run ends with; returns the resume command it prints."""
+    run = only_run(out)
+    last = err.strip().splitlines()[-1]
+    assert re.fullmatch(
+        rf"lamina-bench: interrupted: {len(stored)} points are stored in {re.escape(str(run))} "
+        rf"\(each whole\); continue with: lamina-bench run {re.escape(str(out.parent / 'spec.toml'))} "
+        rf"--out {re.escape(str(out))} --resume --run-id {run.name}",
+        last,
+    ), last
+    assert "Traceback" not in err, err
+    assert json.loads((run / "manifest.json").read_text())["status"] == "interrupted"
+    return last.split("continue with: ")[1]
+
+
 @pytest.mark.parametrize(
     "sig, fault",
     [
-        (signal.SIGINT, "point:0"),  # before the first point
         (signal.SIGINT, "point:3"),  # mid-sweep
-        (signal.SIGINT, "finalize"),
         (signal.SIGTERM, "point:3"),
-        (signal.SIGKILL, "point:0"),
+        (signal.SIGKILL, "point:0"),  # before the first point
         (signal.SIGKILL, "finalize"),
     ],
-    ids=["sigint-first", "sigint-mid", "sigint-finalize", "sigterm-mid", "sigkill-first", "sigkill-finalize"],
+    ids=["sigint-mid", "sigterm-mid", "sigkill-first", "sigkill-finalize"],
 )
 def test_signal_then_resume_runs_every_point_exactly_once(tmp_path, capsys, sig, fault):
     (tmp_path / "spec.toml").write_text(SPEC)
@@ -129,17 +149,34 @@ def test_signal_then_resume_runs_every_point_exactly_once(tmp_path, capsys, sig,
     assert len(stored) == {"point:0": 0, "point:3": 3, "finalize": 6}[fault]
     if sig == signal.SIGKILL:
         assert proc.returncode == -signal.SIGKILL
+        resume_and_check(out, stored, capsys)
     else:
-        assert proc.returncode == 130 and "Traceback" not in err, err
-        last = err.strip().splitlines()[-1]
-        assert re.fullmatch(
-            rf"lamina-bench: interrupted: {len(stored)} points are stored in {re.escape(str(only_run(out)))} "
-            rf"\(each whole\); continue with: lamina-bench run {re.escape(str(tmp_path / 'spec.toml'))} "
-            rf"--out {re.escape(str(out))} --resume",
-            last,
-        ), last
-        assert json.loads((only_run(out) / "manifest.json").read_text())["status"] == "interrupted"
-    resume_and_check(out, stored, capsys)
+        assert proc.returncode == 130
+        resume_and_check(out, stored, capsys, command=check_interrupted(out, stored, err))
+
+
+@pytest.mark.parametrize("fault", ["point:0", "finalize"], ids=["sigint-first", "sigint-finalize"])
+def test_ctrl_c_before_the_first_point_and_during_finalize(tmp_path, capsys, monkeypatch, fault):
+    """The same moments in-process: Ctrl-C raised in the main thread exactly there."""
+    (tmp_path / "spec.toml").write_text(SPEC)
+    out = tmp_path / "out"
+    if fault == "point:0":
+        monkeypatch.setattr(sweep_run, "execute", lambda *a: signal.raise_signal(signal.SIGINT))
+    else:
+        real_write = store_module.atomic_write_parquet
+
+        def write(path, frame):
+            real_write(path, frame)
+            if Path(path).name == "points.parquet":
+                signal.raise_signal(signal.SIGINT)
+
+        monkeypatch.setattr(store_module, "atomic_write_parquet", write)
+    assert main(["run", str(tmp_path / "spec.toml"), "--out", str(out), "--no-report"]) == 130
+    stored = {p.stem for p in (only_run(out) / "points").glob("*.json")}
+    assert len(stored) == (0 if fault == "point:0" else 6)
+    command = check_interrupted(out, stored, capsys.readouterr().err)
+    monkeypatch.undo()
+    resume_and_check(out, stored, capsys, command=command)
 
 
 def test_two_processes_never_write_one_run_folder(tmp_path, capsys):
