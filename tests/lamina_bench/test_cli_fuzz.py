@@ -73,6 +73,19 @@ def test_simulate_bad_values(capsys, extra, message):
     assert message in one_line_error(capsys, *SIM, *extra)
 
 
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"\xc1\x00\xff" * 20, "H100-cuda.json is not valid JSON"),
+        (b"[1]", "H100-cuda.json: profile: a profile is a JSON object, got list"),
+        (b'{"format": "lamina-bench-profile/1", "versions": [1]}', "H100-cuda.json: profile: malformed"),
+    ],
+)
+def test_simulate_with_a_damaged_profile(tmp_path, capsys, content, message):
+    (tmp_path / "H100-cuda.json").write_bytes(content)
+    assert message in one_line_error(capsys, *SIM, "--requests", "20", "--profile-dir", tmp_path)
+
+
 def test_simulate_paper_refuses_options_it_would_ignore(capsys):
     err = one_line_error(capsys, "simulate", "--paper", "--requests", "20", "--model", "llama3-70b")
     assert "drop --model" in err and "only --requests, --devices-file, --profile-dir and --json apply" in err

@@ -42,7 +42,8 @@ POINT_IDS = {p.point_id for p in parse_spec(tomllib.loads(SPEC)).points}  # 6 po
 # first), FAULT=finalize blocks after points.parquet is exported and before the manifest is closed. The
 # marker file appears when the moment is reached, so the test signals exactly then.
 DRIVER = """
-import os, pathlib, sys, time
+import os, pathlib, signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, whatever the parent ignores
 import lamina_bench.results.store as store_mod
 import lamina_bench.sweep.run as sweep_run
 from lamina_bench.cli import main
@@ -155,8 +156,16 @@ def test_signal_then_resume_runs_every_point_exactly_once(tmp_path, capsys, sig,
         resume_and_check(out, stored, capsys, command=check_interrupted(out, stored, err))
 
 
+@pytest.fixture
+def ctrl_c():
+    """SIGINT raises KeyboardInterrupt, as in a terminal, even if an earlier test left it ignored."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.parametrize("fault", ["point:0", "finalize"], ids=["sigint-first", "sigint-finalize"])
-def test_ctrl_c_before_the_first_point_and_during_finalize(tmp_path, capsys, monkeypatch, fault):
+def test_ctrl_c_before_the_first_point_and_during_finalize(tmp_path, capsys, monkeypatch, ctrl_c, fault):
     """The same moments in-process: Ctrl-C raised in the main thread exactly there."""
     (tmp_path / "spec.toml").write_text(SPEC)
     out = tmp_path / "out"
