@@ -54,12 +54,39 @@ def cache_dir() -> Path:
     return Path(root) / "models"
 
 
+def local_model_config(name: str | Path) -> dict:
+    """The config.json fields of a bench model or a checkpoint folder, checked to be a JSON object;
+    UserInputError (one line, naming the file) when it cannot be read."""
+    if str(name) in BENCH_MODELS:
+        return dict(BENCH_MODELS[str(name)])
+    path = Path(name) / "config.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserInputError(f"{path}: not a readable config.json ({' '.join(str(exc).split())})") from None
+    if not isinstance(data, dict):
+        raise UserInputError(f"{path}: config.json must be a JSON object, got {type(data).__name__}")
+    return data
+
+
+def local_model_spec(name: str | Path):
+    """The ModelSpec (catalog.models) of a bench model or checkpoint folder, from its checked config."""
+    from lamina_bench.catalog.models import spec_from_hf_config
+
+    return spec_from_hf_config(local_model_config(name), name=Path(name).name)
+
+
 def resolve_local_model(name: str, where: str = "model") -> str:
-    """A bench model name or an existing HF checkpoint folder; UserInputError otherwise."""
+    """A bench model name or an existing HF checkpoint folder whose config.json reads as a model;
+    UserInputError otherwise."""
     if name in BENCH_MODELS:
         return name
     path = Path(name)
     if (path / "config.json").is_file():
+        try:
+            local_model_spec(path)
+        except UserInputError as exc:
+            raise UserInputError(f"{where}: {exc}") from None
         return str(path.resolve())
     raise UserInputError(
         f"{where}: unknown local model {name!r}; valid: {', '.join(BENCH_MODELS)} or a folder holding config.json"

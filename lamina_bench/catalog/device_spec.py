@@ -7,6 +7,7 @@ shown as "n/a"; it is never guessed. Every value that is not None names its sour
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -53,7 +54,7 @@ class DeviceSpec:
             value = getattr(self, name)
             if value is None:
                 continue
-            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
                 raise UserInputError(f"device {self.name}: {name} must be a positive number, got {value!r}")
             if not self.sources.get(name):
                 raise UserInputError(f"device {self.name}: {name} = {value} has no source")

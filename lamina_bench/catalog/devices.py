@@ -6,6 +6,7 @@ devices, e.g. with your own prices.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -20,6 +21,7 @@ from lamina_bench.catalog.prices import DEFAULT_PRICE_SET, PriceSet, get_price_s
 from lamina_bench.errors import UserInputError
 
 ENV_DEVICES_FILE = "LAMINA_BENCH_DEVICES"  # path of a user TOML file merged over the built-in table
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # device names end up in file names (profiles)
 
 
 def _builtin_spec(row: dict) -> DeviceSpec:
@@ -42,7 +44,7 @@ def _check_user_value(path: Path, device: str, key: str, value: object) -> None:
         if not isinstance(value, str):
             raise UserInputError(f"{where} must be a string, got {value!r}")
     elif key in VALUE_FIELDS:
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
             raise UserInputError(f"{where} must be a positive number, got {value!r}")
     else:
         raise UserInputError(f"{where}: unknown field {key!r}; valid: {valid}")
@@ -54,6 +56,8 @@ def _read_user_file(path: Path) -> dict[str, dict]:
         data = tomllib.loads(path.read_text())
     except OSError as exc:
         raise UserInputError(f"cannot read device file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise UserInputError(f"device file {path} is not UTF-8 text (a TOML file): {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise UserInputError(f"device file {path} is not valid TOML: {exc}") from None
     extra = set(data) - {"devices"}
@@ -63,6 +67,11 @@ def _read_user_file(path: Path) -> dict[str, dict]:
         )
     tables = data.get("devices", {})
     for device, table in tables.items():
+        if not _NAME_RE.match(device):
+            raise UserInputError(
+                f"device file {path}: device name {device!r} must be letters, digits, '.', '_' or '-' "
+                "(starting with a letter or digit)"
+            )
         if not isinstance(table, dict):
             raise UserInputError(f"device file {path}: devices.{device} must be a table")
         for key, value in table.items():
@@ -117,6 +126,8 @@ def load_catalog(
         user_file = os.environ.get(ENV_DEVICES_FILE) or None
     if user_file is None:
         return catalog
+    if str(user_file) == "":
+        raise UserInputError("the device file path is empty; give a TOML file with [devices.NAME] tables")
     path = Path(user_file)
     for name, table in _read_user_file(path).items():
         key = _lookup(name, catalog) or name

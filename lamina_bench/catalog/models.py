@@ -312,6 +312,8 @@ def same_layer_shape(a: ModelSpec, b: ModelSpec) -> bool:
 
 def spec_from_hf_config(config: Mapping, name: str = "hf-model") -> ModelSpec:
     """A ModelSpec from a Hugging Face config.json dict (llama / mistral / qwen2 / opt layouts)."""
+    if not isinstance(config, Mapping):
+        raise UserInputError(f"HF config of {name} must be a JSON object, got {type(config).__name__}")
     kind = str(config.get("model_type", "llama"))
     family = {"opt": "opt", "qwen2": "qwen2"}.get(kind, "llama")
     try:
@@ -334,3 +336,5 @@ def spec_from_hf_config(config: Mapping, name: str = "hf-model") -> ModelSpec:
         )
     except KeyError as exc:
         raise UserInputError(f"HF config is missing {exc.args[0]!r}") from None
+    except (ValueError, TypeError, ZeroDivisionError) as exc:  # a field of the wrong type or value
+        raise UserInputError(f"HF config of {name}: {' '.join(str(exc).split())}") from None

@@ -122,8 +122,24 @@ def poisson_arrivals(n: int, rate_per_s: float, seed: int = 0) -> np.ndarray:
         raise UserInputError(f"arrival rate must be a positive finite number of requests/s, got {rate_per_s}")
     if seed < 0:
         raise UserInputError(f"seed must be >= 0, got {seed}")
-    gaps_s = np.random.default_rng(seed).exponential(1.0 / rate_per_s, size=max(n - 1, 0))
-    return np.concatenate([np.zeros(min(n, 1)), np.cumsum(gaps_s)]).astype(np.float64)
+    with np.errstate(over="ignore", divide="ignore"):
+        gaps_s = np.random.default_rng(seed).exponential(1.0 / rate_per_s, size=max(n - 1, 0))
+        arrival_s = np.concatenate([np.zeros(min(n, 1)), np.cumsum(gaps_s)]).astype(np.float64)
+    if not np.isfinite(arrival_s).all():
+        raise UserInputError(
+            f"arrival rate {rate_per_s:g} requests/s is too small: the arrival times of {n} requests "
+            "overflow; give a larger rate"
+        )
+    return arrival_s
+
+
+def check_request_count(requests: int, trace: Trace) -> None:
+    """UserInputError unless the first `requests` requests exist in `trace` (never silently fewer)."""
+    if requests > len(trace):
+        raise UserInputError(
+            f"--requests {requests} exceeds the {len(trace)} requests of trace {trace.name}; "
+            f"give at most {len(trace)} (or leave it out for the whole trace)"
+        )
 
 
 def _lengths(what: str, spec: int | tuple[int, int], n: int, rng: np.random.Generator) -> np.ndarray:

@@ -5,17 +5,21 @@ They import torch (seconds) when they run, so the other commands start at once.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import shlex
+import signal
 import sys
-from pathlib import Path
+import threading
 
 from lamina_bench.cli.common import given
 from lamina_bench.errors import UserInputError
 from lamina_bench.gpucheck import add_arguments, run_from_args  # light: its steps load torch when they run
-from lamina_bench.report import build_report
+from lamina_bench.report import build_report, default_report_path
 from lamina_bench.report.catalog_text import fmt, profile_text
 from lamina_bench.report.text import model_error_text, summary_text
+from lamina_bench.results.paths import check_output_file, check_output_folder
 
 # ---- generate ------------------------------------------------------------------------------------
 
@@ -46,10 +50,17 @@ def _run_generate(args) -> int:
     if args.system not in SYSTEMS:
         raise UserInputError(f"unknown system {args.system!r}; valid: {', '.join(SYSTEMS)}")
     if args.system == "lamina":
-        lamina_run = generate_lamina(config_from_args(LaminaConfig, args), read_prompts(args.prompts))
+        config = config_from_args(LaminaConfig, args)
+        lamina_run = generate_lamina(config, _read_prompt_file(args.prompts, read_prompts))
         run, summary = lamina_run.engine, lamina_run.summary()
     else:
-        run = generate(config_from_args(GenerateConfig, args), read_prompts(args.prompts))
+        config = config_from_args(GenerateConfig, args)
+        if config.tp > 1:  # the model must split over --tp processes: checked before any is started
+            from reference_impl.checkpoint import read_config
+            from reference_impl.model import check_tp
+
+            check_tp(read_config(config.model_dir), config.tp)
+        run = generate(config, _read_prompt_file(args.prompts, read_prompts))
         summary = run_summary(run)
     if args.json:
         for c in run.completions:
@@ -67,6 +78,17 @@ def _run_generate(args) -> int:
         f"{fmt(summary['mean_decode_batch'], digits=2)}"
     )
     return 0
+
+
+def _read_prompt_file(path: str, read_prompts):
+    """The requests of a prompt file (reference_impl.prompts.read_prompts); a file that is not UTF-8 text
+    is a one-line error."""
+    try:
+        return read_prompts(path)
+    except UnicodeDecodeError as exc:
+        raise UserInputError(
+            f"prompt file {path} is not UTF-8 text (JSONL expected): byte {exc.start} cannot be decoded"
+        ) from None
 
 
 # ---- sweeps and their results -----------------------------------------------------------------------
@@ -93,19 +115,79 @@ def add_run(sub) -> None:
     p.set_defaults(func=_run_run)
 
 
+@contextlib.contextmanager
+def interrupt_on_sigterm():
+    """SIGTERM (a scheduler stopping the job) ends the sweep like Ctrl-C: KeyboardInterrupt in the main
+    thread, so the run stays resumable and the exit is one line. The previous handler comes back after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _raise(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def resume_command(spec_path: str, args, run_id: str) -> str:
+    """The command that continues this very run: the same spec, shard and point, and its run id."""
+    parts = ["lamina-bench", "run", spec_path, "--out", str(args.out), "--resume", "--run-id", run_id]
+    for option, value in (("--shard", args.shard), ("--point", args.point)):
+        if value is not None:
+            parts += [option, value]
+    if args.quick:
+        parts.append("--quick")
+    return shlex.join(parts)
+
+
 def _run_run(args) -> int:
+    """`run`: every error before the first point is one line; Ctrl-C or SIGTERM at any moment ends with one
+    line and exit 130, leaving a run that `--resume` continues (each stored point is whole)."""
+    state: dict = {}
+    try:
+        with interrupt_on_sigterm():
+            return _sweep(args, state)
+    except KeyboardInterrupt:
+        store = state.get("store")
+        if store is None:
+            print("lamina-bench: interrupted before the sweep started; no point was run", file=sys.stderr)
+            return 130
+        with contextlib.suppress(OSError, UserInputError):  # the run stays resumable without the mark
+            store.mark_interrupted()
+        print(
+            f"lamina-bench: interrupted: {len(store.finished_point_ids())} points are stored in {store.path} "
+            f"(each whole); continue with: {resume_command(state['spec_path'], args, store.path.name)}",
+            file=sys.stderr,
+        )
+        return 130
+    finally:
+        if state.get("store") is not None:
+            state["store"].unlock()
+
+
+def _sweep(args, state: dict) -> int:
     from lamina_bench.sweep.resume import manifest_spec, open_run, select_points
     from lamina_bench.sweep.run import run_sweep
     from lamina_bench.sweep.spec import DEFAULT_SPEC, QUICK_SPEC, load_spec
 
-    spec_path = args.spec or str(QUICK_SPEC if args.quick else DEFAULT_SPEC)
+    spec_path = args.spec if args.spec is not None else str(QUICK_SPEC if args.quick else DEFAULT_SPEC)
+    state["spec_path"] = spec_path
     spec = load_spec(spec_path)  # every error here comes before any work
     if args.quick and args.spec:
         spec = dataclasses.replace(spec, repeats=1)
     points = select_points(spec, spec_path, args.shard, args.point)
     record = manifest_spec(spec, spec_path, args.shard, args.point)
+    report = None
+    if not args.no_report:
+        report = args.report  # checked now, not after the sweep; the default needs the run id
+        check_output_file(report if report is not None else default_report_path(["x"]), "--report")
+    out = check_output_folder(args.out, "--out")
     log = lambda message: print(message, file=sys.stderr)  # noqa: E731
-    store = open_run(spec, record, Path(args.out), args.resume, args.run_id, sys.argv, log)
+    store = state["store"] = open_run(spec, record, out, args.resume, args.run_id, sys.argv, log)
     log(f"{len(points)} points -> {store.path}")
     outcome = run_sweep(spec, store, points, spec_path=spec_path)
     store.finalize()
@@ -119,7 +201,10 @@ def _run_run(args) -> int:
     if errors:
         print(errors)
     if not args.no_report:
-        print(f"report: {build_report([store.path], args.report or f'reports/{store.run_id}.html')}")
+        default = default_report_path(
+            [store.path]
+        )  # the folder's name: a resumed manifest's run_id is no path
+        print(f"report: {build_report([store.path], report if report is not None else default)}")
     return 1 if outcome.failed else 0
 
 
@@ -147,9 +232,7 @@ def _run_profile(args) -> int:
     from lamina_bench.measure.profile import ProfileSettings, profile_device
     from lamina_bench.model.profiles import DEFAULT_PROFILE_DIR, write_profile
 
-    out = Path(args.out) if args.out else DEFAULT_PROFILE_DIR
-    if out.exists() and not out.is_dir():
-        raise UserInputError(f"--out {out} exists and is not a folder")
+    out = check_output_folder(args.out if args.out is not None else DEFAULT_PROFILE_DIR, "--out")
     options = given(args, model="model", device="device", dtype="dtype", layers="layers")
     if args.quick:
         options.update(batches=(1, 8), contexts=(64, 512), repeats=3, link=False, lamina=False)

@@ -37,12 +37,13 @@ def add_models(sub) -> None:
 
 
 def _run_models(args) -> int:
-    dtype_bytes(args.dtype)  # validates
-    rows = [(spec, derived_sizes(spec, args.dtype)) for spec in list_models()]
+    dtype_bytes(args.dtype)  # validates (case-insensitive)
+    dtype = args.dtype.lower()
+    rows = [(spec, derived_sizes(spec, dtype)) for spec in list_models()]
     if args.json:
-        print(json.dumps([{**dataclasses.asdict(s), **d, "dtype": args.dtype} for s, d in rows], indent=1))
+        print(json.dumps([{**dataclasses.asdict(s), **d, "dtype": dtype} for s, d in rows], indent=1))
     else:
-        print(models_text(rows, args.dtype))
+        print(models_text(rows, dtype))
     return 0
 
 
@@ -59,9 +60,10 @@ def _run_hardware(args) -> int:
     local = local_devices(catalog)
     prices = get_price_set(args.prices or DEFAULT_PRICE_SET)
     if args.json:
-        as_json = lambda d: (
-            {f.name: getattr(d, f.name) for f in dataclasses.fields(d)} | {"sources": dict(d.sources)}
-        )  # noqa: E731
+
+        def as_json(d) -> dict:
+            return {f.name: getattr(d, f.name) for f in dataclasses.fields(d)} | {"sources": dict(d.sources)}
+
         catalog_json = [as_json(d) for d in catalog.values()]
         local_json = [as_json(d) for d in local]
         print(json.dumps({"prices": prices.name, "catalog": catalog_json, "local": local_json}, indent=1))
@@ -99,15 +101,26 @@ def add_simulate(sub) -> None:
     p.set_defaults(func=_run_simulate)
 
 
+# Options of one simulation that --paper (nine fixed setups) would silently ignore.
+_SINGLE_RUN_OPTIONS = ("model", "system", "compute", "attention", "trace", "arrival", "rate", "seed")
+_SINGLE_RUN_OPTIONS += ("pipeline_batches", "max_batch")
+
+
 def _run_simulate(args) -> int:
     catalog = catalog_of(args, PAPER_PRICE_SET if args.paper else DEFAULT_PRICE_SET)
-    if args.profile_dir and not Path(args.profile_dir).is_dir():
+    if args.profile_dir is not None and (args.profile_dir == "" or not Path(args.profile_dir).is_dir()):
         raise UserInputError(
             f"--profile-dir {args.profile_dir} is not a folder (it holds <device>-<backend>.json)"
         )
     if args.paper:
         if args.dtype not in (None, "fp16"):
             raise UserInputError("--paper reproduces the paper's fp16 setting; drop --dtype")
+        ignored = [f"--{o.replace('_', '-')}" for o in _SINGLE_RUN_OPTIONS if getattr(args, o) is not None]
+        if ignored:
+            raise UserInputError(
+                f"--paper runs the paper's nine fixed setups; drop {', '.join(ignored)} "
+                "(with --paper only --requests, --devices-file, --profile-dir and --json apply)"
+            )
         rows = paper_comparisons(requests=args.requests, catalog=catalog, profile_dir=args.profile_dir)
         if args.json:
             print(
@@ -166,7 +179,13 @@ def add_search(sub) -> None:
 
 
 def _run_search(args) -> int:
-    devices = [d.strip() for d in args.devices.split(",") if d.strip()] if args.devices else None
+    if args.top < 1:
+        raise UserInputError(f"--top must be >= 1 (rows of the ranked table), got {args.top}")
+    devices = None
+    if args.devices is not None:
+        devices = [d.strip() for d in args.devices.split(",") if d.strip()]
+        if not devices:
+            raise UserInputError(f"--devices names no device, got {args.devices!r}; e.g. --devices H100,H20")
     limits = given(
         args, tbt_slo_ms="tbt_slo_ms", budget_usd_per_hour="budget_usd_per_hour", requests="requests"
     )

@@ -21,6 +21,7 @@ from lamina_bench.report import build_report, default_report_path, plotly_js
 from lamina_bench.report.catalog_text import fmt
 from lamina_bench.report.history import build_history_report
 from lamina_bench.results.merge import merge_runs
+from lamina_bench.results.paths import check_output_file
 
 
 def add_report(sub) -> None:
@@ -42,10 +43,14 @@ def add_report(sub) -> None:
 
 
 def _run_report(args) -> int:
+    if args.out is not None:
+        check_output_file(args.out, "--out")  # "" too: never silently the default
     if args.history:
-        print(f"history report: {build_history_report(args.runs, args.out or 'reports/history.html')}")
+        out = args.out if args.out is not None else "reports/history.html"
+        print(f"history report: {build_history_report(args.runs, out)}")
         return 0
-    out = build_report(args.runs, args.out or default_report_path(args.runs), title=args.title)
+    out = args.out if args.out is not None else default_report_path(args.runs)
+    out = build_report(args.runs, out, title=args.title)
     note = "" if plotly_js() is not None else " (figures left out: plotly is not installed)"
     runs = f"{len(args.runs)} run{'s' if len(args.runs) > 1 else ''}"
     print(f"report: {out} ({out.stat().st_size / 1e6:.1f} MB, {runs}){note}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 import re
@@ -15,11 +16,11 @@ from pathlib import Path
 from lamina_bench.compare.sides import describe_manifest
 from lamina_bench.errors import UserInputError
 from lamina_bench.results.files import atomic_write_json
+from lamina_bench.results.paths import check_output_folder
 from lamina_bench.results.row import PointRow
-from lamina_bench.results.store import RunStore
+from lamina_bench.results.store import RunStore, check_run_id
 
 BASELINES_ROOT = Path("results/baselines")
-_DEVICE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 @dataclass(frozen=True)
@@ -46,15 +47,25 @@ def default_device(store: RunStore, sources: Iterable[str]) -> str:
 
 
 def _check_device(device: str) -> str:
-    if not _DEVICE_RE.match(device):
-        raise UserInputError(f"--device {device!r} must be letters, digits, '.', '_' or '-' (a folder name)")
-    return device
+    """A baseline name is a folder name under the root: the run id rule (no slashes, no '..')."""
+    return check_run_id(device, "baseline name (--device)")
+
+
+def _check_root(root: str | Path) -> Path:
+    if str(root) == "":
+        raise UserInputError("--root is empty; give the baselines folder (default results/baselines)")
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise UserInputError(f"--root {root} is not a folder")
+    return root
 
 
 def _baseline_rows(store: RunStore) -> list[PointRow]:
-    if store.manifest.get("status") == "running":
+    status = store.manifest.get("status")
+    if status in ("running", "interrupted"):
         raise UserInputError(
-            f"{store.path} is still running or was killed (manifest status 'running'); finish it first"
+            f"{store.path} is still running, was killed or interrupted (manifest status {status!r}); "
+            "finish it first (lamina-bench run ... --resume)"
         )
     rows = store.rows()
     if not rows:
@@ -76,10 +87,12 @@ def update_baseline(
     renames (old -> .<device>.old-*, new -> <device>), so readers see the old baseline or the new one;
     a crash between the renames leaves both complete under their dot-names.
     """
+    root = check_output_folder(_check_root(root), "--root")
+    if device is not None:
+        _check_device(device)
     store = RunStore.open(run_dir)
     rows = _baseline_rows(store)
     device = _check_device(device or default_device(store, (r.source for r in rows)))
-    root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     token = secrets.token_hex(4)
     staging = root / f".{device}.new-{token}"
@@ -96,11 +109,12 @@ def update_baseline(
             "points": len(rows),
         }
         atomic_write_json(staging / "manifest.json", manifest)
+        info = baseline_info(staging)  # reads back what was written: a broken baseline is never swapped in
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     _swap_in(staging, root / device, root / f".{device}.old-{token}")
-    return baseline_info(root / device)
+    return dataclasses.replace(info, path=str(root / device))
 
 
 def _swap_in(staging: Path, target: Path, old: Path) -> None:
@@ -133,7 +147,7 @@ def baseline_info(path: str | Path) -> BaselineInfo:
 
 def baseline_folder(device: str, root: str | Path = BASELINES_ROOT) -> Path:
     """`root/<device>`, which must hold a baseline; UserInputError naming the baselines there otherwise."""
-    folder = Path(root) / _check_device(device)
+    folder = _check_root(root) / _check_device(device)
     if not (folder / "manifest.json").is_file():
         have = ", ".join(b.device for b in list_baselines(root)) or "none"
         raise UserInputError(f"no baseline {device!r} under {root}; baselines there: {have}")
@@ -141,8 +155,8 @@ def baseline_folder(device: str, root: str | Path = BASELINES_ROOT) -> Path:
 
 
 def list_baselines(root: str | Path = BASELINES_ROOT) -> list[BaselineInfo]:
-    """Every `root/<device>/` holding a manifest, by device name."""
-    root = Path(root)
+    """Every `root/<device>/` holding a manifest, by device name (none when `root` does not exist)."""
+    root = _check_root(root)
     if not root.is_dir():
         return []
     folders = sorted(p for p in root.iterdir() if p.is_dir() and (p / "manifest.json").is_file())

@@ -6,7 +6,7 @@ must be the same kind. Run points are matched by `point_id` (a hash of the confi
 configuration has the same id in every run); benchmarks by their pytest node id (`fullname`).
 
 For every metric present in BASE the verdict is one of VERDICTS:
-    ok           |change| <= threshold
+    ok           |change| <= threshold (a metric that changed at all is still listed, with its threshold)
     noise        |change| > threshold but the 95% confidence intervals of the two medians overlap
                  (rows with repeats carry `<metric>_ci_low/_ci_high`; a benchmark's interval is its IQR)
     regression / improvement    |change| > threshold in the metric's bad / good direction (the metric registry)
@@ -53,6 +53,7 @@ def direction(metric: str) -> str:
 
 
 VERDICTS = ("ok", "noise", "regression", "improvement", "changed", "missing", "new")
+THRESHOLD_KINDS = ("modeled", "measured")  # --threshold, --measured-threshold
 FORMATS = ("text", "markdown", "json")
 FAIL_ON = ("regression", "change")
 DEFAULT_THRESHOLD_PCT = 0.0  # modeled / derived rows: deterministic, so any change counts
@@ -91,6 +92,11 @@ class Thresholds:
     def for_entry(self, entry: Entry) -> float | None:
         return self.measured_pct if entry.timed else self.modeled_pct
 
+    @staticmethod
+    def kind_for(entry: Entry) -> str:
+        """Which threshold judges an entry: "measured" (rows resting on run timings) or "modeled"."""
+        return "measured" if entry.timed else "modeled"
+
     def describe(self) -> str:
         measured = "report only" if self.measured_pct is None else f"{self.measured_pct:g}%"
         return f"modeled/derived {self.modeled_pct:g}%, measured (and predictions from a run's own profile) {measured}"
@@ -109,10 +115,21 @@ class MetricDelta:
     base_interval: tuple[float, float] | None
     head_interval: tuple[float, float] | None
     verdict: str  # one of VERDICTS
+    threshold_pct: float | None = None  # the percent that judged it; None: report only
+    threshold_kind: str = "modeled"  # which threshold: "modeled" (--threshold) or "measured"
 
     def __post_init__(self) -> None:
         if self.verdict not in VERDICTS:
             raise ValueError(f"verdict must be one of {', '.join(VERDICTS)}, got {self.verdict!r}")
+        if self.threshold_kind not in THRESHOLD_KINDS:
+            raise ValueError(f"threshold_kind must be one of {', '.join(THRESHOLD_KINDS)}")
+
+    @property
+    def changed(self) -> bool:
+        """The value differs beyond float noise (REL_TOL), or exists on one side only."""
+        if self.base is None or self.head is None:
+            return True
+        return abs(self.head - self.base) > REL_TOL * abs(self.base)
 
 
 @dataclass(frozen=True)
@@ -124,6 +141,7 @@ class PointComparison:
     threshold_pct: float | None  # None: report only (changes never fail)
     deltas: tuple[MetricDelta, ...] = ()
     detail: str | None = None  # the error of a failed point, or a profile change
+    threshold_kind: str = "modeled"  # which threshold judged it (THRESHOLD_KINDS)
 
     @property
     def report_only(self) -> bool:
@@ -158,29 +176,32 @@ def metric_verdict(
     return "improvement" if (head > base) == (direction == UP) else "regression"
 
 
-def _delta(metric: str, base: Entry, head: Entry, threshold_pct: float) -> MetricDelta:
+def _delta(metric: str, base: Entry, head: Entry, threshold_pct: float | None, kind: str) -> MetricDelta:
     b, h = base.values[metric], head.values.get(metric)
     good = direction(metric)
     b_iv, h_iv = base.intervals.get(metric), head.intervals.get(metric)
+    judged = dict(threshold_pct=threshold_pct, threshold_kind=kind)
     if h is None:
-        return MetricDelta(metric, good, b, None, None, b_iv, None, "missing")
+        return MetricDelta(metric, good, b, None, None, b_iv, None, "missing", **judged)
     change = 100 * (h - b) / abs(b) if b != 0 else None
-    verdict = metric_verdict(good, b, h, threshold_pct, b_iv, h_iv)
-    return MetricDelta(metric, good, b, h, change, b_iv, h_iv, verdict)
+    verdict = metric_verdict(good, b, h, threshold_pct or 0.0, b_iv, h_iv)
+    return MetricDelta(metric, good, b, h, change, b_iv, h_iv, verdict, **judged)
 
 
 def _compare_entry(base: Entry, head: Entry | None, thresholds: Thresholds) -> PointComparison:
-    threshold = thresholds.for_entry(base)
-    common = dict(key=base.key, label=base.label, source=base.source, threshold_pct=threshold)
+    threshold, kind = thresholds.for_entry(base), Thresholds.kind_for(base)
+    common = dict(
+        key=base.key, label=base.label, source=base.source, threshold_pct=threshold, threshold_kind=kind
+    )
     if head is None:
         return PointComparison(**common, state="missing", detail="in base, not in head")
     failed = [(side, e) for side, e in (("base", base), ("head", head)) if e.status != "ok"]
     if failed:
         detail = "; ".join(f"{side} failed: {e.error}" for side, e in failed)
         return PointComparison(**common, state="failed", detail=detail)
-    deltas = [_delta(m, base, head, threshold or 0.0) for m in base.values]
+    deltas = [_delta(m, base, head, threshold, kind) for m in base.values]
     deltas += [
-        MetricDelta(m, direction(m), None, v, None, None, head.intervals.get(m), "new")
+        MetricDelta(m, direction(m), None, v, None, None, head.intervals.get(m), "new", threshold, kind)
         for m, v in head.values.items()
         if m not in base.values
     ]
@@ -234,6 +255,9 @@ class ComparisonReport:
         out = {s: sum(p.state == s for p in self.points) for s in ("compared", "missing", "failed", "new")}
         for verdict in VERDICTS:
             out[f"metrics_{verdict}"] = sum(d.verdict == verdict for p in self.points for d in p.deltas)
+        deltas = [d for p in self.points for d in p.deltas]
+        out["metrics_unchanged"] = sum(not d.changed for d in deltas)
+        out["metrics_within_threshold"] = sum(d.verdict == "ok" and d.changed for d in deltas)
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -271,6 +295,7 @@ def _point_dict(p: PointComparison) -> dict[str, Any]:
         "source": p.source,
         "state": p.state,
         "threshold_pct": p.threshold_pct,
+        "threshold": p.threshold_kind,
         "detail": p.detail,
         "metrics": [
             {
@@ -282,6 +307,9 @@ def _point_dict(p: PointComparison) -> dict[str, Any]:
                 "base_interval": d.base_interval,
                 "head_interval": d.head_interval,
                 "verdict": d.verdict,
+                "changed": d.changed,
+                "threshold_pct": d.threshold_pct,
+                "threshold": d.threshold_kind,
             }
             for d in p.deltas
         ],
@@ -303,7 +331,9 @@ def compare_sides(
 
     points = [_compare_entry(e, head.entries.get(k), thresholds) for k, e in ordered(base.entries)]
     points += [
-        PointComparison(e.key, e.label, e.source, "new", thresholds.for_entry(e))
+        PointComparison(
+            e.key, e.label, e.source, "new", thresholds.for_entry(e), threshold_kind=Thresholds.kind_for(e)
+        )
         for k, e in ordered(head.entries)
         if k not in base.entries
     ]

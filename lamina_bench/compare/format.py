@@ -22,16 +22,22 @@ def _interval(iv: tuple[float, float] | None) -> str:
     return "" if iv is None else f" [{iv[0]:.4g}, {iv[1]:.4g}]"
 
 
-_SHOWN = ("regression", "improvement", "changed", "noise", "missing", "new")
-
-
 def _listed(report: ComparisonReport) -> list[tuple[PointComparison, MetricDelta]]:
-    """(point, metric) pairs worth showing: every verdict except ok."""
-    return [(p, d) for p in report.points for d in p.deltas if d.verdict in _SHOWN]
+    """(point, metric) pairs to show: every metric whose value changed at all (beyond float noise),
+    whatever its verdict, including changes within the threshold; unchanged ones are only counted."""
+    return [(p, d) for p in report.points for d in p.deltas if d.changed or d.verdict != "ok"]
 
 
 def _verdict_text(p: PointComparison, d: MetricDelta) -> str:
+    if d.verdict == "ok":
+        return "ok (within threshold)"
     return d.verdict + (" (report only)" if p.report_only and d.verdict != "missing" else "")
+
+
+def _threshold_text(d: MetricDelta) -> str:
+    """The threshold that judged a metric and which one it is, e.g. "25% measured"."""
+    pct = "report only" if d.threshold_pct is None else f"{d.threshold_pct:g}%"
+    return f"{pct} {d.threshold_kind}"
 
 
 def _summary(report: ComparisonReport) -> str:
@@ -40,7 +46,9 @@ def _summary(report: ComparisonReport) -> str:
     return (
         f"{head}: {c['compared']} points compared, {c['metrics_regression']} regressions, "
         f"{c['metrics_improvement']} improvements, {c['metrics_changed']} changed, "
-        f"{c['metrics_noise']} within noise; {c['missing']} missing, {c['failed']} failed, {c['new']} new points"
+        f"{c['metrics_noise']} within noise, {c['metrics_within_threshold']} within threshold, "
+        f"{c['metrics_unchanged']} unchanged metrics; "
+        f"{c['missing']} missing, {c['failed']} failed, {c['new']} new points"
     )
 
 
@@ -60,7 +68,7 @@ def format_text(report: ComparisonReport) -> str:
     for p, d in _listed(report):
         lines.append(
             f"{_verdict_text(p, d).upper()} {p.key} {p.label} {d.metric}: {_num(d.base)}{_interval(d.base_interval)}"
-            f" -> {_num(d.head)}{_interval(d.head_interval)} ({_pct(d.change_pct)})"
+            f" -> {_num(d.head)}{_interval(d.head_interval)} ({_pct(d.change_pct)}) threshold {_threshold_text(d)}"
         )
     for p in report.points:
         if p.detail and p.state == "compared":
@@ -95,13 +103,18 @@ def format_markdown(report: ComparisonReport) -> str:
         ]
     listed = _listed(report)
     if listed:
-        lines += ["", "| point | metric | base | head | change | verdict |", "|---|---|---:|---:|---:|---|"]
+        lines += [
+            "",
+            "| point | metric | base | head | change | verdict | threshold |",
+            "|---|---|---:|---:|---:|---|---|",
+        ]
         for p, d in listed:
             verdict = _verdict_text(p, d)
             verdict = f"**{verdict}**" if d.verdict in ("regression", "missing") else verdict
             lines.append(
                 f"| {_md_cell(p.label)} `{p.key}` | {d.metric} | {_num(d.base)}{_interval(d.base_interval)} "
-                f"| {_num(d.head)}{_interval(d.head_interval)} | {_pct(d.change_pct)} | {verdict} |"
+                f"| {_num(d.head)}{_interval(d.head_interval)} | {_pct(d.change_pct)} | {verdict} "
+                f"| {_threshold_text(d)} |"
             )
     return "\n".join(lines) + "\n"
 

@@ -65,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def settings_from_args(args: argparse.Namespace, fail_env: str = "") -> CheckSettings:
     """The checked settings (UserInputError on a bad value). fail_env: the FAIL_ENV variable's value."""
     return CheckSettings(
-        Path(args.out_dir),
+        args.out_dir,  # as given: "" is an error, not the current folder
         quick=args.quick,
         budget_s=args.budget_s,
         step_timeout_s=args.step_timeout_s,

@@ -14,9 +14,11 @@ from typing import Any
 
 from lamina_bench.errors import UserInputError
 from lamina_bench.gpucheck.sizes import DEVICES, STEP_NAMES, parse_steps
+from lamina_bench.results.paths import check_output_folder
 
 DEFAULT_STEP_TIMEOUT_S = 1800.0  # no step of the full sizes needs a tenth of this on an H100
 HARD_STOP_GRACE_S = 50.0  # the watchdog stops the process this long after a box ends
+MAX_SECONDS = 30 * 24 * 3600.0  # the step alarm (setitimer) and the watchdog timer overflow far above
 FAIL_ENV = "LAMINA_GPUCHECK_FAIL"  # comma-separated step names made to raise at once (failure isolation)
 
 
@@ -41,7 +43,7 @@ class CheckSettings:
             raise UserInputError(f"the hard-stop grace must be >= 0 seconds, got {self.grace_s!r}")
         if self.device not in (None, *DEVICES):
             raise UserInputError(f"unknown --device {self.device!r}; valid: {', '.join(DEVICES)}")
-        object.__setattr__(self, "out_dir", Path(self.out_dir))
+        object.__setattr__(self, "out_dir", check_output_folder(self.out_dir, "OUT_DIR"))
         object.__setattr__(self, "steps", parse_steps(self.steps))
         for name in self.fail_steps:
             if name not in STEP_NAMES:
@@ -65,6 +67,8 @@ def _is_number(value: object) -> bool:
 
 
 def check_seconds(option: str, value: object) -> None:
-    """UserInputError unless value is a positive, finite number of seconds."""
-    if not (_is_number(value) and value > 0):
-        raise UserInputError(f"{option} must be a positive number of seconds, got {value!r}")
+    """UserInputError unless value is a positive number of seconds up to MAX_SECONDS (timers take no more)."""
+    if not (_is_number(value) and 0 < value <= MAX_SECONDS):
+        raise UserInputError(
+            f"{option} must be a positive number of seconds, got {value!r} (at most {MAX_SECONDS:.0f}: 30 days)"
+        )

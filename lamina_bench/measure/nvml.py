@@ -337,6 +337,16 @@ class TelemetrySampler:
                 next_s = now_s
             self._stop.wait(next_s - now_s)
 
+    def _sample_boundary(self) -> None:
+        """A window's boundary sample; an error is recorded (summaries name it) and stops sampling, never
+        failing the point being measured."""
+        try:
+            if self.sampler_error is None:
+                self.sample_now()
+        except Exception as exc:  # noqa: BLE001 - the measurement goes on without telemetry
+            self.sampler_error = f"sampling failed: {_describe(exc)}"
+            self._stop.set()
+
     def sample_now(self) -> None:
         """Read every live device once (the thread calls this; windows call it at their boundaries)."""
         with self._lock:
@@ -366,11 +376,11 @@ class TelemetrySampler:
                 raise ValueError(f"telemetry window {point_id!r} was already recorded; point ids are unique")
             self._windows[point_id] = _Window(self.clock())
             self._open.append(point_id)
-        self.sample_now()
+        self._sample_boundary()
         try:
             yield
         finally:
-            self.sample_now()
+            self._sample_boundary()
             with self._lock:
                 self._open.remove(point_id)
                 self._windows[point_id].end_s = self.clock()

@@ -19,8 +19,8 @@ from __future__ import annotations
 import datetime as dt
 import importlib.metadata
 import importlib.util
-import json
 import platform
+import re
 import statistics
 import time
 from collections.abc import Callable
@@ -30,7 +30,12 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from lamina_bench.catalog.benchmodels import BENCH_MODELS, checkpoint_path
+from lamina_bench.catalog.benchmodels import (
+    BENCH_MODELS,
+    checkpoint_path,
+    local_model_config,
+    local_model_spec,
+)
 from lamina_bench.catalog.local import match_cuda_name
 from lamina_bench.catalog.models import get_model, hf_config, spec_from_hf_config
 from lamina_bench.errors import UserInputError
@@ -130,9 +135,8 @@ def _build_model(settings: ProfileSettings):
     """(model, ModelSpec of the profiled shape, checkpoint folder or None) on the settings' device."""
     dtype = DTYPES[settings.dtype]
     if settings.model in BENCH_MODELS or Path(settings.model, "config.json").is_file():
-        folder = checkpoint_path(settings.model)
-        config = json.loads((folder / "config.json").read_text())
-        spec = spec_from_hf_config(config, name=Path(settings.model).name)
+        folder = checkpoint_path(settings.model)  # a folder's config.json is checked here
+        spec = spec_from_hf_config(local_model_config(folder), name=Path(settings.model).name)
         return load_model(folder, device=settings.device, dtype=dtype), spec, folder
     try:
         spec = get_model(settings.model)
@@ -240,7 +244,7 @@ def _link_points(s: ProfileSettings) -> tuple[tuple[TransferPoint, ...], tuple[A
 
 def _lamina_steps(folder, s: ProfileSettings) -> tuple[StepPoint, ...]:
     """Median decode step of the real Lamina runtime (1 compute + 1 attention process, no pipelining)."""
-    vocab = json.loads((Path(folder) / "config.json").read_text())["vocab_size"]
+    vocab = local_model_spec(folder).vocab_size
     points = []
     for b in LAMINA_STEP_BATCHES:
         requests = fixed_batch_requests(b, STEP_CONTEXT, STEP_NEW_TOKENS, vocab, seed=1)
@@ -254,8 +258,8 @@ def local_device_name(device: str) -> str:
     """The profile's device key: "cpu", or the catalog name of the local GPU (its torch name otherwise)."""
     if device == "cpu":
         return "cpu"
-    name = torch.cuda.get_device_name(0)
-    return match_cuda_name(name) or name.replace(" ", "-")
+    name = torch.cuda.get_device_name(0)  # a file name part (<device>-<backend>.json): no separators
+    return match_cuda_name(name) or re.sub(r"[^A-Za-z0-9_-]+", "-", name).strip("-") or "cuda"
 
 
 def profile_device(settings: ProfileSettings, progress: Callable[[str], None] = lambda _msg: None) -> Profile:

@@ -13,7 +13,6 @@ thread to match), and the profile is taken with one thread too (ProfileSettings.
 from __future__ import annotations
 
 import contextlib
-import json
 import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,8 +20,7 @@ from typing import Any
 
 import torch
 
-from lamina_bench.catalog.benchmodels import checkpoint_path
-from lamina_bench.catalog.models import spec_from_hf_config
+from lamina_bench.catalog.benchmodels import checkpoint_path, local_model_spec
 from lamina_bench.model.profiles import Profile
 from lamina_bench.model.reference import ReferencePrediction, ReferenceRun, predict_reference_run
 from reference_impl.config import GenerateConfig
@@ -126,7 +124,7 @@ def fixed_batch_requests(batch: int, context_len: int, new_tokens: int, vocab_si
 
 
 def _vocab_size(folder) -> int:
-    return int(json.loads((folder / "config.json").read_text())["vocab_size"])
+    return local_model_spec(folder).vocab_size
 
 
 def run_measured(config: MeasuredConfig, seed: int = 0) -> DecodeTimings:
@@ -188,7 +186,7 @@ def _pools_ms(run) -> dict[str, dict[str, float]]:
 def predict_measured(config: MeasuredConfig, profile: Profile) -> ReferencePrediction:
     """The performance model's prediction of a measured configuration from `profile` (modeled)."""
     folder = checkpoint_path(config.model)
-    spec = spec_from_hf_config(json.loads((folder / "config.json").read_text()), name=folder.name)
+    spec = local_model_spec(folder)
     run = ReferenceRun(
         model=spec,
         system=config.system,

@@ -180,6 +180,8 @@ def profile_to_dict(profile: Profile) -> dict:
 
 
 def profile_from_dict(data: dict) -> Profile:
+    if not isinstance(data, dict):
+        raise UserInputError(f"profile: a profile is a JSON object, got {type(data).__name__}")
     if data.get("format") != PROFILE_FORMAT:
         raise UserInputError(f"profile: format is {data.get('format')!r}, expected {PROFILE_FORMAT!r}")
     try:
@@ -200,7 +202,9 @@ def profile_from_dict(data: dict) -> Profile:
             engine_steps=tuple(StepPoint(**p) for p in data.get("engine_steps", [])),
             lamina_steps=tuple(StepPoint(**p) for p in data.get("lamina_steps", [])),
         )
-    except (KeyError, TypeError) as exc:
+    except UserInputError:
+        raise
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
         raise UserInputError(f"profile: malformed ({type(exc).__name__}: {exc})") from None
 
 
@@ -220,9 +224,12 @@ def load_profile(path: str | Path) -> Profile:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         raise UserInputError(f"profile file not found: {path}") from None
-    except json.JSONDecodeError as exc:
-        raise UserInputError(f"profile {path} is not valid JSON: {exc}") from None
-    return profile_from_dict(data)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserInputError(f"profile {path} is not valid JSON: {' '.join(str(exc).split())}") from None
+    try:
+        return profile_from_dict(data)
+    except UserInputError as exc:
+        raise UserInputError(f"{path}: {exc}") from None
 
 
 def find_profile(device: str, backend: str = "cuda", profile_dir: str | Path | None = None) -> Profile | None:

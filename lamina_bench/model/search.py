@@ -15,6 +15,7 @@ by saturated tokens per dollar (see simulate.SimulationResult).
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -24,7 +25,7 @@ from lamina_bench.catalog.device_spec import DeviceSpec
 from lamina_bench.catalog.devices import DeviceMix, get_device, load_catalog
 from lamina_bench.catalog.models import ModelSpec
 from lamina_bench.catalog.prices import DEFAULT_PRICE_SET
-from lamina_bench.catalog.workloads import Trace
+from lamina_bench.catalog.workloads import Trace, check_request_count
 from lamina_bench.errors import UserInputError
 from lamina_bench.model.cost import TP_COUNTS, require_prices
 from lamina_bench.model.iteration import IterationModel, iteration_model
@@ -273,12 +274,13 @@ def search(
 ) -> SearchResult:
     """Best tokens per dollar for `model` on `trace` (module doc). Devices default to every catalog
     device with a bf16 peak, a memory bandwidth and a price in `price_set` (which priced `catalog`)."""
-    if tbt_slo_ms is not None and not tbt_slo_ms > 0:
-        raise UserInputError(f"TBT SLO must be a positive number of ms, got {tbt_slo_ms}")
-    if budget_usd_per_hour is not None and not budget_usd_per_hour > 0:
-        raise UserInputError(f"budget must be a positive number of $/hour, got {budget_usd_per_hour}")
+    if tbt_slo_ms is not None and not 0 < tbt_slo_ms < math.inf:
+        raise UserInputError(f"TBT SLO must be a positive finite number of ms, got {tbt_slo_ms}")
+    if budget_usd_per_hour is not None and not 0 < budget_usd_per_hour < math.inf:
+        raise UserInputError(f"budget must be a positive finite number of $/hour, got {budget_usd_per_hour}")
     if requests < 1 or simulate_top < 1:
         raise UserInputError(f"requests and simulate_top must be >= 1, got {requests}, {simulate_top}")
+    check_request_count(requests, trace)
     catalog = load_catalog(prices=price_set) if catalog is None else catalog
     specs = _search_devices(devices, catalog, price_set)
     subset = trace.head(requests)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from lamina_bench.catalog.models import dense_flops_per_token, net_bytes_per_token_per_layer
-from lamina_bench.catalog.workloads import Trace, poisson_arrivals
+from lamina_bench.catalog.workloads import Trace, check_request_count, poisson_arrivals
 from lamina_bench.errors import UserInputError
 from lamina_bench.model.cost import mixes_cost_usd_per_hour, price_set_label, tokens_per_usd, usd_per_mtok
 from lamina_bench.model.iteration import IterationModel, iteration_model
@@ -305,6 +305,7 @@ def simulate(
     if requests is not None:
         if requests < 1:
             raise UserInputError(f"--requests must be >= 1, got {requests}")
+        check_request_count(requests, trace)
         trace = trace.head(requests)
     if arrival == "poisson":
         if rate_per_s is None:

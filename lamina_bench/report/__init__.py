@@ -25,6 +25,7 @@ from lamina_bench.report.data import RunData, load_runs
 from lamina_bench.report.page import Document, esc
 from lamina_bench.report.sections import SECTIONS
 from lamina_bench.results.files import atomic_write_bytes
+from lamina_bench.results.paths import check_output_file
 
 REPORTS_DIR = Path("reports")
 
@@ -59,13 +60,14 @@ def render_report(runs: Sequence[RunData], title: str | None = None, js: str | N
 def build_report(run_dirs: Sequence[str | Path], out_path: str | Path, *, title: str | None = None) -> Path:
     """Write the report of `run_dirs` (results/<run_id>/ folders) to `out_path`; returns the path.
 
-    UserInputError (one line) when a folder is not a run. The file is replaced atomically.
+    UserInputError (one line) when a folder is not a run or `out_path` cannot be written (checked before
+    anything is read). The file is replaced atomically.
     """
+    out = check_output_file(out_path, "the report path")
     if isinstance(run_dirs, str | Path):
         run_dirs = [run_dirs]
     runs = load_runs(list(run_dirs))
     page = render_report(runs, title=title, js=plotly_js())
-    out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out, page.encode())
     return out

@@ -24,6 +24,7 @@ from lamina_bench.compare.sides import comparable_rows, point_label
 from lamina_bench.errors import UserInputError
 from lamina_bench.results.files import atomic_write_bytes
 from lamina_bench.results.metrics import DOWN, METRICS, UP
+from lamina_bench.results.paths import check_output_file
 from lamina_bench.results.row import PointRow
 from lamina_bench.results.store import RunStore
 
@@ -167,8 +168,14 @@ _STYLE = (
 
 def build_history_report(paths: Sequence[str | Path], out_path: str | Path) -> Path:
     """Write the history page of `paths` (run, baseline or parent folders) to `out_path`; returns it."""
-    import plotly.offline
-
+    out = check_output_file(out_path, "the report path")
+    try:
+        import plotly.offline
+    except ImportError:
+        raise UserInputError(
+            "report --history draws its figures with plotly, which is not installed here; "
+            "install it (pip install plotly) or run the history report on another machine"
+        ) from None
     runs, table = load_history(paths)
     categories = [r.label for r in runs]
     divs = []
@@ -192,7 +199,6 @@ def build_history_report(paths: Sequence[str | Path], out_path: str | Path) -> P
         "error bars are 95% CIs of the median where the point had repeats.</p>"
         f"{_runs_table(runs, table)}{''.join(divs)}</body></html>\n"
     )
-    out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out, page.encode())
     return out

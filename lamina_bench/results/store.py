@@ -9,10 +9,13 @@ Layout of `results/<run_id>/`:
                         analysis; never read back, so it cannot disagree with the rows
     telemetry/part-*.parquet, telemetry.parquet     the telemetry table (results/telemetry.py)
     requests/part-*.parquet,  requests.parquet      optional per-request records
+    .lock               held (fcntl.flock) by the one process writing the run; released when it exits
 
 Every file is written to a temporary file in the same folder, fsynced, then renamed over the target
 (os.replace is atomic on POSIX), so a killed run leaves each file either old or new, never half-written.
-Readers skip the temporaries (`.*.tmp`) a kill can leave behind.
+Readers skip the temporaries (`.*.tmp`) a kill can leave behind; the next writer removes them. Reading
+checks what it reads: a manifest that is not a JSON object with a run_id, a point file that is not a
+row, or a Parquet part that does not open is a one-line UserInputError naming the file.
 
 A row's `point_id` is unique within a run: hash everything that tells rows apart (mode/source, repeat).
 """
@@ -20,9 +23,12 @@ A row's `point_id` is unique within a run: hash everything that tells rows apart
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import json
+import os
 import re
 import secrets
+import shutil
 import sys
 import threading
 from collections.abc import Mapping, Sequence
@@ -30,15 +36,42 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow
 
 from lamina_bench.errors import UserInputError
 from lamina_bench.results.files import atomic_write_json, atomic_write_parquet
 from lamina_bench.results.manifest import build_manifest, detect_devices, utc_now
+from lamina_bench.results.paths import check_output_folder
 from lamina_bench.results.row import PointRow
 from lamina_bench.results.table import points_frame
 from lamina_bench.results.telemetry import TELEMETRY_COLUMNS, TelemetrySample, samples_frame
 
 _RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+LOCK_FILE = ".lock"  # in a run folder: held (flock) by the process writing the run
+MAX_NAME_LEN = 200  # run ids and baseline names become folder names (most file systems allow 255 bytes)
+_PART_RE = re.compile(r"^part-(\d+)\.parquet$")
+# Manifest fields the readers use, and the JSON types they must have when present (None is always fine).
+_MANIFEST_TYPES: dict[str, tuple[type, ...]] = {
+    "git": (dict,),
+    "baseline": (dict,),
+    "status": (str,),
+    "start_time": (str,),
+    "end_time": (str,),
+    "host": (str,),
+    "command_line": (str,),
+    "devices": (list, dict),
+}
+
+
+def check_run_id(run_id: object, what: str = "run id") -> str:
+    """`run_id` if it is a usable folder name (letters, digits, '.', '_', '-'; no slashes, no leading dot,
+    at most MAX_NAME_LEN characters), else UserInputError naming what is valid."""
+    if not isinstance(run_id, str) or not _RUN_ID_RE.match(run_id) or len(run_id) > MAX_NAME_LEN:
+        raise UserInputError(
+            f"{what} {run_id!r} must be letters, digits, '.', '_' or '-' (no slashes; not starting with '.' "
+            f"or '-'; 1-{MAX_NAME_LEN} characters)"
+        )
+    return run_id
 
 
 class RunStore:
@@ -48,6 +81,37 @@ class RunStore:
         self.path = Path(path)
         self.manifest = dict(manifest)
         self._lock = threading.Lock()
+        self._writer_fd: int | None = None
+
+    # the single writer ------------------------------------------------------------------------------
+
+    def lock(self) -> RunStore:
+        """Become the only writer of this run folder: an exclusive fcntl.flock on its `.lock` file, held
+        until unlock() or the process ends (the kernel releases it even after SIGKILL). UserInputError
+        when another process holds it: two sweeps never write one run folder at once."""
+        if self._writer_fd is not None:
+            return self
+        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise UserInputError(
+                f"run folder {self.path} is being written by another lamina-bench process (pid {holder}); "
+                "wait for it to end (then --resume continues the run) or pick another --run-id"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._writer_fd = fd
+        for tmp in self.path.rglob(".*.tmp"):  # temporaries of a killed writer: never part of the run
+            tmp.unlink(missing_ok=True)
+        return self
+
+    def unlock(self) -> None:
+        if self._writer_fd is not None:
+            os.close(self._writer_fd)  # closing the descriptor releases the flock
+            self._writer_fd = None
 
     @property
     def run_id(self) -> str:
@@ -67,24 +131,33 @@ class RunStore:
 
         devices: JSON-able description; None detects them (catalog.local.local_devices).
         """
-        run_id = run_id or f"{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
-        if not _RUN_ID_RE.match(run_id):
-            raise UserInputError(f"run id {run_id!r} must be letters, digits, '.', '_' or '-' (no slashes)")
+        if run_id is None:
+            run_id = f"{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+        check_run_id(run_id)
         return cls._create_at(Path(root) / run_id, run_id, spec, argv, devices)
 
     @classmethod
     def _create_at(
         cls, path: Path, run_id: str, spec: Any, argv: Sequence[str] | None, devices: Any
     ) -> RunStore:
+        exists = UserInputError(
+            f"run folder {path} already exists; resume it (--resume) or pick another run id"
+        )
         if path.exists():
-            raise UserInputError(
-                f"run folder {path} already exists; resume it (--resume) or pick another run id"
-            )
-        path.mkdir(parents=True)
-        (path / "points").mkdir()
+            raise exists
         argv = list(sys.argv) if argv is None else list(argv)
         manifest = build_manifest(run_id, spec, argv, detect_devices() if devices is None else devices)
-        atomic_write_json(path / "manifest.json", manifest)
+        check_output_folder(path.parent, "the results folder")
+        try:
+            path.mkdir(parents=True)  # atomic: of two processes creating the same run, one gets here
+        except FileExistsError:
+            raise exists from None
+        try:
+            (path / "points").mkdir()
+            atomic_write_json(path / "manifest.json", manifest)
+        except BaseException:
+            shutil.rmtree(path, ignore_errors=True)  # no half-made run folder
+            raise
         return cls(path, manifest)
 
     @classmethod
@@ -93,7 +166,7 @@ class RunStore:
         manifest_path = path / "manifest.json"
         if not manifest_path.is_file():
             raise UserInputError(f"{path} is not a run folder: it has no manifest.json")
-        return cls(path, json.loads(manifest_path.read_text()))
+        return cls(path, read_manifest(manifest_path))
 
     # points -------------------------------------------------------------------------------------
 
@@ -156,28 +229,46 @@ class RunStore:
         folder = self.path / kind
         with self._lock:
             folder.mkdir(exist_ok=True)
-            numbers = [int(p.stem.split("-")[1]) for p in folder.glob("part-*.parquet")]
+            numbers = [int(m.group(1)) for p in folder.iterdir() if (m := _PART_RE.match(p.name))]
             atomic_write_parquet(folder / f"part-{max(numbers, default=-1) + 1:06d}.parquet", frame)
 
     def _table(self, kind: str) -> pd.DataFrame | None:
-        """Parts if any (the source of truth while running), else the consolidated file, else None."""
+        """Parts if any (the source of truth while running), else the consolidated file, else None.
+        UserInputError naming the file when one is not a readable Parquet table."""
         parts = sorted((self.path / kind).glob("part-*.parquet"))
         if parts:
-            return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+            return pd.concat([_read_parquet(p) for p in parts], ignore_index=True)
         single = self.path / f"{kind}.parquet"
-        return pd.read_parquet(single) if single.is_file() else None
+        return _read_parquet(single) if single.is_file() else None
 
     def telemetry(self) -> pd.DataFrame:
         table = self._table("telemetry")
         if table is None:
             columns = {"run_id": "string", **TELEMETRY_COLUMNS}
             return pd.DataFrame(columns=list(columns)).astype(columns)
+        return self._checked_telemetry(table)
+
+    def _checked_telemetry(self, table: pd.DataFrame) -> pd.DataFrame:
+        missing = sorted(set(TELEMETRY_COLUMNS) - set(table.columns))
+        if missing:
+            raise UserInputError(
+                f"{self.path}: the telemetry table lacks columns {', '.join(missing)}; not written by "
+                "lamina-bench, or damaged (remove telemetry/ and telemetry.parquet to read the rest)"
+            )
         return table
 
     def requests(self) -> pd.DataFrame | None:
         return self._table("requests")
 
     # end of run -----------------------------------------------------------------------------------
+
+    def mark_interrupted(self) -> None:
+        """Record in the manifest that the writer stopped on Ctrl-C or SIGTERM (unless it had finished);
+        `--resume` continues such a run like a killed one."""
+        current = read_manifest(self.path / "manifest.json")
+        if current.get("status") != "finished":
+            self.manifest.update(status="interrupted", end_time=utc_now())
+            atomic_write_json(self.path / "manifest.json", self.manifest)
 
     def finalize(self, status: str = "finished") -> None:
         """Consolidate points/telemetry/requests to single Parquet files and close the manifest."""
@@ -194,6 +285,37 @@ class RunStore:
             points_failed=sum(not r.ok for r in rows),
         )
         atomic_write_json(self.path / "manifest.json", self.manifest)
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError, pyarrow.ArrowException) as exc:
+        raise UserInputError(f"{path}: not a readable Parquet table ({_one_line(exc)})") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """A run's manifest.json, checked: a JSON object with a run_id and the field types readers rely on;
+    UserInputError (one line, naming the file) otherwise."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserInputError(f"{path}: not a readable run manifest ({_one_line(exc)})") from None
+    if not isinstance(data, dict):
+        raise UserInputError(f"{path}: a run manifest is a JSON object, got {type(data).__name__}")
+    run_id = data.get("run_id")
+    if not isinstance(run_id, str) or not run_id:
+        raise UserInputError(f"{path}: the manifest has no run_id (a non-empty string), got {run_id!r}")
+    for key, types in _MANIFEST_TYPES.items():
+        value = data.get(key)
+        if value is not None and not isinstance(value, types):
+            kinds = " or ".join({dict: "an object", list: "a list", str: "a string"}[t] for t in types)
+            raise UserInputError(f"{path}: manifest field {key!r} must be {kinds}, got {value!r}")
+    return data
 
 
 def read_point(path: Path) -> PointRow:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -39,6 +40,8 @@ def with_defaults(
             value = float(value)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise UserInputError(f"{where}: '{key}' must be {kind.__name__}, got {value!r}")
+        if kind is float and not math.isfinite(value):
+            raise UserInputError(f"{where}: '{key}' must be a finite number, got {value!r}")
         if kind is list and not value and (key in block or key not in may_be_empty):
             valid = choices(key) if choices else ""
             hint = f"; give at least one (valid: {valid})" if valid else "; give at least one value"

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from lamina_bench.catalog.devices import DeviceMix, get_device, load_catalog, parse_mix
 from lamina_bench.catalog.models import get_model, list_models
 from lamina_bench.catalog.prices import DEFAULT_PRICE_SET, get_price_set
-from lamina_bench.catalog.workloads import TRACES
+from lamina_bench.catalog.workloads import TRACES, load_trace
 from lamina_bench.errors import UserInputError
 from lamina_bench.model.cost import require_prices
 from lamina_bench.model.simulator import ARRIVALS
@@ -122,6 +122,13 @@ def _check_block(b: dict, where: str) -> None:
         raise UserInputError(f"{where}: arrival = 'poisson' needs rate_per_s > 0")
     if b["requests"] < 0:
         raise UserInputError(f"{where}: 'requests' must be >= 0 (0 = the whole trace), got {b['requests']}")
+    for t in b["traces"]:
+        available = len(load_trace(t))
+        if b["requests"] > available:
+            raise UserInputError(
+                f"{where}: requests = {b['requests']} but trace {t} has {available}; "
+                f"give at most {available}, or 0 for the whole trace"
+            )
     for key in ("tp", "compute_counts", "attention_counts", "lamina_pipeline_batches"):
         positive_ints(b[key], key, where)
     positive_ints(b["batch_caps"], "batch_caps", where, zero_ok=True)

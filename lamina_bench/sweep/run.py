@@ -152,6 +152,17 @@ def repro_command(point: Point, spec_path: str) -> str:
     return cmd
 
 
+def _store_row(store: RunStore, point: Point, row: PointRow, ctx: _Context, stored: set[str]) -> PointRow:
+    """Persist a point's row; a row that cannot be stored (e.g. a value JSON cannot hold) is stored as a
+    failed row with that error instead, so a point is never a silent gap."""
+    replace = point.point_id in stored
+    try:
+        return store.add_point(row, replace=replace)
+    except (ValueError, TypeError) as exc:
+        failed = _failed(point.row(repro_command(point, ctx.spec_path)), exc).replace(wall_s=row.wall_s)
+        return store.add_point(failed, replace=replace)
+
+
 def _flush_telemetry(store: RunStore, sampler: TelemetrySampler, written: int) -> int:
     """Persist the samples taken since the last flush; returns how many are persisted in all."""
     samples = sampler.samples()
@@ -181,8 +192,7 @@ def run_sweep(
         for point in todo:
             t0 = time.perf_counter()
             row = execute(point, ctx, spec.repeats)
-            row = row.replace(wall_s=time.perf_counter() - t0)
-            store.add_point(row, replace=point.point_id in stored)
+            row = _store_row(store, point, row.replace(wall_s=time.perf_counter() - t0), ctx, stored)
             written = _flush_telemetry(store, sampler, written)  # a crash loses at most this point's samples
             failed += not row.ok
             progress.update(point.label(), "ok" if row.ok else f"FAILED: {row.error}", row.wall_s)

@@ -36,9 +36,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lamina_bench.catalog.benchmodels import resolve_local_model
+from lamina_bench.catalog.benchmodels import local_model_spec, resolve_local_model
 from lamina_bench.errors import UserInputError
 from lamina_bench.measure.run import MeasuredConfig
+from lamina_bench.results.store import check_run_id
 from lamina_bench.sweep.blocks import check_keys, check_systems, positive_ints, with_defaults
 from lamina_bench.sweep.modeled import modeled_block, modeled_points
 from lamina_bench.sweep.points import Point
@@ -73,11 +74,17 @@ class SweepSpec:
 
 
 def load_spec(path: str | Path) -> SweepSpec:
+    if str(path) == "":
+        raise UserInputError("the sweep spec path is empty; give a TOML file")
     path = Path(path)
+    if path.is_dir():
+        raise UserInputError(f"sweep spec {path} is a folder; give a TOML file")
     if not path.is_file():
         raise UserInputError(f"sweep spec {path} does not exist")
     try:
         raw = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserInputError(f"sweep spec {path} cannot be read as UTF-8 text ({exc})") from None
     except tomllib.TOMLDecodeError as exc:
         raise UserInputError(f"sweep spec {path}: not valid TOML ({exc})") from None
     return parse_spec(raw, origin=str(path))
@@ -102,7 +109,8 @@ def parse_spec(raw: Mapping[str, Any], origin: str = "spec") -> SweepSpec:
     seen: dict[str, Point] = {}
     for p in points:
         seen.setdefault(p.point_id, p)  # the same point listed twice runs once
-    name = str(raw.get("name", "sweep"))
+    name = raw.get("name", "sweep")
+    check_run_id(name, f"{origin}: name (it starts the run folder's name)")
     return SweepSpec(name=name, repeats=repeats, points=tuple(seen.values()), raw=raw, skipped=skipped)
 
 
@@ -132,6 +140,13 @@ def _measured_points(b: dict) -> list[Point]:
     if b["dtype"] not in ("fp32", "fp16", "bf16"):
         raise UserInputError(f"{where}: dtype must be fp32, fp16 or bf16, got {b['dtype']!r}")
     model = resolve_local_model(b["model"], where)
+    max_position = local_model_spec(model).max_position
+    longest = max(b["context_lens"]) + b["new_tokens"]
+    if longest > max_position:
+        raise UserInputError(
+            f"{where}: context_lens up to {max(b['context_lens'])} + new_tokens {b['new_tokens']} = {longest} "
+            f"tokens exceed the {max_position} positions of {b['model']}"
+        )
     points = []
     for system, batch, ctx in itertools.product(b["systems"], b["batch_sizes"], b["context_lens"]):
         for depth in b["pipeline_batches"] if system == "lamina" else [1]:

@@ -154,3 +154,23 @@ def test_console_script_exit_code(tmp_path):
     )
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_prompt_file_that_is_not_text_and_tp_the_model_cannot_split(
+    gqa_folder, tmp_path, capsys, monkeypatch
+):
+    binary = tmp_path / "binary.jsonl"
+    binary.write_bytes(b"\xff\xfe\x00\x96" * 50)
+    err = _error(capsys, "--model-dir", gqa_folder, "--prompts", binary)
+    assert f"prompt file {binary} is not UTF-8 text (JSONL expected)" in err
+
+    import reference_impl.homogeneous as homogeneous
+
+    def spawned(*args):
+        raise AssertionError("tensor-parallel processes were started before the model was checked")
+
+    monkeypatch.setattr(homogeneous, "_spawn_tp", spawned)
+    good = _prompt_file(tmp_path, PROMPTS[:1])  # 4 heads, 2 KV heads: --tp 8 cannot split them
+    assert "is not divisible by tp_size=8" in _error(
+        capsys, "--model-dir", gqa_folder, "--prompts", good, "--tp", "8"
+    )

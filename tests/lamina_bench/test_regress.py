@@ -229,11 +229,12 @@ def test_markdown_output_fits_a_pr_comment(regressed, capsys):
     assert code == 1
     lines = out.splitlines()
     assert lines[0].startswith("### ❌ lamina-bench compare: FAIL")
-    header = lines.index("| point | metric | base | head | change | verdict |")
-    assert lines[header + 1] == "|---|---|---:|---:|---:|---|"
+    header = lines.index("| point | metric | base | head | change | verdict | threshold |")
+    assert lines[header + 1] == "|---|---|---:|---:|---:|---|---|"
     rows = [line for line in lines[header + 2 :] if line.startswith("|")]
-    assert len(rows) == 1 and rows[0].count("|") == 7
-    assert make_row(1).point_id in rows[0] and "| 1001 | 900.9 | -10.00% | **regression** |" in rows[0]
+    assert len(rows) == 1 and rows[0].count("|") == 8
+    assert make_row(1).point_id in rows[0]
+    assert "| 1001 | 900.9 | -10.00% | **regression** | 0% modeled |" in rows[0]
 
 
 def test_json_output_shape(regressed, capsys):

@@ -271,7 +271,7 @@ def test_create_and_open_errors(tmp_path):
     with pytest.raises(UserInputError, match="has no manifest.json"):
         RunStore.open(tmp_path)
     (tmp_path / "bare").mkdir()
-    (tmp_path / "bare" / "manifest.json").write_text("{}")
+    (tmp_path / "bare" / "manifest.json").write_text('{"run_id": "bare"}')
     with pytest.raises(UserInputError, match="has no points/ folder"):
         RunStore.open(tmp_path / "bare").rows()
 
