@@ -100,7 +100,7 @@ def test_lower_case_device_names_are_aliases(capsys):
         assert code == 0
         results.append(json.loads(out))
     assert results[0] == results[1] == results[2] and results[0]["compute"] == "4xH100"
-    code, out, _ = run_cli(capsys, *SEARCH, "--devices", "h100,h20", "--json")
+    code, out, _ = run_cli(capsys, *SEARCH, "--devices", "h100,h20", "--prices", "paper-2025", "--json")
     assert code == 0 and json.loads(out)["devices"] == ["H100", "H20"]
 
 

@@ -33,6 +33,7 @@ name = "faults"
 models = ["llama-33b"]
 traces = ["azure-conv", "azure-code", "kimi-conv"]
 requests = 200
+prices = "paper-2025"
 homogeneous = ["2xH100"]
 lamina = [{ compute = "1xH100", attention = "2xH20", pipeline_batches = 2 }]
 """
