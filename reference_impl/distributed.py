@@ -87,20 +87,39 @@ def init_process_group(
     if not 0 < port < 65536:
         raise ValueError(f"port {port} is not a TCP port (1..65535)")
     pin_gloo_to_loopback()
-    store = dist.TCPStore(
-        LOOPBACK_HOST,
-        port,
-        world_size,
-        rank == 0,
-        timeout=datetime.timedelta(seconds=GROUP_TIMEOUT_S),
-        wait_for_workers=False,
-    )
+    store = tcp_store(LOOPBACK_HOST, port, world_size, rank == 0, GROUP_TIMEOUT_S)
     dist.init_process_group(
         backend=backend,
         store=store,
         rank=rank,
         world_size=world_size,
         timeout=datetime.timedelta(seconds=timeout_s),
+    )
+
+
+def tcp_store(host: str, port: int, world_size: int | None, is_master: bool, timeout_s: float) -> dist.Store:
+    """A torch.distributed TCPStore at host:port. The hosting rank binds its listening socket to `host`
+    itself (torch alone would listen on every interface), so a store at 127.0.0.1 is reachable from this
+    machine only."""
+    listen_fd = {}
+    if is_master:
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+            sock.listen(max(64, world_size or 0))
+        except OSError:
+            sock.close()
+            raise
+        listen_fd = {"master_listen_fd": sock.detach(), "use_libuv": False}  # the store owns the socket now
+    return dist.TCPStore(
+        host,
+        port,
+        world_size,
+        is_master,
+        timeout=datetime.timedelta(seconds=timeout_s),
+        wait_for_workers=False,
+        **listen_fd,
     )
 
 

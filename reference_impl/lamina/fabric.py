@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from reference_impl.distributed import GROUP_TIMEOUT_S
+from reference_impl.distributed import GROUP_TIMEOUT_S, tcp_store
 from reference_impl.errors import WorkerFailure
 from reference_impl.lamina.clock import WorkerClock
 from reference_impl.lamina.layout import Layout
@@ -39,14 +39,7 @@ class StoreAddress:
 
 
 def connect_store(address: StoreAddress, host_it: bool, timeout_s: float) -> dist.Store:
-    store = dist.TCPStore(
-        address.host,
-        address.port,
-        None,
-        host_it,
-        timeout=datetime.timedelta(seconds=timeout_s),
-        wait_for_workers=False,
-    )
+    store = tcp_store(address.host, address.port, None, host_it, timeout_s)
     return dist.PrefixStore(address.prefix, store)
 
 

@@ -316,7 +316,7 @@ def test_command_line_reports_a_failure_in_one_line_with_exit_code_1(
     ids=["lamina-bench-lamina", "lamina-bench-tp2", "reference_impl.lamina", "reference_impl.launch"],
 )
 def test_every_command_line_maps_worker_failure_to_one_line_and_exit_code_1(
-    main_module, patched, options, prefix, tmp_path, monkeypatch, capsys
+    main_module, patched, options, prefix, model_dir, tmp_path, monkeypatch, capsys
 ):
     """The mapping alone (the runs above show the failures themselves); bad input stays exit code 2."""
     import importlib
@@ -328,7 +328,7 @@ def test_every_command_line_maps_worker_failure_to_one_line_and_exit_code_1(
 
     monkeypatch.setattr(patched, fail)
     main = importlib.import_module(main_module).main
-    argv = _command("m", "unused-model-dir", _prompts(tmp_path), *options)[3:]
+    argv = _command("m", model_dir, _prompts(tmp_path), *options)[3:]  # real: --tp is checked against it
     assert main(argv) == 1
     assert capsys.readouterr().err == f"{prefix}{message}\n"
 
