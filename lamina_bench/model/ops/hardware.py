@@ -1,7 +1,8 @@
 """The datasheet facts the kernel equations read, for one device of the catalog.
 
-Peaks come from the device catalog (catalog/device_table.py, every value sourced); the SM count and the
-L2 size from the same table's `sm_count` and `l2_bytes` (sourced there; not DeviceSpec fields). A device
+Peaks come from the device catalog (catalog/device_table.py, every value sourced); the SM count, the
+L2 size and the boost clock from the same table's `sm_count`, `l2_bytes` and `boost_clock_hz` (sourced
+there; not DeviceSpec fields; the clock only scales derived constants, calibration.py). A device
 without a published SM count takes its calibration parent's (see calibration.DERIVE_FROM), and says so in
 `sm_source`; a device without a published L2 size has `l2_bytes` None, and the model then gives it no L2
 hits (cache.py).
@@ -20,6 +21,11 @@ _SM_COUNTS = {
 }
 _L2_BYTES = {
     row["name"]: (float(row["l2_bytes"]), row["l2_bytes_src"]) for row in BUILTIN if "l2_bytes" in row
+}
+_CLOCKS = {
+    row["name"]: (float(row["boost_clock_hz"]), row["boost_clock_hz_src"])
+    for row in BUILTIN
+    if "boost_clock_hz" in row
 }
 
 # Link kinds an all-reduce or a point-to-point message can use (validation files name them in `link`).
@@ -64,6 +70,11 @@ def sm_count(name: str) -> tuple[int, str] | None:
 def l2_size(name: str) -> tuple[float, str] | None:
     """(L2 bytes, source) from the device table, or None when none is published there."""
     return _L2_BYTES.get(name)
+
+
+def boost_clock(name: str) -> tuple[float, str] | None:
+    """(maximum SM clock in Hz, source) from the device table, or None when none is published there."""
+    return _CLOCKS.get(name)
 
 
 def hardware(device: DeviceSpec, fallback_sms: tuple[int, str] | None = None) -> Hardware:
