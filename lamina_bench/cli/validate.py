@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import secrets
 import sys
 from pathlib import Path
 
@@ -41,7 +42,7 @@ def add_validate(sub) -> None:
         f"OUT/<run_id>/, for `compare` and `report` (default {DEFAULT_RUNS}, not committed)",
     )
     store.add_argument("--no-store", action="store_true", help="print the figures only; store no run")
-    p.add_argument("--run-id", help="run folder name (default validate-<set>-<UTC time>)")
+    p.add_argument("--run-id", help="run folder name (default validate-<set>-<UTC time>-<4 hex digits>)")
     p.add_argument(
         "--calibrate",
         action="store_true",
@@ -75,7 +76,10 @@ def _run_validate(args) -> int:
     if not args.no_store:
         from lamina_bench.validate.rows import write_run  # the results store (pandas) only when writing
 
-        run_id = args.run_id or f"validate-{args.which}-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}"
+        run_id = (
+            args.run_id
+            or f"validate-{args.which}-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+        )
         stored = [j for j in result.judged if j.kind != "dense_op"]
         run_path = write_run(stored, args.out, run_id, sys.argv, result.run_spec())
     if args.json:

@@ -38,7 +38,7 @@ from lamina_bench.model.ops.calibration import Calibration, chain
 from lamina_bench.model.ops.collectives import nccl_allreduce_s, p2p_time_s
 from lamina_bench.model.ops.constants import ATTENTION_KERNELS, Constant
 from lamina_bench.model.ops.gemm import elementwise_time_s, gemm_bytes, gemm_time_s
-from lamina_bench.model.ops.hardware import Hardware, hardware
+from lamina_bench.model.ops.hardware import Hardware, hardware, sm_count
 from lamina_bench.model.ops.layer import LayerShape, layer_bytes, layer_kernels
 from lamina_bench.validate.files import ValidationFile
 from lamina_bench.validate.lsq import levenberg_marquardt, robust_cost, robust_nnls
@@ -315,7 +315,8 @@ def _fit_gpu(gpu: str, files: Sequence[ValidationFile], fitted: dict | None = No
     if gemm_rows:
         m, n, k, t, graph, ws = zip(*gemm_rows, strict=True)
         l2 = _parent_l2(gpu, "gemm", fitted)
-        fits["gemm"], mode = fit_gemm(hardware(device), m, n, k, t, graph, gemm_files, ws, l2)
+        sms = next((c for g in chain(gpu) if (c := sm_count(g)) is not None), None)  # as GpuConstants.sms
+        fits["gemm"], mode = fit_gemm(hardware(device, sms), m, n, k, t, graph, gemm_files, ws, l2)
         if mode is not None:
             fits["mode"] = mode
     if elem_rows:

@@ -55,7 +55,7 @@ class Validation:
             "calibration_date": self.calibration.date,
             "calibration_files": sorted(
                 {f for g in self.calibration.fit.values() for fam in g.values() for f in fam["files"]}
-            ),  # fmt: skip
+            ),
             "files": {
                 f.id: {"kind": f.kind, "split": f.split, "gpu": f.gpu, "source": f.source} for f in self.files
             },
