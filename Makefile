@@ -49,7 +49,7 @@ check-baseline: install
 # The operator model against public measurements: exit 1 when an error figure got worse than the committed
 # results/validation/errors.json (README: model fidelity). A few seconds.
 check-validation: install
-	$(VENV)/bin/lamina-bench validate >/dev/null
+	$(VENV)/bin/lamina-bench validate --no-store >/dev/null
 
 test-slow: install
 	$(PY) -m pytest -q -m slow

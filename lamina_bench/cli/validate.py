@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import secrets
 import sys
 from pathlib import Path
 
 from lamina_bench.cli.common import Parser
 from lamina_bench.model.ops.calibration import DEFAULT_CALIBRATION
 from lamina_bench.validate.figures import DEFAULT_FIGURES, load_figures, regressions, write_figures
-from lamina_bench.validate.run import SETS, run_calibration, run_validation
+from lamina_bench.validate.run import DEFAULT_RUNS, SETS, run_calibration, run_validation
 
 
 def add_validate(sub) -> None:
@@ -20,8 +21,9 @@ def add_validate(sub) -> None:
         help="the GPU operator model against public measurements (results/validation/): error per set, kind, GPU",
         description="Predict every row of the validation files with the calibrated operator model, print the "
         "error (median |error|, p90, worst row) per set, kind and GPU, store the rows as a results run "
-        "(measured and modeled rows, `predicts` linking them) and exit 1 when a validation figure got worse "
-        "than the committed ones (results/validation/errors.json).",
+        f"({DEFAULT_RUNS}/<run_id>/ unless --out or --no-store; measured and modeled rows, `predicts` "
+        "linking them; `lamina-bench report` draws it) and exit 1 when a validation figure got worse than the "
+        "committed ones (results/validation/errors.json).",
     )
     p.add_argument(
         "--set", dest="which", default="validation", choices=SETS, help="which split (default validation)"
@@ -32,12 +34,15 @@ def add_validate(sub) -> None:
         "--calibration", help=f"calibration file (default {DEFAULT_CALIBRATION.name} in that folder)"
     )
     p.add_argument("--figures", help=f"committed error figures (default {DEFAULT_FIGURES.name} there)")
-    p.add_argument(
+    store = p.add_mutually_exclusive_group()
+    store.add_argument(
         "--out",
-        help="also store the judged rows (dense layers, not their single ops) as a results run in "
-        "OUT/<run_id>/, for `compare` and `report` (about 20 s: every row file is fsynced)",
+        default=DEFAULT_RUNS,
+        help="where the judged rows (dense layers, not their single ops) are stored as a results run, "
+        f"OUT/<run_id>/, for `compare` and `report` (default {DEFAULT_RUNS}, not committed)",
     )
-    p.add_argument("--run-id", help="run folder name (default validate-<set>-<UTC time>)")
+    store.add_argument("--no-store", action="store_true", help="print the figures only; store no run")
+    p.add_argument("--run-id", help="run folder name (default validate-<set>-<UTC time>-<4 hex digits>)")
     p.add_argument(
         "--calibrate",
         action="store_true",
@@ -68,12 +73,15 @@ def _run_validate(args) -> int:
     committed = load_figures(figures_path) if gated else None
     worse = regressions(result.figures, committed) if committed is not None else None
     run_path = None
-    if args.out:
+    if not args.no_store:
         from lamina_bench.validate.rows import write_run  # the results store (pandas) only when writing
 
-        run_id = args.run_id or f"validate-{args.which}-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}"
+        run_id = (
+            args.run_id
+            or f"validate-{args.which}-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+        )
         stored = [j for j in result.judged if j.kind != "dense_op"]
-        run_path = write_run(stored, args.out, run_id, sys.argv)
+        run_path = write_run(stored, args.out, run_id, sys.argv, result.run_spec())
     if args.json:
         print(json.dumps(_json(result, worse, run_path)))
     else:

@@ -28,6 +28,7 @@ from lamina_bench.report.data import (
 )
 from lamina_bench.report.figures_measured import prediction_figure, telemetry_figure
 from lamina_bench.report.page import Document, Section, esc, fmt_num, note, source_badges, table
+from lamina_bench.report.validation_section import is_validation_run, validation_section
 from lamina_bench.report.verdict_section import verdict_section
 from lamina_bench.results.metrics import DOWN, METRICS, UP
 from lamina_bench.results.row import PointRow
@@ -36,7 +37,8 @@ _APPENDIX_FILE_LIMIT_BYTES = 200_000  # profile files larger than this are named
 
 
 def _all_rows(runs: Sequence[RunData]) -> list[PointRow]:
-    return [row for run in runs for row in run.rows]
+    """The rows of every run but validate runs (their public GPU measurements have their own section)."""
+    return [row for run in runs if not is_validation_run(run) for row in run.rows]
 
 
 def _groups(rows: Sequence[PointRow]) -> dict[str, list[PointRow]]:
@@ -279,7 +281,7 @@ def prediction_section(runs: Sequence[RunData], doc: Document) -> Section:
 
 def telemetry_section(runs: Sequence[RunData], doc: Document) -> Section:
     html, any_samples = [], False
-    for run in runs:
+    for run in (r for r in runs if not is_validation_run(r)):  # public measurements: no telemetry here
         html.append(f"<h3>run {esc(run.label)}</h3>")
         reason = telemetry_reason(run)
         if reason is not None:
@@ -423,6 +425,7 @@ SECTIONS = (
     runs_section,
     prediction_section,
     telemetry_section,
+    validation_section,
     appendix_section,
 )
 

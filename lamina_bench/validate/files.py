@@ -6,7 +6,8 @@ file and the problem (UserInputError, exit 2 from the command line).
 
 What a file's times cover decides the execution mode its rows are predicted in (the README's table
 "What the times cover"); a file may say so itself with `timing = "kernel" | "graph" | "eager"` and
-`implementation = "nccl" | "vllm"`, else TIMING_RULES below apply.
+`implementation = "nccl" | "vllm"`, else TIMING_RULES below apply. How its benchmark re-reads data
+decides the L2 hits of its rows (model/ops/cache.py): `reuse_copies = N` in the file, else REUSE_RULES.
 """
 
 from __future__ import annotations
@@ -49,6 +50,20 @@ TIMING_RULES: tuple[tuple[str, str, str, str], ...] = (
     ("*", "e2e", "graph", "vllm"),
 )
 
+# (file id pattern, kind or "*", copies of the operands the benchmark cycles through call after call),
+# first match wins; 0 = no reuse (no L2 hits), 1 = the same operands every call.
+# aiconfigurator collect_gemm.py runs 6 separate weight copies back to back in one CUDA graph; its
+# attention collector replays one graph on the same batch and KV blocks. Vidur's profilers repeat the
+# same layer (mlp.csv: the whole dense part on one set of weights, so the working set is the layer) and
+# the same decode batch (attention.csv). Collectives move data between GPUs: no L2 term.
+REUSE_RULES: tuple[tuple[str, str, int], ...] = (
+    ("aic-*", "gemm", 6),
+    ("aic-*", "decode_attention", 1),
+    ("vidur-*", "dense_op", 1),
+    ("vidur-*", "decode_attention", 1),
+    ("*", "*", 0),
+)
+
 
 @dataclass(frozen=True)
 class ValidationFile:
@@ -63,6 +78,7 @@ class ValidationFile:
     rows: tuple[Mapping[str, object], ...]
     timing: str  # execution mode its times cover (gemm.MODES)
     implementation: str  # all-reduce implementation (collectives.IMPLEMENTATIONS)
+    reuse: int = 0  # copies of the operands its benchmark cycles through (REUSE_RULES); 0 = none
 
     @property
     def family(self) -> str:
@@ -88,6 +104,17 @@ def _timing(path: Path, header: Mapping, file_id: str, kind: str) -> tuple[str, 
     if impl not in IMPLEMENTATIONS:
         raise _fail(path, f"implementation {impl!r} unknown; valid: {', '.join(IMPLEMENTATIONS)}")
     return mode, impl
+
+
+def _reuse(path: Path, header: Mapping, file_id: str, kind: str) -> int:
+    copies = header.get("reuse_copies")
+    if copies is None:
+        copies = next(
+            n for pattern, k, n in REUSE_RULES if fnmatch.fnmatch(file_id, pattern) and k in ("*", kind)
+        )
+    if isinstance(copies, bool) or not isinstance(copies, int) or copies < 0:
+        raise _fail(path, f"reuse_copies must be a whole number >= 0 (0 = no reuse), got {copies!r}")
+    return copies
 
 
 def _check_rows(path: Path, kind: str, rows: object) -> tuple[Mapping[str, object], ...]:
@@ -136,6 +163,7 @@ def read_file(path: str | Path, split: str | None = None) -> ValidationFile | No
     return ValidationFile(
         path, data["id"], data["kind"], data["split"], data["gpu"], data["source"], str(data.get("dtype", "bf16")),
         header, _check_rows(path, data["kind"], data.get("rows")), mode, impl,
+        _reuse(path, data, data["id"], data["kind"]),
     )  # fmt: skip
 
 

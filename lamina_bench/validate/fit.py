@@ -9,6 +9,12 @@ Per GPU, from what its calibration files hold (families a GPU lacks are derived,
 * gemm + mode: GEMM rows (aiconfigurator, CUDA graph) and the GEMM ops of Vidur's dense-layer profile
   (kernel only); Levenberg-Marquardt on log error; graph_gap is the CUDA-graph minus kernel-only offset,
   fitted only where both timings exist.
+* l2_bw_per_sm (gemm and attention, model/ops/cache.py): fitted with its family where some calibration
+  row's working set fits in the L2 (hit share >= 0.5); otherwise nothing in the data pins it, and it is
+  taken from the first GPU of the DERIVE_FROM chain that fitted it (tag `derived`; GPUs are fitted
+  parents first), else priced like DRAM (tag `assumed`). A fit that finds hits no faster than misses
+  (the model floors the hit rate at the DRAM rate, so any value below it fits the same) keeps the DRAM
+  rate itself: the fastest rate the rows show, and the one a GPU deriving from it then scales.
 * elementwise: the norm / rope / activation / add ops of Vidur's profile; robust NNLS (linear in
   t_op, per_width and 1 / eta_el).
 * attention: decode-attention rows; Levenberg-Marquardt over (t_fixed, t_item, t_wave, eta, q) for
@@ -26,13 +32,14 @@ import numpy as np
 
 from lamina_bench.catalog.devices import get_device
 from lamina_bench.errors import UserInputError
-from lamina_bench.model.ops.attention import attention_time_s
-from lamina_bench.model.ops.calibration import Calibration
+from lamina_bench.model.ops.attention import attention_bytes, attention_time_s
+from lamina_bench.model.ops.cache import l2_hit_share
+from lamina_bench.model.ops.calibration import Calibration, chain
 from lamina_bench.model.ops.collectives import nccl_allreduce_s, p2p_time_s
 from lamina_bench.model.ops.constants import ATTENTION_KERNELS, Constant
-from lamina_bench.model.ops.gemm import elementwise_time_s, gemm_time_s
-from lamina_bench.model.ops.hardware import Hardware, hardware
-from lamina_bench.model.ops.layer import LayerShape, layer_kernels
+from lamina_bench.model.ops.gemm import elementwise_time_s, gemm_bytes, gemm_time_s
+from lamina_bench.model.ops.hardware import Hardware, hardware, sm_count
+from lamina_bench.model.ops.layer import LayerShape, layer_bytes, layer_kernels
 from lamina_bench.validate.files import ValidationFile
 from lamina_bench.validate.lsq import levenberg_marquardt, robust_cost, robust_nnls
 
@@ -70,15 +77,23 @@ def _median_abs(pred: np.ndarray, meas: np.ndarray) -> float:
 
 
 class _Fit:
-    """Constants fitted for one family of one GPU, with the files and the fit's own error."""
+    """Constants fitted for one family of one GPU, with the files and the fit's own error; `given` holds
+    the constants the data could not pin (taken from elsewhere, with their own tag and source)."""
 
-    def __init__(self, values: dict[str, float], files: Sequence[str], pred, meas, note: str = "") -> None:
+    def __init__(
+        self, values: dict[str, float], files: Sequence[str], pred, meas, note: str = "",
+        given: dict[str, Constant] | None = None,
+    ) -> None:  # fmt: skip
         self.values, self.files, self.note = values, sorted(set(files)), note
         self.rows, self.median_abs_err = len(meas), _median_abs(pred, meas)
+        self.given = given or {}
 
     def constants(self, date: str) -> dict[str, Constant]:
         src = "fitted on " + ", ".join(self.files) + (f" ({self.note})" if self.note else "")
-        return {k: Constant(float(v), "measured-fit", src, date) for k, v in self.values.items()}
+        out = {k: Constant(float(v), "measured-fit", src, date) for k, v in self.values.items()}
+        return out | {
+            k: c if c.date else Constant(c.value, c.tag, c.source, date) for k, c in self.given.items()
+        }
 
     def quality(self) -> dict:
         return {"rows": self.rows, "median_abs_err": round(self.median_abs_err, 5), "files": self.files}
@@ -86,28 +101,57 @@ class _Fit:
 
 # ---- per family ---------------------------------------------------------------------------------------
 
+L2 = "l2_bw_per_sm"
 
-def fit_gemm(hw: Hardware, m, n, k, times, graph, files) -> tuple[_Fit, _Fit | None]:
-    """GEMM constants and, where both timings exist, the CUDA-graph gap (module doc)."""
+
+def l2_resident(hw: Hardware, ws) -> bool:
+    """Whether some row's working set fits in the L2 (hit share >= 0.5), so that the data pins `L2`."""
+    return bool(np.any(l2_hit_share(np.asarray(ws, dtype=float), hw.l2_bytes) >= 0.5))
+
+
+def _l2_floor(values: dict, hw: Hardware, dram_rate: float) -> str:
+    """Raise a fitted `L2` below the DRAM rate to it (module doc); the note for the constant's source."""
+    if values[L2] * hw.sms >= dram_rate:
+        return ""
+    values[L2] = dram_rate / hw.sms
+    return "L2 hits no faster than DRAM reads in these rows: the DRAM rate per SM"
+
+
+def _l2_given(hw: Hardware, l2: Constant | None, dram_rate: float) -> dict[str, Constant]:
+    """`L2` when the rows cannot pin it: the parent's (derived), else priced like DRAM (assumed)."""
+    if l2 is not None:
+        return {L2: l2}
+    why = "no calibration row of this GPU or of any GPU it derives from is L2-resident"
+    return {L2: Constant(dram_rate / hw.sms, "assumed", f"L2 hits priced like DRAM: {why}", "")}
+
+
+def fit_gemm(hw: Hardware, m, n, k, times, graph, files, ws=None, l2: Constant | None = None):
+    """GEMM constants and, where both timings exist, the CUDA-graph gap (module doc). `ws`: each row's
+    working set (inf: no reuse); `l2`: the `L2` constant to use when no row is L2-resident."""
     m, n, k, times, graph = (np.asarray(v, dtype=float) for v in (m, n, k, times, graph))
+    ws = np.full_like(times, np.inf) if ws is None else np.asarray(ws, dtype=float)
     with_gap = bool(graph.any() and (~graph.astype(bool)).any())
+    free_l2 = l2_resident(hw, ws)
+    l2_fixed = hw.mem_bw / hw.sms if l2 is None else l2.value  # unpinned and unknown: DRAM-like
 
     def unpack(x):
         g = {"t_fixed_s": np.exp(x[0]), "eta_mem": _share(x[1]), "ramp_bytes": np.exp(x[2]),
-             "eta_cmp": _share(x[3]), "q": 1.0 + np.exp(x[4])}  # fmt: skip
-        return g, (np.exp(x[5]) if with_gap else 0.0)
+             "eta_cmp": _share(x[3]), "q": 1.0 + np.exp(x[4]), L2: np.exp(x[5]) if free_l2 else l2_fixed}  # fmt: skip
+        return g, (np.exp(x[-1]) if with_gap else 0.0)
 
     def residual(x):
         g, gap = unpack(x)
-        return np.log((gemm_time_s(g, hw, m, n, k) + gap * graph) / times)
+        return np.log((gemm_time_s(g, hw, m, n, k, ws_bytes=ws) + gap * graph) / times)
 
-    x0 = np.array(
-        [np.log(3e-6), _logit(0.9), np.log(1e5), _logit(0.7), 0.0] + ([np.log(1e-6)] if with_gap else [])
-    )
+    x0 = [np.log(3e-6), _logit(0.9), np.log(1e5), _logit(0.7), 0.0, np.log(2.0 * hw.mem_bw / hw.sms)]
+    x0 = np.array(x0[: 6 if free_l2 else 5] + ([np.log(1e-6)] if with_gap else []))
     x = levenberg_marquardt(residual, x0)
     g, gap = unpack(x)
-    pred = gemm_time_s(g, hw, m, n, k) + gap * graph
-    gemm = _Fit({key: float(v) for key, v in g.items()}, files, pred, times)
+    pred = gemm_time_s(g, hw, m, n, k, ws_bytes=ws) + gap * graph
+    given = {} if free_l2 else _l2_given(hw, l2, hw.mem_bw * g["eta_mem"])
+    values = {key: float(v) for key, v in g.items() if key not in given}
+    note = _l2_floor(values, hw, hw.mem_bw * g["eta_mem"]) if free_l2 else ""
+    gemm = _Fit(values, files, pred, times, note, given)
     mode = (
         _Fit({"graph_gap_s": float(gap)}, files, pred, times, "CUDA-graph minus kernel-only offset")
         if with_gap
@@ -131,11 +175,17 @@ def fit_elementwise(hw: Hardware, kinds, widths, nbytes, times, files) -> _Fit:
     return _Fit(values, files, pred, times)
 
 
-def fit_attention(hw: Hardware, rows: dict[str, np.ndarray], graph_gap_s: float, files) -> _Fit:
-    """rows: batch, context, heads, kv_heads, head_dim, time_s, graph (bool)."""
+def fit_attention(
+    hw: Hardware, rows: dict[str, np.ndarray], graph_gap_s: float, files, l2: Constant | None = None
+) -> _Fit:
+    """rows: batch, context, heads, kv_heads, head_dim, time_s, graph (bool), ws (working set, inf: no
+    reuse); `l2`: the `L2` constant to use when no row is L2-resident."""
     b, c, t = rows["batch"], rows["context"], rows["time_s"]
+    ws = rows.get("ws", np.full_like(t, np.inf))
     offset = ATTENTION_KERNELS.value * graph_gap_s * rows["graph"]
     shape = (rows["heads"], rows["kv_heads"], rows["head_dim"])
+    free_l2 = l2_resident(hw, ws)
+    l2_fixed = hw.mem_bw / hw.sms if l2 is None else l2.value  # unpinned and unknown: DRAM-like
     best = None
     for chunk in CHUNK_GRID:
         for per_sm in CTAS_PER_SM_GRID:
@@ -143,19 +193,33 @@ def fit_attention(hw: Hardware, rows: dict[str, np.ndarray], graph_gap_s: float,
 
             def unpack(x, grid=grid):
                 return {"t_fixed_s": np.exp(x[0]), "t_item_s": np.exp(x[1]), "t_wave_s": np.exp(x[2]),
-                        "eta": _share(x[3]), "q": 1.0 + np.exp(x[4]), **grid}  # fmt: skip
+                        "eta": _share(x[3]), "q": 1.0 + np.exp(x[4]),
+                        L2: np.exp(x[5]) if free_l2 else l2_fixed, **grid}  # fmt: skip
 
-            def residual(x, unpack=unpack):
-                return np.log((attention_time_s(unpack(x), hw, b, c, *shape) + offset) / t)
+            def predict(values):
+                return attention_time_s(values, hw, b, c, *shape, ws_bytes=ws) + offset
 
-            x0 = np.array([np.log(1e-5), np.log(3e-8), np.log(1e-7), _logit(0.9), 0.0])
-            values = unpack(levenberg_marquardt(residual, x0))
-            pred = attention_time_s(values, hw, b, c, *shape) + offset
+            def residual(x, unpack=unpack, predict=predict):
+                return np.log(predict(unpack(x)) / t)
+
+            x0 = [
+                np.log(1e-5),
+                np.log(3e-8),
+                np.log(1e-7),
+                _logit(0.9),
+                0.0,
+                np.log(2.0 * hw.mem_bw / hw.sms),
+            ]
+            values = unpack(levenberg_marquardt(residual, np.array(x0[: 6 if free_l2 else 5])))
+            pred = predict(values)
             score = robust_cost(np.log(pred / t))
             if best is None or score < best[0]:
                 best = (score, values, pred)
     note = f"chunk_tokens and ctas_per_sm by grid search over {CHUNK_GRID} x {CTAS_PER_SM_GRID}"
-    return _Fit({k: float(v) for k, v in best[1].items()}, files, best[2], t, note)
+    given = {} if free_l2 else _l2_given(hw, l2, hw.mem_bw * best[1]["eta"])
+    values = {k: float(v) for k, v in best[1].items() if k not in given}
+    floor = _l2_floor(values, hw, hw.mem_bw * values["eta"]) if free_l2 else ""
+    return _Fit(values, files, best[2], t, "; ".join(n for n in (note, floor) if n), given)
 
 
 def fit_allreduce(hw: Hardware, nbytes, world, link, times, files) -> _Fit:
@@ -194,50 +258,82 @@ def fit_p2p(hw: Hardware, nbytes, link, times, files) -> _Fit:
 # ---- one GPU, then all ----------------------------------------------------------------------------------
 
 
-def _fit_gpu(gpu: str, files: Sequence[ValidationFile]) -> dict[str, _Fit]:
-    device = get_device(gpu)
-    hw = hardware(device, (1, "unused"))  # SM counts matter for attention only; checked there
-    fits: dict[str, _Fit] = {}
+def _parent_l2(gpu: str, family: str, fitted: dict[str, dict[str, dict[str, Constant]]]) -> Constant | None:
+    """The `L2` constant of `family` from the first GPU of `gpu`'s DERIVE_FROM chain that fitted it."""
+    for parent in chain(gpu)[1:]:
+        c = fitted.get(parent, {}).get(family, {}).get(L2)
+        if c is not None and c.tag == "measured-fit":
+            return c.derived_from(parent)
+    return None
+
+
+def _gemm_rows(files: Sequence[ValidationFile]):
+    """(gemm rows (m, n, k, time_s, graph, ws), elementwise rows (kind, width, bytes, time_s), files of each)."""
     gemm_rows, elem_rows, gemm_files, elem_files = [], [], [], []
     for f in files:
         if f.kind == "gemm":
-            gemm_rows += [(r["m"], r["n"], r["k"], r["time_us"] * 1e-6, f.timing == "graph") for r in f.rows]
+            for r in f.rows:
+                ws = f.reuse * float(gemm_bytes(r["m"], r["n"], r["k"])) if f.reuse else np.inf
+                gemm_rows.append((r["m"], r["n"], r["k"], r["time_us"] * 1e-6, f.timing == "graph", ws))
             gemm_files.append(f.id)
         elif f.kind == "dense_op":
             for r in f.rows:
                 kern = op_kernel(r)
                 if kern.kind == "gemm":
-                    gemm_rows.append((kern.m, kern.n, kern.k, r["time_us"] * 1e-6, f.timing == "graph"))
+                    layer = float(layer_bytes(shape_of(r), r["tokens"], int(r["tp"])))
+                    ws = f.reuse * layer if f.reuse else np.inf
+                    gemm_rows.append((kern.m, kern.n, kern.k, r["time_us"] * 1e-6, f.timing == "graph", ws))
                     gemm_files.append(f.id)
                 else:
                     elem_rows.append((kern.kind, kern.width, float(kern.nbytes), r["time_us"] * 1e-6))
                     elem_files.append(f.id)
+    return gemm_rows, elem_rows, gemm_files, elem_files
+
+
+def _attention_rows(attn: Sequence[ValidationFile]) -> dict[str, np.ndarray]:
+    cols = {key: [] for key in ("batch", "context", "heads", "kv_heads", "head_dim", "time_s", "graph", "ws")}
+    for f in attn:
+        for r in f.rows:
+            for key, col in (("batch", "batch"), ("context", "context"), ("heads", "num_heads"),
+                             ("kv_heads", "num_kv_heads"), ("head_dim", "head_dim")):  # fmt: skip
+                cols[key].append(float(r[col]))
+            cols["time_s"].append(r["time_us"] * 1e-6)
+            cols["graph"].append(float(f.timing == "graph"))
+            nbytes = attention_bytes(
+                r["batch"], r["context"], r["num_heads"], r["num_kv_heads"], r["head_dim"]
+            )
+            cols["ws"].append(f.reuse * float(nbytes) if f.reuse else np.inf)
+    return {k: np.array(v) for k, v in cols.items()}
+
+
+def _fit_gpu(gpu: str, files: Sequence[ValidationFile], fitted: dict | None = None) -> dict[str, _Fit]:
+    """Every family `files` cover for `gpu`; `fitted`: the constants of GPUs fitted before (parents)."""
+    fitted = fitted or {}
+    device = get_device(gpu)
+    fits: dict[str, _Fit] = {}
+    gemm_rows, elem_rows, gemm_files, elem_files = _gemm_rows(files)
     if gemm_rows:
-        m, n, k, t, graph = zip(*gemm_rows, strict=True)
-        fits["gemm"], mode = fit_gemm(hw, m, n, k, t, graph, gemm_files)
+        m, n, k, t, graph, ws = zip(*gemm_rows, strict=True)
+        l2 = _parent_l2(gpu, "gemm", fitted)
+        sms = next((c for g in chain(gpu) if (c := sm_count(g)) is not None), None)  # as GpuConstants.sms
+        fits["gemm"], mode = fit_gemm(hardware(device, sms), m, n, k, t, graph, gemm_files, ws, l2)
         if mode is not None:
             fits["mode"] = mode
     if elem_rows:
+        hw = hardware(device, (1, "unused"))  # elementwise times do not read the SM count
         fits["elementwise"] = fit_elementwise(hw, *zip(*elem_rows, strict=True), elem_files)
     attn = [f for f in files if f.kind == "decode_attention"]
     if attn:
-        hw_attn = hardware(device)
-        cols = {key: [] for key in ("batch", "context", "heads", "kv_heads", "head_dim", "time_s", "graph")}
-        for f in attn:
-            for r in f.rows:
-                for key, col in (("batch", "batch"), ("context", "context"), ("heads", "num_heads"),
-                                 ("kv_heads", "num_kv_heads"), ("head_dim", "head_dim")):  # fmt: skip
-                    cols[key].append(float(r[col]))
-                cols["time_s"].append(r["time_us"] * 1e-6)
-                cols["graph"].append(float(f.timing == "graph"))
         gap = fits["mode"].values["graph_gap_s"] if "mode" in fits else 0.0
         if "mode" not in fits and any(f.timing == "graph" for f in attn):
             raise UserInputError(
                 f"{gpu}: CUDA-graph attention rows need a fitted graph gap (GEMM rows in both modes)"
             )
+        l2 = _parent_l2(gpu, "attention", fitted)
         fits["attention"] = fit_attention(
-            hw_attn, {k: np.array(v) for k, v in cols.items()}, gap, [f.id for f in attn]
+            hardware(device), _attention_rows(attn), gap, [f.id for f in attn], l2
         )
+    hw = hardware(device, (1, "unused"))  # collectives do not read the SM count
     ar = [f for f in files if f.kind == "allreduce"]
     if ar:
         rows = [(r["bytes"], r["world_size"], r["link"], r["time_us"] * 1e-6) for f in ar for r in f.rows]
@@ -260,8 +356,9 @@ def calibrate(files: Sequence[ValidationFile], date: str | None = None) -> Calib
             )
     date = date or dt.date.today().isoformat()
     gpus, quality = {}, {}
-    for gpu in sorted({f.gpu for f in files if f.kind != "e2e"}):
-        fits = _fit_gpu(gpu, [f for f in files if f.gpu == gpu])
+    # parents first (shorter DERIVE_FROM chains), so a GPU can take what its data cannot pin from them
+    for gpu in sorted({f.gpu for f in files if f.kind != "e2e"}, key=lambda g: (len(chain(g)), g)):
+        fits = _fit_gpu(gpu, [f for f in files if f.gpu == gpu], gpus)
         gpus[gpu] = {fam: fit.constants(date) for fam, fit in fits.items()}
         quality[gpu] = {fam: fit.quality() for fam, fit in fits.items()}
     return Calibration(date, gpus, quality, COMMAND)

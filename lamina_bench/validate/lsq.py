@@ -65,7 +65,11 @@ def levenberg_marquardt(
     residual: Callable[[np.ndarray], np.ndarray], x0: np.ndarray, iters: int = 60, step: float = 1e-4
 ) -> np.ndarray:
     """Minimise the robust cost of `residual(x)` (IRLS-weighted Levenberg-Marquardt, numeric Jacobian)."""
-    x = np.asarray(x0, dtype=float).copy()
+    with np.errstate(over="ignore", invalid="ignore"):  # a trial step may overflow; its cost is then inf
+        return _lm(residual, np.asarray(x0, dtype=float).copy(), iters, step)
+
+
+def _lm(residual: Callable[[np.ndarray], np.ndarray], x: np.ndarray, iters: int, step: float) -> np.ndarray:
     lam = 1e-2
     r = residual(x)
     cost = robust_cost(r)

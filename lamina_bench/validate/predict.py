@@ -4,7 +4,8 @@
   layer time against the model's layer (kernel-only, as Vidur times it; what the simulator's
   dense_layer composes); each op is also judged alone (kind "dense_op", a secondary table).
 * gemm, decode_attention, allreduce, p2p rows are judged one by one, in the execution mode and with the
-  all-reduce implementation their file's timing says (files.TIMING_RULES).
+  all-reduce implementation their file's timing says (files.TIMING_RULES), with the L2 reuse of their
+  benchmark (files.REUSE_RULES).
 * e2e rows: e2e.py.
 
 The model of a GPU comes from the committed calibration (own constants, or derived from a parent GPU).
@@ -72,13 +73,13 @@ def predict_dense(f: ValidationFile, model: GpuModel) -> list[Judged]:
     out = []
     for (name, tp, tokens), ops in sorted(groups.items()):
         first = next(iter(ops.values()))
-        predicted = model.layer_ops(shape_of(first), tokens, tp, f.dtype)
+        predicted = model.layer_ops(shape_of(first), tokens, tp, f.dtype, f.reuse)
         cond = {"model": name, "tp": tp, "tokens": tokens}
         for op, row in ops.items():
             out.append(_judged(f, model, "dense_op", {**cond, "op": op}, row["time_us"], predicted[op]))
         if set(ops) == set(LAYER_OPS):  # judge a layer only when every op was measured
             measured = sum(row["time_us"] for row in ops.values())
-            layer = model.dense_layer(shape_of(first), tokens, tp, f.dtype)
+            layer = model.dense_layer(shape_of(first), tokens, tp, f.dtype, f.reuse)
             out.append(_judged(f, model, "dense_layer", cond, measured, layer))
     return out
 
@@ -87,7 +88,7 @@ def predict_gemm(f: ValidationFile, model: GpuModel) -> list[Judged]:
     model = model.with_mode(f.timing)
     rows = f.rows
     m, n, k = (np.array([r[c] for r in rows], dtype=float) for c in ("m", "n", "k"))
-    pred = model.gemm(m, n, k, f.dtype)
+    pred = model.gemm(m, n, k, f.dtype, f.reuse)
     return [
         _judged(f, model, "gemm", {"m": r["m"], "n": r["n"], "k": r["k"]}, r["time_us"], p)
         for r, p in zip(rows, pred, strict=True)
@@ -100,7 +101,7 @@ def predict_attention(f: ValidationFile, model: GpuModel) -> list[Judged]:
     cols = {c: np.array([r[c] for r in rows], dtype=float)
             for c in ("batch", "context", "num_heads", "num_kv_heads", "head_dim")}  # fmt: skip
     pred = model.attention(cols["batch"], cols["context"], cols["num_heads"], cols["num_kv_heads"],
-                           cols["head_dim"], f.dtype)  # fmt: skip
+                           cols["head_dim"], f.dtype, f.reuse)  # fmt: skip
     keys = ("batch", "context", "num_heads", "num_kv_heads", "head_dim")
     return [
         _judged(

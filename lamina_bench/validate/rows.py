@@ -54,10 +54,9 @@ def point_rows(j: Judged) -> tuple[PointRow, PointRow]:
     return measured, modeled
 
 
-def write_run(judged: Iterable[Judged], root: str | Path, run_id: str, argv: list[str]) -> Path:
-    """A results run folder with every judgement's two rows; returns its path."""
-    store = RunStore.create(root, run_id, spec={"name": "validate"}, argv=argv, devices=[])
-    seen: dict[str, int] = {}
+def run_rows(judged: Iterable[Judged]) -> list[PointRow]:
+    """Every judgement's (measured, modeled) rows; the same conditions twice in one file are numbered."""
+    rows, seen = [], {}
     for j in judged:
         measured, modeled = point_rows(j)
         if measured.point_id in seen:  # the same conditions twice in one file: number the repeat
@@ -65,7 +64,16 @@ def write_run(judged: Iterable[Judged], root: str | Path, run_id: str, argv: lis
             j = Judged(**{**j.__dict__, "settings": {**j.settings, "duplicate": seen[measured.point_id]}})
             measured, modeled = point_rows(j)
         seen.setdefault(measured.point_id, 0)
-        store.add_point(measured)
-        store.add_point(modeled)
+        rows += [measured, modeled]
+    return rows
+
+
+def write_run(
+    judged: Iterable[Judged], root: str | Path, run_id: str, argv: list[str], spec: dict | None = None
+) -> Path:
+    """A results run folder with every judgement's two rows, written as one batch; returns its path.
+    `spec` (the run's manifest spec) says what was validated against what."""
+    store = RunStore.create(root, run_id, spec={"name": "validate", **(spec or {})}, argv=argv, devices=[])
+    store.add_points(run_rows(judged))
     store.finalize()
     return store.path

@@ -20,6 +20,10 @@ from lamina_bench.validate.fit import calibrate
 from lamina_bench.validate.predict import Judged, predict_operators
 
 SETS = ("validation", "calibration", "all")
+# Where `lamina-bench validate` stores its run by default, relative to the working directory: under
+# results/ like a sweep's runs, in a folder of its own so that "the newest run" of results/ stays a
+# sweep's; not committed (.gitignore keeps only results/baselines, profiles, reference and validation).
+DEFAULT_RUNS = "results/validation-runs"
 
 
 def run_calibration(
@@ -42,6 +46,20 @@ class Validation:
     def sources(self) -> dict[str, object]:
         return {split: sorted({f.id for f in self.files if f.split == split}) for split in self.splits} | {
             "calibration_date": self.calibration.date
+        }
+
+    def run_spec(self) -> dict[str, object]:
+        """What a stored validate run holds (its manifest spec): sets, files with their sources, calibration."""
+        return {
+            "sets": list(self.splits),
+            "calibration_date": self.calibration.date,
+            "calibration_files": sorted(
+                {f for g in self.calibration.fit.values() for fam in g.values() for f in fam["files"]}
+            ),
+            "files": {
+                f.id: {"kind": f.kind, "split": f.split, "gpu": f.gpu, "source": f.source} for f in self.files
+            },
+            "left_out": [{"file": f, "row": i, "reason": r} for f, i, r in self.left_out],
         }
 
 

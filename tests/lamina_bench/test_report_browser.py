@@ -38,6 +38,7 @@ from lamina_bench.catalog.prices import PAPER_PRICE_SET
 from lamina_bench.report import build_report
 from lamina_bench.report.data import load_runs
 from tests.lamina_bench.test_report_fixtures import bench_like_run, gpu_like_run, sweep_rows_50, write_run
+from tests.lamina_bench.test_report_validation import validation_run
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -214,8 +215,9 @@ def reports(tmp_path_factory):
     bench, gpu = bench_like_run(root), gpu_like_run(root)
     after = bench_like_run(root, "bench-like-after", scale=1.1)
     sweep = write_run(root, "sweep50", sweep_rows_50())
+    validate = validation_run(root)  # the model-error section's tables and parity figures
     return {
-        "bench": build_report([bench, gpu], out / "bench.html"),
+        "bench": build_report([bench, gpu, validate], out / "bench.html"),
         "two": build_report([bench, after], out / "two.html"),
         "sweep": build_report([sweep], out / "sweep50.html"),
     }

@@ -7,6 +7,7 @@ import shutil
 import pytest
 
 from lamina_bench.cli import main
+from lamina_bench.results.store import RunStore
 from lamina_bench.validate.figures import DEFAULT_FIGURES, figures, load_figures, regressions
 from lamina_bench.validate.files import DEFAULT_DIR, KINDS, SPLITS, load_files
 from lamina_bench.validate.predict import Judged
@@ -59,7 +60,7 @@ def test_bad_validation_file_is_one_line_and_exit_2(tmp_path, capsys, edit, prob
 
 
 def test_validate_prints_figures_and_passes_the_committed_gate(capsys):
-    assert main(["validate"]) == 0
+    assert main(["validate", "--no-store"]) == 0
     out = capsys.readouterr().out
     assert "== validation:" in out and "7 GPU types" in out and "operator (pooled) all" in out
     assert "dense op" in out and "e2e rows left out" in out
@@ -74,7 +75,7 @@ def test_validate_json_and_a_worse_figure_exits_1(tmp_path, capsys):
     data["figures"] = committed
     figures_file = tmp_path / "errors.json"
     figures_file.write_text(json.dumps(data))
-    assert main(["validate", "--json", "--figures", str(figures_file)]) == 1
+    assert main(["validate", "--json", "--no-store", "--figures", str(figures_file)]) == 1
     out = json.loads(capsys.readouterr().out)
     assert out["regressions"] and out["regressions"][0].startswith("validation/operator: median_abs_err")
     assert out["figures"]["validation/dense_layer"]["n"] == 280
@@ -120,9 +121,23 @@ def test_validate_stores_a_results_run(tmp_path, capsys):
         main(["validate", "--set", "all", "--dir", str(folder), "--out", str(tmp_path), "--run-id", "v1"])
         == 0
     )
-    from lamina_bench.results.store import RunStore
-
-    rows = RunStore.open(tmp_path / "v1").rows()
+    run = RunStore.open(tmp_path / "v1")
+    rows = run.rows()
     assert len(rows) == 2 * (54 + 15)
     modeled = [r for r in rows if r.predicts]
     assert {r.source for r in modeled} == {"modeled", "derived"}  # A100 p2p comes from the H100's fit
+    spec = run.manifest["spec"]
+    assert spec["name"] == "validate" and spec["sets"] == ["calibration", "validation"]
+    assert spec["files"]["vidur-a100-dgx-send-recv"]["split"] == "validation"
+
+
+def test_validate_stores_its_run_under_results_validation_runs_by_default(tmp_path, monkeypatch, capsys):
+    folder = tmp_path / "files"
+    folder.mkdir()
+    shutil.copy(DEFAULT_DIR / "vidur-a100-dgx-send-recv.toml", folder)
+    monkeypatch.chdir(tmp_path)
+    assert main(["validate", "--dir", str(folder), "--run-id", "v2"]) == 0
+    assert "rows stored as a results run: results/validation-runs/v2" in capsys.readouterr().out
+    assert len(RunStore.open(tmp_path / "results" / "validation-runs" / "v2").rows()) == 2 * 15
+    assert main(["validate", "--dir", str(folder), "--run-id", "v3", "--no-store"]) == 0
+    assert not (tmp_path / "results" / "validation-runs" / "v3").exists()

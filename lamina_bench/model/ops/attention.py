@@ -8,16 +8,16 @@ For `batch` sequences of `context` cached tokens, `heads` query heads sharing `k
              slots (SMs ctas_per_sm) and ceil(context / chunk_tokens) KV blocks
     ctas   = batch kv_heads splits,  slots = SMs ctas_per_sm
     waves  = ceil(ctas / slots),     fill = ctas / (waves slots)     (share of the CTA slots that work)
-    t_kv   = bytes / (B eta fill)                                 (streaming K and V)
+    t_kv   = [(1 - h) bytes / (B eta) + h bytes / max(SMs l2_bw_per_sm, B eta)] / fill    (streaming K, V)
     t      = t_fixed + t_wave waves + ((t_item batch kv_heads)^q + t_kv^q)^(1/q)
 
 Each CTA streams its share at the per-slot bandwidth B eta / slots, so too few CTAs (small batch, short
 context) or a ragged last wave leave bandwidth unused (fill < 1). t_item is the cost of one work item, a
 (sequence, KV head) pair: writing the new token's K and V, walking the page table, loading q and
 writing the output; it runs alongside the streaming of other items, so the two combine as a smooth
-max (q >= 1). t_wave is the latency a wave of CTAs pays before it streams. t_fixed, t_item, t_wave, eta,
-q, chunk_tokens and ctas_per_sm are
-fitted per GPU (calibration.py); t_fixed is the kernel-only cost of the call (ATTENTION_KERNELS
+max (q >= 1). t_wave is the latency a wave of CTAs pays before it streams. h is the share of the bytes
+the L2 serves when a benchmark replays the same KV (cache.py; 0 in serving). t_fixed, t_item, t_wave,
+eta, q, chunk_tokens, ctas_per_sm and l2_bw_per_sm are fitted per GPU (calibration.py); t_fixed is the kernel-only cost of the call (ATTENTION_KERNELS
 kernels), and a CUDA graph adds its per-kernel gap (gemm.sequence_time_s).
 """
 
@@ -28,9 +28,12 @@ from functools import lru_cache
 
 import numpy as np
 
+from lamina_bench.model.ops.cache import l2_hit_share, streaming_time_s
 from lamina_bench.model.ops.hardware import Hardware
 
-ATTENTION_CONSTANTS = ("t_fixed_s", "t_item_s", "t_wave_s", "eta", "q", "chunk_tokens", "ctas_per_sm")
+ATTENTION_CONSTANTS = (
+    "t_fixed_s", "t_item_s", "t_wave_s", "eta", "q", "chunk_tokens", "ctas_per_sm", "l2_bw_per_sm",
+)  # fmt: skip
 
 
 def attention_bytes(batch, context, heads, kv_heads, head_dim, elem_bytes: float = 2.0) -> np.ndarray:
@@ -79,13 +82,19 @@ def attention_waves(a: Mapping[str, float], hw: Hardware, batch, context, kv_hea
 
 
 def attention_time_s(
-    a: Mapping[str, float], hw: Hardware, batch, context, heads, kv_heads, head_dim, elem_bytes: float = 2.0
-) -> np.ndarray:
-    """Kernel-only time of one decode-attention call (module doc); `a` holds ATTENTION_CONSTANTS."""
+    a: Mapping[str, float], hw: Hardware, batch, context, heads, kv_heads, head_dim, elem_bytes: float = 2.0,
+    ws_bytes=None,
+) -> np.ndarray:  # fmt: skip
+    """Kernel-only time of one decode-attention call (module doc); `a` holds ATTENTION_CONSTANTS; `ws_bytes`
+    the working set a benchmark re-reads call after call (None in serving: no L2 hits)."""
     _, waves, fill = attention_waves(a, hw, batch, context, kv_heads)
-    t_kv = attention_bytes(batch, context, heads, kv_heads, head_dim, elem_bytes) / (
-        hw.mem_bw * a["eta"] * fill
-    )
+    nbytes = attention_bytes(batch, context, heads, kv_heads, head_dim, elem_bytes)
+    dram = hw.mem_bw * a["eta"]
+    if ws_bytes is None:  # no reuse: every byte from DRAM
+        t_kv = nbytes / (dram * fill)
+    else:
+        hit = l2_hit_share(ws_bytes, hw.l2_bytes)
+        t_kv = streaming_time_s(nbytes, hit, dram, hw.sms * a["l2_bw_per_sm"]) / fill
     t_items = a["t_item_s"] * np.asarray(batch, dtype=float) * np.asarray(kv_heads, dtype=float)
     q = a["q"]
     return a["t_fixed_s"] + a["t_wave_s"] * waves + (t_items**q + t_kv**q) ** (1.0 / q)

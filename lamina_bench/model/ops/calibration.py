@@ -18,7 +18,11 @@ File format (``"format": "lamina-bench-calibration/1"``, JSON; written by `lamin
 A GPU with no calibration data for a family takes that family from the first GPU of its DERIVE_FROM
 chain that has it: its constants are tagged `derived` and the equations then use this GPU's own
 datasheet peaks (bandwidth, flops, links, SM count), i.e. the parent's times scale by the datasheet
-ratios; `ramp_bytes` (bytes in flight) scales with the bandwidth ratio.
+ratios; `ramp_bytes` (bytes in flight) scales with the bandwidth ratio, and the fixed costs the SMs run
+(_SCALE_WITH_CLOCK: kernel prologues and tails, per-item work, the CUDA-graph gap) with the ratio of
+boost clocks, parent / this GPU: a kernel's fixed work is a number of cycles, so a faster clock runs it
+in less time. Where either clock is unpublished they are kept as they are (and say so). NCCL's
+latencies are the fabric's (link hops, flags over NVLink / PCIe), not the SMs', and are not scaled.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from lamina_bench.model.ops.attention import ATTENTION_CONSTANTS
 from lamina_bench.model.ops.collectives import ALLREDUCE_CONSTANTS, P2P_CONSTANTS
 from lamina_bench.model.ops.constants import Constant
 from lamina_bench.model.ops.gemm import ELEMENTWISE_CONSTANTS, GEMM_CONSTANTS, MODE_CONSTANTS
-from lamina_bench.model.ops.hardware import sm_count
+from lamina_bench.model.ops.hardware import boost_clock, sm_count
 from lamina_bench.results.files import atomic_write_json
 
 CALIBRATION_FORMAT = "lamina-bench-calibration/1"
@@ -59,6 +63,11 @@ DERIVE_FROM: dict[str, str] = {
 }  # fmt: skip
 ROOT_GPU = "H100"
 _SCALE_WITH_BANDWIDTH = {("gemm", "ramp_bytes")}
+_SCALE_WITH_CLOCK = {
+    ("gemm", "t_fixed_s"), ("mode", "graph_gap_s"), ("attention", "t_fixed_s"), ("attention", "t_item_s"),
+    ("attention", "t_wave_s"), ("elementwise", "t_norm_s"), ("elementwise", "t_rope_s"), ("elementwise", "t_act_s"),
+    ("elementwise", "t_add_s"), ("elementwise", "per_width_s"),
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -172,6 +181,30 @@ def _bandwidth_ratio(target: str, source: str) -> float:
     return a.mem_bandwidth_bytes_per_s / b.mem_bandwidth_bytes_per_s
 
 
+def clock_ratio(target: str, source: str) -> float | None:
+    """Boost clock of `source` / that of `target` (how much faster `target` runs a fixed number of
+    cycles); None when either clock is unpublished."""
+    a, b = boost_clock(target), boost_clock(source)
+    return None if a is None or b is None else b[0] / a[0]
+
+
+def _derived(family: str, name: str, c: Constant, gpu: str, source: str) -> Constant:
+    """`source`'s constant `name` of `family` carried over to `gpu` (module doc)."""
+    if (family, name) in _SCALE_WITH_BANDWIDTH:
+        ratio = _bandwidth_ratio(gpu, source)
+        why = f"bandwidth ratio {ratio:.3g}"
+    elif (family, name) in _SCALE_WITH_CLOCK and (clock := clock_ratio(gpu, source)) is not None:
+        ratio, why = clock, f"SM clock ratio {source}/{gpu} {clock:.3g}"
+    else:
+        derived = c.derived_from(source)
+        if (family, name) in _SCALE_WITH_CLOCK:
+            missing = gpu if boost_clock(gpu) is None else source
+            note = f"; not clock-scaled: no published boost clock for {missing}"
+            derived = Constant(c.value, "derived", derived.source + note, c.date)
+        return derived
+    return Constant(c.value * ratio, "derived", f"{source}'s {c.tag} constant x {why} ({c.source})", c.date)
+
+
 def gpu_constants(gpu: str, cal: Calibration) -> GpuConstants:
     """The constants of `gpu`: its own calibration where it has one, else derived (module doc)."""
     constants, origin = {}, {}
@@ -183,14 +216,6 @@ def gpu_constants(gpu: str, cal: Calibration) -> GpuConstants:
             )
         consts = dict(cal.gpus[source][family])
         if source != gpu:
-            ratio = _bandwidth_ratio(gpu, source)
-            consts = {
-                name: (
-                    Constant(c.value * ratio, "derived", f"{source}'s {c.tag} constant x bandwidth ratio "
-                             f"{ratio:.3g} ({c.source})", c.date)
-                    if (family, name) in _SCALE_WITH_BANDWIDTH else c.derived_from(source)
-                )
-                for name, c in consts.items()
-            }  # fmt: skip
+            consts = {name: _derived(family, name, c, gpu, source) for name, c in consts.items()}
         constants[family], origin[family] = consts, source
     return GpuConstants(gpu, constants, origin)

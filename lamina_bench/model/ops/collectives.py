@@ -20,9 +20,11 @@ cost is mostly in-kernel synchronisation, so it is the same in every execution m
 
 vLLM's custom all-reduce (implementation "vllm", CUDA graphs; constants.VLLM_CUSTOM_AR_MAX_BYTES for
 when it applies) is composed from calibrated pieces, no constant of its own: one small kernel in a CUDA
-graph (the GEMM family's fixed cost + graph_gap: the floor of a kernel replayed in a graph on this
-GPU), flag barriers of one NVLink hop each (alpha_LL: NCCL's LL step is the same flag write and poll),
-and its reads over the link:
+graph (the elementwise family's RMSNorm floor t_norm + graph_gap: the custom kernel is a one-pass
+elementwise kernel with a reduction, each CTA loading its slice from every rank's buffer and summing it,
+as RMSNorm loads a row and reduces it; a GEMM's fixed cost also holds cuBLAS's tile set-up and epilogue,
+which this kernel does not run), flag barriers of one NVLink hop each (alpha_LL: NCCL's LL step is the
+same flag write and poll), and its reads over the link:
 
     1-stage: t_kernel + 2 alpha_LL + (n - 1) S / (B_link eta_bus)          (barriers at start and end)
     2-stage: t_kernel + 3 alpha_LL + 2 (n - 1)/n S / (B_link eta_bus)      (start, between stages, end)

@@ -79,6 +79,15 @@ EAGER_LAUNCH_S = Constant(
     "PyTorch eager op dispatch + cudaLaunchKernel is 5-10 us per op on server CPUs",
     "2026-07",
 )
+# Sharpness of the L2 residency cliff (cache.py): a working set re-read call after call hits in the L2 while
+# it fits and misses almost entirely once it does not, because LRU-like replacement under cyclic reuse
+# evicts every line before its next use. The exponent only rounds the cliff (hit share 0.8 at 0.87 C,
+# 0.2 at 1.15 C), so that a working set near the capacity is neither all in nor all out; its value is
+# not fitted: the calibration sets sample working sets at factors of 2 apart, which cannot pin it.
+L2_CLIFF = Constant(
+    10, "assumed", "cyclic reuse under LRU-like replacement: all hits below the L2 size, nearly none above",
+    "2026-12",
+)  # fmt: skip
 # Kernels in one paged decode-attention call: the KV-cache write of the new token and the attention
 # kernel (split-KV variants add a combine kernel, folded into the fitted fixed cost).
 ATTENTION_KERNELS = Constant(2, "assumed", "vLLM: reshape_and_cache + the attention kernel", "2026-07")
@@ -112,6 +121,7 @@ def fixed_constants() -> dict[str, Constant]:
         "gemm.tile_n": GEMM_TILE_N,
         "mode.eager_launch_s": EAGER_LAUNCH_S,
         "attention.kernels": ATTENTION_KERNELS,
+        "l2.cliff": L2_CLIFF,
         "allreduce.vllm_custom_max_bytes": VLLM_CUSTOM_AR_MAX_BYTES,
         "pool_link.testbed_bw": POOL_LINK_TESTBED_BW,
     }

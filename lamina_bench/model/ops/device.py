@@ -16,7 +16,8 @@ import numpy as np
 from lamina_bench.catalog.devices import DeviceSpec
 from lamina_bench.catalog.models import DTYPE_BYTES, ModelSpec
 from lamina_bench.errors import UserInputError
-from lamina_bench.model.ops.attention import attention_time_s
+from lamina_bench.model.ops.attention import attention_bytes, attention_time_s
+from lamina_bench.model.ops.cache import working_set
 from lamina_bench.model.ops.calibration import Calibration, GpuConstants, gpu_constants, load_calibration
 from lamina_bench.model.ops.collectives import (
     IMPLEMENTATIONS,
@@ -26,7 +27,7 @@ from lamina_bench.model.ops.collectives import (
     vllm_allreduce_s,
 )
 from lamina_bench.model.ops.constants import ATTENTION_KERNELS
-from lamina_bench.model.ops.gemm import check_mode, gemm_time_s, sequence_time_s
+from lamina_bench.model.ops.gemm import check_mode, gemm_bytes, gemm_time_s, sequence_time_s
 from lamina_bench.model.ops.hardware import Hardware, hardware
 from lamina_bench.model.ops.layer import LayerShape, dense_layer_time_s, head_time_s, layer_op_times_s
 
@@ -81,28 +82,36 @@ class GpuModel:
 
     # ---- kernels -----------------------------------------------------------------------------------
 
-    def gemm(self, m, n, k, dtype: str = "bf16") -> np.ndarray:
-        """One GEMM in this model's mode."""
-        t = gemm_time_s(self._v("gemm"), self.hw, m, n, k, elem_bytes(dtype))
+    def gemm(self, m, n, k, dtype: str = "bf16", reuse: int = 0) -> np.ndarray:
+        """One GEMM in this model's mode; `reuse` > 0: a benchmark cycling through that many weight copies
+        (L2 hits, cache.py); 0 (serving): none."""
+        e = elem_bytes(dtype)
+        t = gemm_time_s(self._v("gemm"), self.hw, m, n, k, e, working_set(gemm_bytes(m, n, k, e), reuse))
         return sequence_time_s([t], self.mode, self.graph_gap_s)
 
-    def layer_ops(self, shape: LayerShape, tokens, tp: int = 1, dtype: str = "bf16") -> dict[str, np.ndarray]:
+    def layer_ops(
+        self, shape: LayerShape, tokens, tp: int = 1, dtype: str = "bf16", reuse: int = 0
+    ) -> dict[str, np.ndarray]:
         """Kernel-only time of each op of one layer's dense part (layer.LAYER_OPS)."""
         return layer_op_times_s(shape, tokens, tp, self._v("gemm"), self._v("elementwise"), self.hw,
-                                elem_bytes(dtype))  # fmt: skip
+                                elem_bytes(dtype), reuse)  # fmt: skip
 
-    def dense_layer(self, shape: LayerShape, tokens, tp: int = 1, dtype: str = "bf16") -> np.ndarray:
+    def dense_layer(self, shape: LayerShape, tokens, tp: int = 1, dtype: str = "bf16", reuse: int = 0):
         return dense_layer_time_s(shape, tokens, tp, self._v("gemm"), self._v("elementwise"), self.graph_gap_s,
-                                  self.hw, self.mode, elem_bytes(dtype))  # fmt: skip
+                                  self.hw, self.mode, elem_bytes(dtype), reuse)  # fmt: skip
 
     def head(self, spec: ModelSpec, tokens, tp: int = 1, dtype: str = "bf16") -> np.ndarray:
         return head_time_s(spec, tokens, tp, self._v("gemm"), self._v("elementwise"), self.graph_gap_s, self.hw,
                            self.mode, elem_bytes(dtype))  # fmt: skip
 
-    def attention(self, batch, context, heads, kv_heads, head_dim, dtype: str = "bf16") -> np.ndarray:
-        """One decode-attention call (ATTENTION_KERNELS kernels) in this model's mode."""
-        t = attention_time_s(self._v("attention"), self.hw, batch, context, heads, kv_heads, head_dim,
-                             elem_bytes(dtype))  # fmt: skip
+    def attention(
+        self, batch, context, heads, kv_heads, head_dim, dtype: str = "bf16", reuse: int = 0
+    ) -> np.ndarray:
+        """One decode-attention call (ATTENTION_KERNELS kernels) in this model's mode; `reuse` > 0: a
+        benchmark replaying the same KV (L2 hits, cache.py); 0 (serving): none."""
+        e = elem_bytes(dtype)
+        ws = working_set(attention_bytes(batch, context, heads, kv_heads, head_dim, e), reuse)
+        t = attention_time_s(self._v("attention"), self.hw, batch, context, heads, kv_heads, head_dim, e, ws)
         if self.mode == "kernel":
             return t
         n = int(ATTENTION_KERNELS.value)
@@ -115,7 +124,7 @@ class GpuModel:
         impl = impl or self.allreduce_impl
         c = self._v("allreduce")
         if impl == "vllm" and nodes == 1 and self.mode == "graph":
-            kernel_s = self._v("gemm")["t_fixed_s"] + self.graph_gap_s
+            kernel_s = self._v("elementwise")["t_norm_s"] + self.graph_gap_s  # collectives.py module doc
             return vllm_allreduce_s(c, self.hw, nbytes, world, kernel_s, link)
         return nccl_allreduce_s(c, self.hw, nbytes, world, link, nodes)
 

@@ -3,13 +3,15 @@
 GEMM y = x W^T with x (m x k), W (n x k), elements of e bytes (every array argument broadcasts):
 
     bytes  = e (m k + n k + m n)                         activations in, weights, activations out
-    t_mem  = (bytes + ramp_bytes) / (B eta_mem)          bandwidth ramp: B_eff(s) = B eta_mem s / (s + ramp_bytes)
+    t_mem  = ((1 - h) bytes + ramp_bytes) / (B eta_mem)  bandwidth ramp: B_eff(s) = B eta_mem s / (s + ramp_bytes)
+             + h bytes / max(SMs l2_bw_per_sm, B eta_mem)   h: share served by the L2 (cache.py), 0 in serving
     t_cmp  = 2 m_q n_q k / (F eta_cmp)                   m_q = ceil(m / 64) 64, n_q = ceil(n / 128) 128 (whole tiles)
     t      = t_fixed + (t_mem^q + t_cmp^q)^(1/q)         q >= 1: a smooth max (q = 1 adds, q -> inf is the max)
 
 B and F are the datasheet peaks (memory bandwidth, dense bf16 flop/s); t_fixed, eta_mem, ramp_bytes,
-eta_cmp and q are fitted per GPU (calibration.py). The ramp is a memory pipeline that needs
-`ramp_bytes` in flight before it streams at full rate; with few bytes a GEMV is latency-bound.
+eta_cmp, q and l2_bw_per_sm are fitted per GPU (calibration.py). The ramp is a memory pipeline that needs
+`ramp_bytes` in flight before it streams at full rate; with few bytes a GEMV is latency-bound. h > 0 only
+when a working set `ws_bytes` is given (a benchmark that re-reads the same weights call after call).
 
 Elementwise kernels (RMSNorm, rotary embedding, SiLU-and-mul, residual add) launch one CTA per token
 row that loops over the row, so their floor grows with the row width w (elements):
@@ -31,13 +33,14 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from lamina_bench.errors import UserInputError
+from lamina_bench.model.ops.cache import l2_hit_share
 from lamina_bench.model.ops.constants import EAGER_LAUNCH_S, GEMM_TILE_M, GEMM_TILE_N
 from lamina_bench.model.ops.hardware import Hardware
 
 MODES = ("kernel", "graph", "eager")
 ELEMENTWISE_OPS = ("norm", "rope", "act", "add")
 
-GEMM_CONSTANTS = ("t_fixed_s", "eta_mem", "ramp_bytes", "eta_cmp", "q")
+GEMM_CONSTANTS = ("t_fixed_s", "eta_mem", "ramp_bytes", "eta_cmp", "q", "l2_bw_per_sm")
 ELEMENTWISE_CONSTANTS = ("t_norm_s", "t_rope_s", "t_act_s", "t_add_s", "per_width_s", "eta_el")
 MODE_CONSTANTS = ("graph_gap_s",)
 
@@ -58,9 +61,19 @@ def gemm_bytes(m, n, k, elem_bytes: float = 2.0) -> np.ndarray:
     return elem_bytes * (m * k + n * k + m * n)
 
 
-def gemm_time_s(g: Mapping[str, float], hw: Hardware, m, n, k, elem_bytes: float = 2.0) -> np.ndarray:
-    """Kernel time of one GEMM (module doc); `g` holds GEMM_CONSTANTS."""
-    t_mem = (gemm_bytes(m, n, k, elem_bytes) + g["ramp_bytes"]) / (hw.mem_bw * g["eta_mem"])
+def gemm_time_s(
+    g: Mapping[str, float], hw: Hardware, m, n, k, elem_bytes: float = 2.0, ws_bytes=None
+) -> np.ndarray:
+    """Kernel time of one GEMM (module doc); `g` holds GEMM_CONSTANTS; `ws_bytes` the working set re-read
+    call after call (None in serving: no L2 hits)."""
+    nbytes = gemm_bytes(m, n, k, elem_bytes)
+    dram = hw.mem_bw * g["eta_mem"]
+    if ws_bytes is None:  # no reuse: every byte from DRAM
+        t_mem = (nbytes + g["ramp_bytes"]) / dram
+    else:
+        hit = l2_hit_share(ws_bytes, hw.l2_bytes)
+        t_mem = ((1.0 - hit) * nbytes + g["ramp_bytes"]) / dram
+        t_mem = t_mem + hit * nbytes / max(hw.sms * g["l2_bw_per_sm"], dram)
     m_q, n_q = tiles(m, GEMM_TILE_M.value), tiles(n, GEMM_TILE_N.value)
     t_cmp = 2.0 * m_q * n_q * np.asarray(k, dtype=float) / (hw.flops * g["eta_cmp"])
     q = g["q"]

@@ -1,8 +1,11 @@
 """The datasheet facts the kernel equations read, for one device of the catalog.
 
-Peaks come from the device catalog (catalog/device_table.py, every value sourced); the SM count from
-the same table's `sm_count` (sourced there; not a DeviceSpec field). A device without a published SM
-count takes its calibration parent's (see calibration.DERIVE_FROM), and says so in `sm_source`.
+Peaks come from the device catalog (catalog/device_table.py, every value sourced); the SM count, the
+L2 size and the boost clock from the same table's `sm_count`, `l2_bytes` and `boost_clock_hz` (sourced
+there; not DeviceSpec fields; the clock only scales derived constants, calibration.py). A device
+without a published SM count takes its calibration parent's (see calibration.DERIVE_FROM), and says so in
+`sm_source`; a device without a published L2 size has `l2_bytes` None, and the model then gives it no L2
+hits (cache.py).
 """
 
 from __future__ import annotations
@@ -16,6 +19,14 @@ from lamina_bench.errors import UserInputError
 _SM_COUNTS = {
     row["name"]: (int(row["sm_count"]), row["sm_count_src"]) for row in BUILTIN if "sm_count" in row
 }
+_L2_BYTES = {
+    row["name"]: (float(row["l2_bytes"]), row["l2_bytes_src"]) for row in BUILTIN if "l2_bytes" in row
+}
+_CLOCKS = {
+    row["name"]: (float(row["boost_clock_hz"]), row["boost_clock_hz_src"])
+    for row in BUILTIN
+    if "boost_clock_hz" in row
+}
 
 # Link kinds an all-reduce or a point-to-point message can use (validation files name them in `link`).
 LINKS = ("nvlink", "pcie", "rdma")
@@ -25,7 +36,7 @@ _PCIE_ONLY = {"H100-PCIe", "L40S", "L20", "L4", "RTX4090", "A10", "A40"}
 
 @dataclass(frozen=True)
 class Hardware:
-    """Peaks of one device: memory bandwidth, dense bf16 flops, intra-node link, NIC, SM count."""
+    """Peaks of one device: memory bandwidth, dense bf16 flops, intra-node link, NIC, SM count, L2 size."""
 
     name: str
     mem_bw: float  # bytes/s
@@ -35,6 +46,8 @@ class Hardware:
     nic_bw: float | None  # bytes/s (NIC line rate / 8)
     sms: int
     sm_source: str
+    l2_bytes: float | None = None  # on-chip last-level cache, bytes; None = not published
+    l2_source: str = "not published"
 
     def link_bw(self, link: str) -> float:
         """Per-direction bandwidth of `link` ("nvlink", "pcie" or "rdma"), bytes/s."""
@@ -54,6 +67,16 @@ def sm_count(name: str) -> tuple[int, str] | None:
     return _SM_COUNTS.get(name)
 
 
+def l2_size(name: str) -> tuple[float, str] | None:
+    """(L2 bytes, source) from the device table, or None when none is published there."""
+    return _L2_BYTES.get(name)
+
+
+def boost_clock(name: str) -> tuple[float, str] | None:
+    """(maximum SM clock in Hz, source) from the device table, or None when none is published there."""
+    return _CLOCKS.get(name)
+
+
 def hardware(device: DeviceSpec, fallback_sms: tuple[int, str] | None = None) -> Hardware:
     """The facts of `device`; `fallback_sms` (a parent's count) where the table has none."""
     missing = [f for f in ("mem_bandwidth_bytes_per_s", "bf16_flops_per_s") if getattr(device, f) is None]
@@ -68,6 +91,7 @@ def hardware(device: DeviceSpec, fallback_sms: tuple[int, str] | None = None) ->
             f"device {device.name} has no SM count and no calibrated parent to take one from"
         )
     own = sm_count(device.name) is not None
+    l2 = l2_size(device.name)
     return Hardware(
         name=device.name,
         mem_bw=device.mem_bandwidth_bytes_per_s,
@@ -77,4 +101,6 @@ def hardware(device: DeviceSpec, fallback_sms: tuple[int, str] | None = None) ->
         nic_bw=None if device.nic_gbps is None else device.nic_gbps * 1e9 / 8.0,
         sms=sms[0],
         sm_source=sms[1] if own else f"derived: {sms[1]} (the calibration parent's count)",
+        l2_bytes=None if l2 is None else l2[0],
+        l2_source="not published" if l2 is None else l2[1],
     )

@@ -16,6 +16,11 @@ The attention core and the all-reduces are not part of it (attention.py, collect
 bytes: a norm reads and writes T d and reads its weight; rope reads and writes q and k; SiLU-and-mul
 reads gate and up and writes their product; the add reads two rows and writes one. The head is the final
 norm and the LM-head GEMM (m T, n vocab / tp, k d).
+
+A profiler that repeats the same layer (same weights) re-reads the layer's bytes every repeat
+(`layer_bytes`); given that working set, the GEMMs of the layer get the L2 hits of cache.py. Serving
+gives none (every layer's weights pass once per step). Elementwise kernels read what the kernel before
+them wrote, an L2 effect serving has too, which their fitted eta_el already holds.
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from lamina_bench.catalog.models import ModelSpec
-from lamina_bench.model.ops.gemm import elementwise_time_s, gemm_time_s, sequence_time_s
+from lamina_bench.model.ops.cache import working_set
+from lamina_bench.model.ops.gemm import elementwise_time_s, gemm_bytes, gemm_time_s, sequence_time_s
 from lamina_bench.model.ops.hardware import Hardware
 
 LAYER_OPS = (
@@ -95,30 +101,52 @@ def layer_kernels(shape: LayerShape, tokens, tp: int = 1, elem_bytes: float = 2.
     ]
 
 
-def kernel_time_s(
-    kern: Kernel, gemm: Mapping[str, float], elementwise: Mapping[str, float], hw: Hardware, elem_bytes=2.0
-) -> np.ndarray:
+def kernel_bytes(kern: Kernel, elem_bytes: float = 2.0) -> np.ndarray:
+    """Bytes one kernel moves (gemm.gemm_bytes for a GEMM)."""
     if kern.kind == "gemm":
-        return gemm_time_s(gemm, hw, kern.m, kern.n, kern.k, elem_bytes)
+        return gemm_bytes(kern.m, kern.n, kern.k, elem_bytes)
+    return np.asarray(kern.nbytes, dtype=float)
+
+
+def layer_bytes(shape: LayerShape, tokens, tp: int = 1, elem_bytes: float = 2.0) -> np.ndarray:
+    """Bytes one pass of the layer's dense part moves: what a profiler repeating the layer re-reads."""
+    return sum(kernel_bytes(k, elem_bytes) for k in layer_kernels(shape, tokens, tp, elem_bytes))
+
+
+def kernel_time_s(
+    kern: Kernel, gemm: Mapping[str, float], elementwise: Mapping[str, float], hw: Hardware, elem_bytes=2.0,
+    ws_bytes=None,
+) -> np.ndarray:  # fmt: skip
+    if kern.kind == "gemm":
+        return gemm_time_s(gemm, hw, kern.m, kern.n, kern.k, elem_bytes, ws_bytes)
     return elementwise_time_s(elementwise, hw, kern.kind, kern.width, kern.nbytes)
 
 
 def layer_op_times_s(
-    shape: LayerShape, tokens, tp: int, gemm, elementwise, hw: Hardware, elem_bytes: float = 2.0
+    shape: LayerShape,
+    tokens,
+    tp: int,
+    gemm,
+    elementwise,
+    hw: Hardware,
+    elem_bytes: float = 2.0,
+    reuse: int = 0,
 ) -> dict[str, np.ndarray]:
-    """Kernel-only time of each op of the layer (LAYER_OPS order)."""
+    """Kernel-only time of each op of the layer (LAYER_OPS order); `reuse` > 0: the layer is repeated on the
+    same weights (`reuse` copies cycled), so its GEMMs may hit in the L2 (module doc)."""
+    ws = working_set(layer_bytes(shape, tokens, tp, elem_bytes), reuse)
     return {
-        k.name: kernel_time_s(k, gemm, elementwise, hw, elem_bytes)
+        k.name: kernel_time_s(k, gemm, elementwise, hw, elem_bytes, ws)
         for k in layer_kernels(shape, tokens, tp, elem_bytes)
     }
 
 
 def dense_layer_time_s(
     shape: LayerShape, tokens, tp: int, gemm, elementwise, graph_gap_s: float, hw: Hardware, mode: str,
-    elem_bytes: float = 2.0,
+    elem_bytes: float = 2.0, reuse: int = 0,
 ) -> np.ndarray:  # fmt: skip
     """One layer's dense part in execution `mode` (gemm.sequence_time_s)."""
-    ops = layer_op_times_s(shape, tokens, tp, gemm, elementwise, hw, elem_bytes)
+    ops = layer_op_times_s(shape, tokens, tp, gemm, elementwise, hw, elem_bytes, reuse)
     return sequence_time_s(list(ops.values()), mode, graph_gap_s)
 
 
