@@ -16,7 +16,7 @@ from lamina_bench.errors import UserInputError
 from lamina_bench.model.cost import require_prices
 from lamina_bench.model.iteration import iteration_model
 from lamina_bench.model.paper import paper_comparisons
-from lamina_bench.model.scheduler import SCHEDULERS, scheduler_named
+from lamina_bench.model.scheduler import PREFILL_MODES, SCHEDULERS, Scheduler, scheduler_named
 from lamina_bench.model.search import search
 from lamina_bench.model.simulator import simulate
 from lamina_bench.model.system import SystemConfig, memory_plan
@@ -88,18 +88,35 @@ def add_simulate(sub) -> None:
     p.add_argument("--attention", help="Lamina attention mix NxDEVICE, e.g. 4xH20")
     p.add_argument("--trace", help="azure-conv | azure-code | kimi-conv")
     p.add_argument("--input-len", type=int, help="instead of --trace: every request has this prompt length")
-    p.add_argument("--output-len", type=int, help="instead of --trace: every request generates this many tokens")
-    p.add_argument("--requests", type=int, help="first N requests of the trace (default: all); N requests of fixed lengths")
+    p.add_argument(
+        "--output-len", type=int, help="instead of --trace: every request generates this many tokens"
+    )
+    p.add_argument(
+        "--requests",
+        type=int,
+        help="first N requests of the trace (default: all); N requests of fixed lengths",
+    )
     p.add_argument("--arrival", help="saturate (default) | trace | poisson | concurrency")
     p.add_argument("--rate", type=float, help="Poisson arrival rate, requests/s")
     p.add_argument("--seed", type=int, help="seed of the Poisson arrivals")
     p.add_argument("--concurrency", type=int, help="--arrival concurrency: clients of the closed loop")
-    p.add_argument("--scheduler", help=f"{' | '.join(SCHEDULERS)} (default reserve-all; model/scheduler.py)")
-    p.add_argument("--max-num-seqs", type=int, help="vllm: most running requests (default 256)")
-    p.add_argument("--max-num-batched-tokens", type=int, help="vllm: most tokens per iteration (default 8192)")
-    p.add_argument("--gpu-memory-utilization", type=float, help="vllm: share of memory for weights + KV (0.9)")
-    p.add_argument("--block-size", type=int, help="vllm: tokens per KV block (default 16)")
-    p.add_argument("--prefill", help="vllm: chunked (V1, default) | separate (prefill-only iterations)")
+    d = Scheduler("vllm")  # the defaults live in model/scheduler.py
+    p.add_argument(
+        "--scheduler", help=f"{' | '.join(SCHEDULERS)} (default {Scheduler().name}; model/scheduler.py)"
+    )
+    p.add_argument("--max-num-seqs", type=int, help=f"vllm: most running requests (default {d.max_num_seqs})")
+    p.add_argument(
+        "--max-num-batched-tokens",
+        type=int,
+        help=f"vllm: most tokens per iteration (default {d.max_num_batched_tokens})",
+    )
+    p.add_argument(
+        "--gpu-memory-utilization",
+        type=float,
+        help=f"vllm: share of memory for weights + KV (default {d.gpu_memory_utilization:g})",
+    )
+    p.add_argument("--block-size", type=int, help=f"vllm: tokens per KV block (default {d.block_size})")
+    p.add_argument("--prefill", help=f"vllm: {' | '.join(PREFILL_MODES)} (default {d.prefill})")
     p.add_argument("--pipeline-batches", type=int, help="Lamina: 1 none, 2 ping-pong (default), >2 rotate")
     p.add_argument("--max-batch", type=int, help="cap on running requests")
     p.add_argument("--dtype", help="fp16 (default) | bf16")

@@ -232,7 +232,9 @@ class _Paged:
         if (chunked or not decodes) and r >= 0 and budget > 0:
             total, done = self.p[r] + self.g[r], self.done[r]
             c = min(total - done, budget)
-            grow = -(-(done + c) // bs) + (-done // bs) if chunked else 0  # ceil((done + c)/bs) - ceil(done/bs)
+            grow = (
+                -(-(done + c) // bs) + (-done // bs) if chunked else 0
+            )  # ceil((done + c)/bs) - ceil(done/bs)
             if grow > self.cap - self.used:  # the partial request is the tail: it preempts itself
                 self._preempt_tail(clock)
                 preempted = True
@@ -339,7 +341,9 @@ class _Paged:
         if self.time_fn is None:
             return
         if times is None:
-            times = np.atleast_1d(self.time_fn(batch, context, tokens, float(pairs), seqs, first)).astype(float)
+            times = np.atleast_1d(self.time_fn(batch, context, tokens, float(pairs), seqs, first)).astype(
+                float
+            )
         self.t0.append(self.t)
         self.times.append(times)
         self.t += float(times.sum())
@@ -355,16 +359,19 @@ class _Paged:
                     return
                 self.t = max(self.t, self.a[self.next_req])  # idle until the next arrival
                 continue
-            quiet = self.partial < 0 and not self._head_admissible(self.budget - (self.B if self.chunked else 0))
-            if full or not quiet or not self._decode_run():
-                full = self._step()
-            else:
-                full = False
+            quiet = self.partial < 0 and not self._head_admissible(
+                self.budget - (self.B if self.chunked else 0)
+            )
+            # a run of decodes when nothing else can happen, else one iteration in full
+            full = self._step() if full or not quiet or not self._decode_run() else False
 
 
 def _assemble(state: _Paged, runnable: np.ndarray, n: int, time_fn: ServingTimeFn) -> ServingReplay:
     table = np.array(state.rec, dtype=np.float64).reshape(-1, len(_FIELDS))  # pairs may pass 2**63
-    rec = {k: table[:, i] if k == "prefill_pairs" else table[:, i].astype(np.int64) for i, k in enumerate(_FIELDS)}
+    rec = {
+        k: table[:, i] if k == "prefill_pairs" else table[:, i].astype(np.int64)
+        for i, k in enumerate(_FIELDS)
+    }
     steps = rec.pop("steps")
     starts = np.cumsum(steps) - steps
     offset = np.arange(int(steps.sum())) - np.repeat(starts, steps)

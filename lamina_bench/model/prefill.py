@@ -78,7 +78,10 @@ class ServingIterationModel:
         b = self.base
         spec, e = b.model, DTYPE_BYTES[b.dtype]
         dense = b.compute.dense_layer(spec, b.dtype, rows, b.tp).time_s
-        return dense + 2.0 * b.compute.allreduce(np.asarray(rows, dtype=float) * spec.hidden_size * e, b.tp).time_s
+        return (
+            dense
+            + 2.0 * b.compute.allreduce(np.asarray(rows, dtype=float) * spec.hidden_size * e, b.tp).time_s
+        )
 
     def _head(self, rows) -> np.ndarray:
         b = self.base
@@ -109,12 +112,18 @@ class ServingIterationModel:
         return IterationBreakdown(**parts)
 
     def time_s(self, batch, sum_context, prefill_tokens, prefill_pairs, prefill_seqs, first_tokens):
-        return self.breakdown(batch, sum_context, prefill_tokens, prefill_pairs, prefill_seqs, first_tokens).time_s
+        return self.breakdown(
+            batch, sum_context, prefill_tokens, prefill_pairs, prefill_seqs, first_tokens
+        ).time_s
 
     def _tp_prefill(self, batch, tokens, pairs, first) -> dict[str, np.ndarray]:
         b = self.base
         L = b.model.num_layers
-        dense = L * (self._layer(batch + tokens) - self._layer(batch)) + self._head(batch + first) - self._head(batch)
+        dense = (
+            L * (self._layer(batch + tokens) - self._layer(batch))
+            + self._head(batch + first)
+            - self._head(batch)
+        )
         attn = L * prefill_attention_layer_s(b.compute, b.model, b.dtype, tokens, pairs, b.tp)
         total = dense + attn
         return {"time_s": total, "dense_s": dense, "attention_s": attn, "compute_busy_s": total,
@@ -132,4 +141,9 @@ class ServingIterationModel:
         transfer = tokens * kv_bytes_per_token(spec, b.dtype) / bandwidth
         total = np.maximum(compute, transfer) + transfer / L + max(lat_c, lat_a)
         # the compute pool's prefill (dense and attention) is its MTIME-like part; one of R replicas runs it
-        return {"time_s": total, "dense_s": compute, "network_s": transfer, "compute_busy_s": compute / b.replicas}
+        return {
+            "time_s": total,
+            "dense_s": compute,
+            "network_s": transfer,
+            "compute_busy_s": compute / b.replicas,
+        }

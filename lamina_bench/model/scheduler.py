@@ -122,5 +122,7 @@ def scheduler_named(name: str, **knobs) -> Scheduler:
         raise UserInputError(f"unknown scheduler {name!r}; valid: {', '.join(SCHEDULERS)}")
     if name == "reserve-all" and knobs:
         given = ", ".join(k.replace("_", "-") for k in sorted(knobs))
-        raise UserInputError(f"{given} apply to --scheduler vllm only (reserve-all has no blocks, caps or prefill)")
+        raise UserInputError(
+            f"{given} apply to --scheduler vllm only (reserve-all has no blocks, caps or prefill)"
+        )
     return Scheduler(name, **knobs)

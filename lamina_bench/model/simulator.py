@@ -24,7 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from lamina_bench.catalog.models import dense_flops_per_token, kv_bytes_per_token, net_bytes_per_token_per_layer
+from lamina_bench.catalog.models import (
+    dense_flops_per_token,
+    kv_bytes_per_token,
+    net_bytes_per_token_per_layer,
+)
 from lamina_bench.catalog.workloads import Trace, poisson_arrivals
 from lamina_bench.errors import UserInputError
 from lamina_bench.model.cost import mixes_cost_usd_per_hour, price_set_label, tokens_per_usd, usd_per_mtok

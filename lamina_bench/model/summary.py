@@ -92,4 +92,3 @@ def latency_stats(
         out[f"{name}_p50_ms"] = float(np.percentile(values, 50)) * 1e3 if ok else None
         out[f"{name}_p99_ms"] = float(np.percentile(values, 99)) * 1e3 if ok else None
     return out
-

@@ -129,7 +129,9 @@ def _vllm_plan(config: SystemConfig) -> MemoryPlan:
     spec, c, sched = config.model, config.compute, config.scheduler
     knobs = (sched.gpu_memory_utilization, sched.max_num_batched_tokens, sched.block_size)
     if config.system == "homogeneous":
-        return MemoryPlan(vllm_pool_memory(spec, c.device, c.count, config.dtype, c.count, True, *knobs, str(c)), None)
+        return MemoryPlan(
+            vllm_pool_memory(spec, c.device, c.count, config.dtype, c.count, True, *knobs, str(c)), None
+        )
     label = f"{c}" if config.replicas == 1 else f"{c} as {config.replicas} replicas of {config.tp}"
     compute = vllm_pool_memory(spec, c.device, c.count, config.dtype, config.tp, False, *knobs, label)
     a = config.attention

@@ -14,7 +14,9 @@ def _blocks(tokens: int, bs: int) -> int:
     return -(-tokens // bs)
 
 
-def naive_vllm(p, o, arrival, cap_blocks, bs, max_seqs, budget, chunked, time_fn, follow=False, concurrency=None):
+def naive_vllm(
+    p, o, arrival, cap_blocks, bs, max_seqs, budget, chunked, time_fn, follow=False, concurrency=None
+):
     """Rows (batch, context, prefill tokens, pairs, prefill seqs, first tokens, blocks used, start, time)
     per iteration and per-request (admit, first token, finish, preemptions, release) iterations."""
     m = len(p)
@@ -23,10 +25,7 @@ def naive_vllm(p, o, arrival, cap_blocks, bs, max_seqs, budget, chunked, time_fn
     admit, first, finish, npre, release = [-1] * m, [-1] * m, [-1] * m, [0] * m, [-1] * m
     running: list[int] = []
     waiting: deque[int] = deque()
-    if concurrency is not None:
-        nxt = min(concurrency, m)
-    else:
-        nxt = 0 if follow else m
+    nxt = min(concurrency, m) if concurrency is not None else (0 if follow else m)  # requests sent so far
     waiting.extend(range(nxt))
     free, t, k, rows = cap_blocks, 0.0, 0, []
 
