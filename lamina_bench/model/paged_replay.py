@@ -213,71 +213,105 @@ class _Paged:
 
     def _step(self) -> bool:
         """Run iteration k in full; True when it preempted (the next iteration is then run in full too)."""
-        self._arrivals()
-        bs, chunked = self.bs, self.chunked
+        if self.follow:
+            self._arrivals()
+        chunked, clock = self.chunked, self.clock
         decodes = chunked or not (self.partial >= 0 or self._head_admissible(self.budget))
-        clock, preempted = self.clock, False
+        preempted = False
         batch = context = 0
-        if decodes and self.B:
-            need = self.hist[-clock % bs]
+        if decodes and self.B:  # every decoder writes a token; those with a full last block need one
+            need = self.hist[-clock % self.bs]
             while need > self.cap - self.used:
                 need -= self._preempt_tail(clock)
                 preempted = True
             self.used += need
             batch, context = self.B, self.S
         budget = self.budget - batch
-        tokens = pairs = seqs = 0
-        completed = []
-        r = self.partial
-        if (chunked or not decodes) and r >= 0 and budget > 0:
-            total, done = self.p[r] + self.g[r], self.done[r]
-            c = min(total - done, budget)
-            grow = (
-                -(-(done + c) // bs) + (-done // bs) if chunked else 0
-            )  # ceil((done + c)/bs) - ceil(done/bs)
-            if grow > self.cap - self.used:  # the partial request is the tail: it preempts itself
-                self._preempt_tail(clock)
-                preempted = True
-            else:
-                self.used += grow
-                tokens, pairs, seqs, budget = c, c * done + c * (c + 1) // 2, 1, budget - c
-                self.done[r] = done + c
-                if done + c == total:
-                    completed.append(r)
-                    self.partial = -1
-        if (chunked or not decodes) and not preempted:
-            waiting, running, p, g = self.waiting, self.running, self.p, self.g
-            while self._head_admissible(budget):
-                r = waiting.popleft()
-                total = p[r] + g[r]
-                c = total if total <= budget else budget
-                running[r] = None
-                self.used += self._admit_blocks(r, budget)
-                if self.admit[r] < 0:
-                    self.admit[r] = self.k
-                self.done[r] = c
-                tokens, pairs, seqs, budget = tokens + c, pairs + c * (c + 1) // 2, seqs + 1, budget - c
-                if c == total:
-                    completed.append(r)
-                else:
-                    self.partial = r
+        work = [0, 0, 0]  # prefill tokens, (query, key) pairs, requests with a chunk
+        completed: list[int] = []
+        if chunked or not decodes:
+            if self.partial >= 0 and budget > 0:
+                preempted |= self._continue_partial(budget, clock, work, completed)
+            if not preempted:
+                self._admit(budget - work[0], work, completed)
+        k, g, first = self.k, self.g, self.first
         for r in completed:  # the prefill's token: the first one, or the next after a preemption
-            self.g[r] += 1
-            if self.first[r] < 0:
-                self.first[r] = self.k
-        self._record(1, batch, context, tokens, pairs, seqs, len(completed))
+            g[r] += 1
+            if first[r] < 0:
+                first[r] = k
+        self._record(1, batch, context, work[0], work[1], work[2], len(completed))
         if decodes:
             self.S += self.B
             self.clock += 1
         for r in completed:
-            if self.g[r] == self.o[r]:
+            if g[r] == self.o[r]:
                 self._done(r)
             else:
                 self._start_decoding(r)
-        if decodes:
+        if decodes and self.heap and self.heap[0] <= clock:
             self._finish_decoders(clock)
         self.k += 1
         return preempted
+
+    def _continue_partial(self, budget: int, clock: int, work: list[int], completed: list[int]) -> bool:
+        """The request in the middle of its prefill computes its next chunk; True if it preempted itself."""
+        r, bs = self.partial, self.bs
+        total, done = self.p[r] + self.g[r], self.done[r]
+        c = min(total - done, budget)
+        grow = (
+            -(-(done + c) // bs) + (-done // bs) if self.chunked else 0
+        )  # ceil((done+c)/bs) - ceil(done/bs)
+        if grow > self.cap - self.used:  # it is the most recent request: it preempts itself
+            self._preempt_tail(clock)
+            return True
+        self.used += grow
+        work[0], work[1], work[2] = c, c * done + c * (c + 1) // 2, 1
+        self.done[r] = done + c
+        if done + c == total:
+            completed.append(r)
+            self.partial = -1
+        return False
+
+    def _admit(self, budget: int, work: list[int], completed: list[int]) -> None:
+        """Admit from the queue head while the budget, max_num_seqs and the free blocks allow (hot: the
+        checks of `_head_admissible` are inlined)."""
+        waiting, running, p, g, admit, done = (
+            self.waiting,
+            self.running,
+            self.p,
+            self.g,
+            self.admit,
+            self.done,
+        )
+        bs, chunked, cap, max_seqs, used, k = (
+            self.bs,
+            self.chunked,
+            self.cap,
+            self.max_seqs,
+            self.used,
+            self.k,
+        )
+        tokens, pairs, seqs = work
+        while waiting and budget > 0 and len(running) < max_seqs:
+            r = waiting[0]
+            total = p[r] + g[r]
+            c = total if total <= budget else budget
+            blocks = -(-(c if chunked else total) // bs)
+            if blocks > cap - used:
+                break
+            waiting.popleft()
+            running[r] = None
+            used += blocks
+            if admit[r] < 0:
+                admit[r] = k
+            done[r] = c
+            tokens, pairs, seqs, budget = tokens + c, pairs + c * (c + 1) // 2, seqs + 1, budget - c
+            if c == total:
+                completed.append(r)
+            else:
+                self.partial = r
+        self.used = used
+        work[0], work[1], work[2] = tokens, pairs, seqs
 
     def _finish_decoders(self, clock: int) -> None:
         """Decoders whose last decode was at `clock` leave (the decode clock has moved past it)."""
@@ -338,8 +372,11 @@ class _Paged:
 
     def _record(self, steps, batch, context, tokens, pairs, seqs, first, times=None) -> None:
         self.rec.append((steps, batch, context, tokens, pairs, seqs, first, self.used))
-        if self.time_fn is None:
-            return
+        if self.time_fn is not None:
+            self._time(batch, context, tokens, pairs, seqs, first, times)
+
+    def _time(self, batch, context, tokens, pairs, seqs, first, times) -> None:
+        """Times of the run just recorded, when following arrivals (the clock must advance)."""
         if times is None:
             times = np.atleast_1d(self.time_fn(batch, context, tokens, float(pairs), seqs, first)).astype(
                 float
@@ -353,7 +390,8 @@ class _Paged:
     def run(self) -> None:
         full = True
         while True:
-            self._arrivals()
+            if self.follow:
+                self._arrivals()
             if not self.running and not self.waiting:
                 if self.next_req >= self.m:
                     return

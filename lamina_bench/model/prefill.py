@@ -15,6 +15,7 @@ causal attention over them (ops/prefill.py) and n prefills that complete (each s
       (which need no compute pool when there are none): the pipeline does not hide it (assumed; an upper
       bound, as the compute pool idles part of each decode cycle).
 
+An iteration without decodes runs no decode attention (homogeneous) and no decode pipeline (Lamina).
 Every iteration also pays the scheduler's CPU overhead (model/scheduler.py) for the requests it schedules.
 Prefill attention: the calibrated operator model (ops/prefill.py) where the device has no profile, else
 the roofline of the device's datasheet peaks (flops and bytes as in ops/prefill.py, the roofline's
@@ -90,18 +91,23 @@ class ServingIterationModel:
     def breakdown(self, batch, sum_context, prefill_tokens, prefill_pairs, prefill_seqs, first_tokens):
         """`IterationBreakdown` of iterations with `batch` decodes reading `sum_context` keys and the given
         prefill work (arrays broadcast; module doc)."""
-        batch, context, tokens, pairs, seqs, first = np.broadcast_arrays(
-            *(np.asarray(x, dtype=float) for x in (batch, sum_context, prefill_tokens, prefill_pairs,
-                                                    prefill_seqs, first_tokens))
-        )  # fmt: skip
+        arrays = np.broadcast_arrays(*(np.asarray(x, dtype=float) for x in (
+            batch, sum_context, prefill_tokens, prefill_pairs, prefill_seqs, first_tokens)))  # fmt: skip
+        shape = arrays[0].shape
+        batch, context, tokens, pairs, seqs, first = (np.ravel(x) for x in arrays)
         b = self.base
         lamina = b.system == "lamina"
         bd = b.breakdown(batch, context)
         parts = {k: np.array(getattr(bd, k), dtype=float) for k in
                  ("time_s", "dense_s", "attention_s", "network_s", "compute_busy_s", "attention_busy_s")}  # fmt: skip
-        if lamina:  # no decodes: the decode pipeline does not run
+        idle = batch == 0  # no decodes: no decode attention (homogeneous), no decode pipeline (Lamina)
+        if lamina:
             for value in parts.values():
-                value[batch == 0] = 0.0
+                value[idle] = 0.0
+        else:
+            for key in ("time_s", "compute_busy_s", "attention_busy_s"):
+                parts[key][idle] -= parts["attention_s"][idle]
+            parts["attention_s"][idle] = 0.0
         idx = np.flatnonzero(tokens > 0)
         if len(idx):
             extra = self._lamina_prefill(*(x[idx] for x in (tokens, pairs, first))) if lamina else \
@@ -109,7 +115,7 @@ class ServingIterationModel:
             for key, value in extra.items():
                 parts[key][idx] += value
         parts["time_s"] += self.policy.cpu_overhead(batch + seqs)
-        return IterationBreakdown(**parts)
+        return IterationBreakdown(**{k: v.reshape(shape) for k, v in parts.items()})
 
     def time_s(self, batch, sum_context, prefill_tokens, prefill_pairs, prefill_seqs, first_tokens):
         return self.breakdown(

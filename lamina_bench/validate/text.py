@@ -65,7 +65,7 @@ def left_out_text(left_out: Sequence[tuple[str, int, str]]) -> str:
     by_file: dict[tuple[str, str], list[int]] = defaultdict(list)
     for file, row, reason in left_out:
         by_file[(file, reason)].append(row)
-    lines = ["e2e rows left out (the decode-only simulator cannot predict them):"]
+    lines = ["e2e rows left out (the simulator cannot predict them):"]
     lines += [
         f"  {file} rows {', '.join(map(str, rows))}: {reason}"
         for (file, reason), rows in sorted(by_file.items())
