@@ -18,7 +18,7 @@ def pct(x: float) -> str:
 
 def worst_line(j: Judged) -> str:
     cond = ", ".join(f"{k}={v}" for k, v in j.conditions.items())
-    unit = "ms" if j.metric.endswith("_ms") else "us"
+    unit = "ms" if j.metric.endswith("_ms") else ("tok/s" if j.metric.endswith("_tok_per_s") else "us")
     return f"{100 * j.error:+.0f}% ({cond}; {j.measured:.4g} vs {j.predicted:.4g} {unit}; {j.file})"
 
 
