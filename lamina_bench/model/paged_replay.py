@@ -32,6 +32,7 @@ from __future__ import annotations
 import bisect
 import heapq
 from collections import deque
+from itertools import accumulate
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -344,13 +345,11 @@ class _Paged:
         if f is None:
             return False
         bs, c, hist, b = self.bs, self.clock, self.hist, self.B
-        prefix, total = [0], 0  # new blocks over the next bs decode iterations
-        for j in range(bs):
-            total += hist[-(c + j) % bs]
-            prefix.append(total)
+        r = -c % bs  # decoders needing a block at clock c + j are those of phase (r - j) mod bs
+        prefix = list(accumulate(hist[r::-1] + hist[:r:-1], initial=0))  # new blocks over the next bs decodes
         cycles, rest = divmod(self.cap - self.used, b)
-        short = cycles * bs + next(i for i in range(1, bs + 1) if prefix[i] > rest)  # first iteration short
-        steps = min(f - c + 1, short - 1)  # of blocks is run in full
+        short = cycles * bs + bisect.bisect_right(prefix, rest)  # the first decode short of blocks
+        steps = min(f - c + 1, short - 1)  # (that one is run in full)
         if steps <= 0:
             return False
         times = None
