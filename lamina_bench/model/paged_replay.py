@@ -32,9 +32,9 @@ from __future__ import annotations
 import bisect
 import heapq
 from collections import deque
-from itertools import accumulate
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import accumulate
 
 import numpy as np
 
