@@ -10,12 +10,13 @@ from lamina_bench.catalog.devices import parse_mix
 from lamina_bench.catalog.local import local_devices
 from lamina_bench.catalog.models import derived_sizes, dtype_bytes, get_model, list_models
 from lamina_bench.catalog.prices import DEFAULT_PRICE_SET, PAPER_PRICE_SET, get_price_set
-from lamina_bench.catalog.workloads import load_trace
+from lamina_bench.catalog.workloads import load_trace, synthetic_trace
 from lamina_bench.cli.common import add_catalog_arguments, catalog_of, given
 from lamina_bench.errors import UserInputError
 from lamina_bench.model.cost import require_prices
 from lamina_bench.model.iteration import iteration_model
 from lamina_bench.model.paper import paper_comparisons
+from lamina_bench.model.scheduler import PREFILL_MODES, SCHEDULERS, Scheduler, scheduler_named
 from lamina_bench.model.search import search
 from lamina_bench.model.simulator import simulate
 from lamina_bench.model.system import SystemConfig, memory_plan
@@ -88,10 +89,36 @@ def add_simulate(sub) -> None:
     p.add_argument("--compute", help="compute mix NxDEVICE, e.g. 2xH100 (homogeneous: the TP group)")
     p.add_argument("--attention", help="Lamina attention mix NxDEVICE, e.g. 4xH20")
     p.add_argument("--trace", help="azure-conv | azure-code | kimi-conv")
-    p.add_argument("--requests", type=int, help="first N requests of the trace (default: all)")
-    p.add_argument("--arrival", help="saturate (default) | trace | poisson")
+    p.add_argument("--input-len", type=int, help="instead of --trace: every request has this prompt length")
+    p.add_argument(
+        "--output-len", type=int, help="instead of --trace: every request generates this many tokens"
+    )
+    p.add_argument(
+        "--requests",
+        type=int,
+        help="first N requests of the trace (default: all); N requests of fixed lengths",
+    )
+    p.add_argument("--arrival", help="saturate (default) | trace | poisson | concurrency")
     p.add_argument("--rate", type=float, help="Poisson arrival rate, requests/s")
     p.add_argument("--seed", type=int, help="seed of the Poisson arrivals")
+    p.add_argument("--concurrency", type=int, help="--arrival concurrency: clients of the closed loop")
+    d = Scheduler("vllm")  # the defaults live in model/scheduler.py
+    p.add_argument(
+        "--scheduler", help=f"{' | '.join(SCHEDULERS)} (default {Scheduler().name}; model/scheduler.py)"
+    )
+    p.add_argument("--max-num-seqs", type=int, help=f"vllm: most running requests (default {d.max_num_seqs})")
+    p.add_argument(
+        "--max-num-batched-tokens",
+        type=int,
+        help=f"vllm: most tokens per iteration (default {d.max_num_batched_tokens})",
+    )
+    p.add_argument(
+        "--gpu-memory-utilization",
+        type=float,
+        help=f"vllm: share of memory for weights + KV (default {d.gpu_memory_utilization:g})",
+    )
+    p.add_argument("--block-size", type=int, help=f"vllm: tokens per KV block (default {d.block_size})")
+    p.add_argument("--prefill", help=f"vllm: {' | '.join(PREFILL_MODES)} (default {d.prefill})")
     p.add_argument("--pipeline-batches", type=int, help="Lamina: 1 none, 2 ping-pong (default), >2 rotate")
     p.add_argument("--max-batch", type=int, help="cap on running requests")
     p.add_argument("--dtype", help="fp16 (default) | bf16")
@@ -103,7 +130,7 @@ def add_simulate(sub) -> None:
 
 # Options of one simulation that --paper (nine fixed setups) would silently ignore.
 _SINGLE_RUN_OPTIONS = ("model", "system", "compute", "attention", "trace", "arrival", "rate", "seed")
-_SINGLE_RUN_OPTIONS += ("pipeline_batches", "max_batch")
+_SINGLE_RUN_OPTIONS += ("pipeline_batches", "max_batch", "concurrency", "input_len", "output_len")
 
 
 def _run_simulate(args) -> int:
@@ -112,6 +139,7 @@ def _run_simulate(args) -> int:
         raise UserInputError(
             f"--profile-dir {args.profile_dir} is not a folder (it holds <device>-<backend>.json)"
         )
+    scheduler = _scheduler(args)
     if args.paper:
         if args.dtype not in (None, "fp16"):
             raise UserInputError("--paper reproduces the paper's fp16 setting; drop --dtype")
@@ -119,9 +147,11 @@ def _run_simulate(args) -> int:
         if ignored:
             raise UserInputError(
                 f"--paper runs the paper's nine fixed setups; drop {', '.join(ignored)} "
-                "(with --paper only --requests, --devices-file, --profile-dir and --json apply)"
+                "(with --paper only --requests, --devices-file, --profile-dir, --json and the --scheduler options apply)"
             )
-        rows = paper_comparisons(requests=args.requests, catalog=catalog, profile_dir=args.profile_dir)
+        rows = paper_comparisons(
+            requests=args.requests, catalog=catalog, profile_dir=args.profile_dir, scheduler=scheduler
+        )
         if args.json:
             print(
                 json.dumps(
@@ -139,14 +169,16 @@ def _run_simulate(args) -> int:
         else:
             print(comparisons_markdown(rows))
         return 0
-    missing = [o for o in ("model", "system", "compute", "trace") if getattr(args, o) is None]
+    missing = [o for o in ("model", "system", "compute") if getattr(args, o) is None]
     if missing:
         raise UserInputError(f"simulate needs --{', --'.join(missing)} (or --paper)")
+    trace = _workload(args)
     config = SystemConfig(
         args.system,
         get_model(args.model),
         parse_mix(args.compute, catalog),
         parse_mix(args.attention, catalog) if args.attention else None,
+        scheduler=scheduler,
         **given(args, dtype="dtype", pipeline_batches="pipeline_batches", max_batch_size="max_batch"),
     )
     memory_plan(config)  # a mix the weights do not fit: one-line error before anything else
@@ -156,12 +188,42 @@ def _run_simulate(args) -> int:
     model = iteration_model(config, profile_dir=args.profile_dir)
     result = simulate(
         config,
-        load_trace(args.trace),
+        trace,
         model=model,
-        **given(args, arrival="arrival", rate_per_s="rate", seed="seed", requests="requests"),
-    )
+        **given(args, arrival="arrival", rate_per_s="rate", seed="seed", requests="requests",
+                concurrency="concurrency"),
+    )  # fmt: skip
     print(result.to_json() if args.json else result_table(result))
     return 0
+
+
+_VLLM_KNOBS = {
+    "max_num_seqs": "max_num_seqs",
+    "max_num_batched_tokens": "max_num_batched_tokens",
+    "gpu_memory_utilization": "gpu_memory_utilization",
+    "block_size": "block_size",
+    "prefill": "prefill",
+}
+
+
+def _scheduler(args):
+    """The scheduler of --scheduler with the vLLM knobs given (an error for reserve-all)."""
+    return scheduler_named(args.scheduler or "reserve-all", **given(args, **_VLLM_KNOBS))
+
+
+def _workload(args):
+    """--trace, or requests of fixed lengths (--input-len, --output-len, --requests)."""
+    fixed = [o for o in ("input_len", "output_len") if getattr(args, o) is not None]
+    if args.trace is not None:
+        if fixed:
+            raise UserInputError("give either --trace or --input-len/--output-len, not both")
+        return load_trace(args.trace)
+    if len(fixed) < 2 or args.requests is None:
+        raise UserInputError("simulate needs --trace, or --input-len, --output-len and --requests")
+    for name in ("input_len", "output_len", "requests"):
+        if getattr(args, name) < 1:
+            raise UserInputError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    return synthetic_trace(args.requests, args.input_len, args.output_len)
 
 
 def add_search(sub) -> None:

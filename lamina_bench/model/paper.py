@@ -11,6 +11,7 @@ from lamina_bench.catalog.models import get_model
 from lamina_bench.catalog.prices import PAPER_PRICE_SET
 from lamina_bench.catalog.workloads import load_trace
 from lamina_bench.model.iteration import iteration_model
+from lamina_bench.model.scheduler import RESERVE_ALL, Scheduler
 from lamina_bench.model.simulator import SimulationResult, ratio, simulate
 from lamina_bench.model.system import SystemConfig
 
@@ -50,16 +51,19 @@ def paper_comparisons(
     requests: int | None = None,
     catalog: Mapping[str, DeviceSpec] | None = None,
     profile_dir: str | Path | None = None,
+    scheduler: Scheduler = RESERVE_ALL,
 ) -> list[Comparison]:
     """The paper's nine comparisons (3 models x 3 traces, saturate mode, fp16, ping-pong Lamina), from
     the stored profiles in `profile_dir` where a device has one, else the roofline; priced with the
-    paper's price set unless `catalog` says otherwise."""
+    paper's price set unless `catalog` says otherwise; `scheduler` (model/scheduler.py) for both systems."""
     catalog = load_catalog(prices=PAPER_PRICE_SET) if catalog is None else catalog
     rows = []
     for name, compute, attention, homog in PAPER_SETUPS:
         spec = get_model(name)
-        lamina = SystemConfig("lamina", spec, parse_mix(compute, catalog), parse_mix(attention, catalog))
-        base = SystemConfig("homogeneous", spec, parse_mix(homog, catalog))
+        lamina = SystemConfig(
+            "lamina", spec, parse_mix(compute, catalog), parse_mix(attention, catalog), scheduler=scheduler
+        )
+        base = SystemConfig("homogeneous", spec, parse_mix(homog, catalog), scheduler=scheduler)
         models = [iteration_model(c, profile_dir=profile_dir) for c in (base, lamina)]
         for trace_name in PAPER_TRACES:
             trace = load_trace(trace_name)

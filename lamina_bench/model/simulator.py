@@ -1,8 +1,18 @@
-"""Trace-driven decode simulation of a system on a device mix: replay + iteration model -> metrics.
+"""Trace-driven serving simulation of a system on a device mix: replay + iteration model -> metrics.
 
-Decode only (the paper's throughput setting): prompts occupy KV but prefill time is excluded; each
-generated token costs one decode iteration whose attention reads the request's current context
-(prompt + tokens generated so far). Scheduling: `model/replay.py`; iteration time: `model/iteration.py`.
+The scheduler is the system's (`SystemConfig.scheduler`, model/scheduler.py):
+  reserve-all (default): decode only, the paper's throughput setting; prompts occupy KV but prefill time
+      is excluded; each generated token costs one decode iteration whose attention reads the request's
+      current context (prompt + tokens generated so far). Replay: `model/replay.py`.
+  vllm: vLLM V1's paged scheduler with prefill, preemption by recompute and CPU overhead
+      (`model/paged_replay.py`, iteration time with prefill `model/prefill.py`).
+Decode iteration time: `model/iteration.py`.
+
+Arrival modes: saturate (every request queued at t = 0), trace (the trace's timestamps), poisson (at a
+rate, seeded), concurrency (a closed loop of N clients, each sending its next request, in trace order, as
+soon as its previous one finished; the trace's timestamps are ignored, its lengths kept). Throughput has
+one definition per mode (model/summary.py): saturate the saturated phase, concurrency the closed-loop
+phase, trace and poisson the whole trace; `throughput_basis` names it in `to_dict()` and in the rows.
 """
 
 from __future__ import annotations
@@ -14,16 +24,31 @@ from typing import Any
 
 import numpy as np
 
-from lamina_bench.catalog.models import dense_flops_per_token, net_bytes_per_token_per_layer
+from lamina_bench.catalog.models import (
+    dense_flops_per_token,
+    kv_bytes_per_token,
+    net_bytes_per_token_per_layer,
+)
 from lamina_bench.catalog.workloads import Trace, check_request_count, poisson_arrivals
 from lamina_bench.errors import UserInputError
 from lamina_bench.model.cost import mixes_cost_usd_per_hour, price_set_label, tokens_per_usd, usd_per_mtok
-from lamina_bench.model.iteration import IterationModel, iteration_model
+from lamina_bench.model.iteration import IterationBreakdown, IterationModel, iteration_model
+from lamina_bench.model.paged_replay import ServingReplay, paged_replay
+from lamina_bench.model.prefill import ServingIterationModel
 from lamina_bench.model.replay import Replay, replay
 from lamina_bench.model.roofline import attention_layer_bytes
+from lamina_bench.model.summary import (
+    closed_loop_arrivals,
+    latency_stats,
+    phase_end,
+    phase_rates,
+    release_by_finish_order,
+    weighted_percentiles,
+)
 from lamina_bench.model.system import SystemConfig, memory_plan
 
-ARRIVALS = ("saturate", "trace", "poisson")
+ARRIVALS = ("saturate", "trace", "poisson", "concurrency")
+BASIS = {"saturate": "saturated phase", "concurrency": "closed-loop phase"}  # else "whole trace"
 
 
 @dataclass(frozen=True)
@@ -46,8 +71,9 @@ class SimulationResult:
     makespan_s: float
     throughput_tok_per_s: float  # all tokens / makespan (includes the drain at the end of the trace)
     mean_batch_size: float | None  # tokens / iterations
-    # Saturate mode only: over the iterations that start while requests still wait in the queue (the
-    # system is full), i.e. without the drain, whose length a single long request sets. None otherwise.
+    # The steady phase of saturate mode (iterations that start while requests still wait for their first
+    # admission: the system full, without the drain, whose length a single long request sets) and of
+    # concurrency mode (iterations before the last request is sent: every client busy). None otherwise.
     saturated_throughput_tok_per_s: float | None
     saturated_mean_batch_size: float | None
     max_batch_size: int
@@ -80,6 +106,21 @@ class SimulationResult:
     source: str
     profile: str
     price_set: str | None = None  # the price set behind every cost figure (catalog/prices.py)
+    scheduler: str = "reserve-all"  # model/scheduler.py (label with the vLLM knobs)
+    concurrency: int | None = None  # clients of the closed loop (arrival "concurrency")
+    throughput_basis: str = "whole trace"  # what the headline throughput covers (model/summary.py)
+    preemptions: int = 0  # preemptions by recompute (vllm)
+    prefill_tokens: int = 0  # prompt and recompute tokens computed (vllm; reserve-all excludes prefill)
+    # per-request latencies over the served requests, ms (model/summary.py); reserve-all: prefill excluded
+    ttft_mean_ms: float | None = None
+    ttft_p50_ms: float | None = None
+    ttft_p99_ms: float | None = None
+    tpot_mean_ms: float | None = None
+    tpot_p50_ms: float | None = None
+    tpot_p99_ms: float | None = None
+    e2el_mean_ms: float | None = None
+    e2el_p50_ms: float | None = None
+    e2el_p99_ms: float | None = None
 
     def to_dict(self) -> dict:
         """Every field, with the headline figures (throughput, mean batch, tokens per USD, USD per Mtok) on
@@ -99,14 +140,14 @@ class SimulationResult:
     def row_fields(self) -> dict[str, Any]:
         """This result as PointRow fields (results/row.py): registered metrics, per-pool times and notes.
 
-        Saturate mode reports the phase where requests still queue (the steady state), not the drain
-        after the last admission (`throughput_basis`), and keeps the whole-trace figures beside it.
+        Saturate and concurrency modes report their steady phase (`throughput_basis`, model/summary.py),
+        not the drain after it, and keep the whole-trace figures beside it.
         """
         values = {k: getattr(self, k) for k in _ROW_METRICS}
-        notes: dict[str, Any] = {"throughput_basis": "whole trace"}
+        notes: dict[str, Any] = {"throughput_basis": self.throughput_basis}
         if self.saturated_throughput_tok_per_s is not None:
             whole = {k: values[k] for k in _SATURATED_METRICS}
-            notes.update(throughput_basis="saturated phase", whole_trace=_present(whole))
+            notes.update(whole_trace=_present(whole))
             values.update(
                 throughput_tok_per_s=self.saturated_throughput_tok_per_s,
                 mean_batch_size=self.saturated_mean_batch_size,
@@ -176,27 +217,8 @@ def _present(values: dict[str, Any]) -> dict[str, float]:
     return {k: v for k, v in values.items() if v is not None}
 
 
-def _weighted_percentiles(
-    values: np.ndarray, weights: np.ndarray, percents: tuple[float, ...]
-) -> list[float]:
-    """Percentiles of `values` where each value counts `weights` times (lower value at ties)."""
-    order = np.argsort(values, kind="stable")
-    cum = np.cumsum(weights[order])
-    idx = np.searchsorted(cum, np.asarray(percents) / 100.0 * cum[-1], side="left")
-    return [float(v) for v in values[order][np.minimum(idx, len(values) - 1)]]
-
-
 def ratio(num: float, den: float | None) -> float | None:
     return None if den is None or den <= 0 else num / den
-
-
-def _saturated(rep: Replay, time_s: np.ndarray) -> tuple[float | None, float | None]:
-    """(throughput, mean batch) over iterations before the last admission (queue non-empty at their start)."""
-    window = int(rep.admit_iteration.max()) if len(rep.admit_iteration) else 0
-    if window <= 0:
-        return None, None
-    tokens = float(rep.batch[:window].sum())
-    return tokens / float(time_s[:window].sum()), tokens / window
 
 
 def summarize(
@@ -204,35 +226,44 @@ def summarize(
     model: IterationModel,
     trace_name: str,
     arrival: str,
-    rep: Replay,
+    rep: ServingReplay,
+    bd: IterationBreakdown,
     kv_capacity_tokens: int,
+    output_len: np.ndarray,
+    arrival_s: np.ndarray,
+    concurrency: int | None = None,
 ) -> SimulationResult:
-    """Metrics of a replay (see SimulationResult)."""
+    """Metrics of a replay and its per-iteration breakdown `bd` (see SimulationResult, model/summary.py)."""
     spec = config.model
-    bd = model.breakdown(rep.batch, rep.sum_context)
-    tokens = int(rep.batch.sum())
+    decode_tokens = int(rep.batch.sum())
+    prefill_tokens = int(rep.prefill_tokens.sum())
+    tokens = int(rep.generated.sum())
     makespan = rep.end_s
     served = int(np.count_nonzero(rep.admit_iteration >= 0))
     tbt = [None] * 4
-    if tokens:
-        mean_ms = float(np.sum(bd.time_s * rep.batch) / tokens * 1e3)
-        tbt = [mean_ms] + [v * 1e3 for v in _weighted_percentiles(bd.time_s, rep.batch, (50, 90, 99))]
+    if decode_tokens:
+        mean_ms = float(np.sum(bd.time_s * rep.batch) / decode_tokens * 1e3)
+        tbt = [mean_ms] + [v * 1e3 for v in weighted_percentiles(bd.time_s, rep.batch, (50, 90, 99))]
     lamina = config.system == "lamina"
     net_per_token = (
         float(net_bytes_per_token_per_layer(spec, config.dtype) * spec.num_layers) if lamina else 0.0
     )
-    rate_gbps = rep.batch * net_per_token * 8 / np.maximum(bd.time_s, 1e-30) / 1e9
+    kv_per_token = float(kv_bytes_per_token(spec, config.dtype)) if lamina else 0.0  # prefill KV to the pool
+    link_bytes = rep.batch * net_per_token + rep.prefill_tokens * kv_per_token
+    rate_gbps = link_bytes * 8 / np.maximum(bd.time_s, 1e-30) / 1e9
     cost = mixes_cost_usd_per_hour(config.compute, config.attention)
     throughput = tokens / makespan if makespan > 0 else 0.0
     kv_pool = config.attention or config.compute
     peak_flops = config.compute.device.bf16_flops_per_s
     peak_bw = kv_pool.device.mem_bandwidth_bytes_per_s
     kv_bytes = float(attention_layer_bytes(spec, config.dtype, 0.0, rep.sum_context.sum())) * spec.num_layers
-    sat_tput, sat_batch = _saturated(rep, bd.time_s) if arrival == "saturate" else (None, None)
+    sat_tput, sat_batch = phase_rates(rep, bd.time_s, phase_end(rep, arrival))
     mean_ms = {
         k: float(getattr(bd, k).mean()) * 1e3 if rep.iterations else None
         for k in ("time_s", "dense_s", "attention_s", "network_s", "compute_busy_s", "attention_busy_s")
     }
+    end_s = rep.start_s + rep.time_s
+    latencies = latency_stats(rep, output_len, arrival_s, end_s)
     return SimulationResult(
         system=config.system,
         model=spec.name,
@@ -258,7 +289,7 @@ def summarize(
         tbt_p90_ms=tbt[2],
         tbt_p99_ms=tbt[3],
         kv_capacity_tokens=kv_capacity_tokens,
-        kv_peak_tokens=int(rep.kv_reserved_tokens.max()) if rep.iterations else 0,
+        kv_peak_tokens=int(rep.kv_used_tokens.max()) if rep.iterations else 0,
         cost_usd_per_hour=cost,
         price_set=price_set_label(config.compute, config.attention),
         tokens_per_usd=tokens_per_usd(throughput, cost),
@@ -266,7 +297,7 @@ def summarize(
         saturated_tokens_per_usd=None if sat_tput is None else tokens_per_usd(sat_tput, cost),
         net_bytes_per_token=net_per_token,
         net_peak_gbps=float(rate_gbps.max()) if lamina and rep.iterations else 0.0,
-        net_mean_gbps=tokens * net_per_token * 8 / makespan / 1e9 if makespan > 0 else 0.0,
+        net_mean_gbps=float(link_bytes.sum()) * 8 / makespan / 1e9 if makespan > 0 else 0.0,
         compute_busy_fraction=ratio(float(bd.compute_busy_s.sum()), makespan),
         attention_busy_fraction=ratio(float(bd.attention_busy_s.sum()), makespan) if lamina else None,
         iteration_mean_ms=mean_ms["time_s"],
@@ -277,13 +308,68 @@ def summarize(
         attention_busy_mean_ms=mean_ms["attention_busy_s"],
         compute_flops_utilization=None
         if peak_flops is None
-        else ratio(dense_flops_per_token(spec) * tokens, makespan * config.compute.count * peak_flops),
+        else ratio(
+            dense_flops_per_token(spec) * (decode_tokens + prefill_tokens),
+            makespan * config.compute.count * peak_flops,
+        ),
         kv_bandwidth_utilization=None
         if peak_bw is None
         else ratio(kv_bytes, makespan * kv_pool.count * peak_bw),
         source=model.source,
         profile=model.profile,
+        scheduler=config.scheduler.label(),
+        concurrency=concurrency,
+        throughput_basis=BASIS[arrival] if sat_tput is not None else "whole trace",
+        preemptions=int(rep.preemptions.sum()),
+        prefill_tokens=prefill_tokens,
+        **latencies,
     )
+
+
+def _reserve_all(
+    config: SystemConfig, trace: Trace, arrival_s, capacity: int, model: IterationModel, arrival: str,
+    concurrency: int | None,
+) -> tuple[ServingReplay, IterationBreakdown]:  # fmt: skip
+    """Reserve-all replay as a ServingReplay (no prefill, no preemption). A closed loop of N clients is the
+    saturate replay with the batch capped at N: the queue head is admitted only while fewer than N run,
+    i.e. once a completion has sent it (FIFO admission makes the two the same)."""
+    cap = config.max_batch_size
+    if concurrency is not None:
+        cap = min(cap or concurrency, concurrency)
+    r: Replay = replay(
+        trace.prompt_len, trace.output_len, arrival_s, capacity, model.time_s, cap,
+        follow_arrivals=arrival in ("trace", "poisson"),
+    )  # fmt: skip
+    zeros = np.zeros_like(r.batch)
+    release = None if concurrency is None else release_by_finish_order(r.finish_iteration, concurrency)
+    rep = ServingReplay(
+        r.batch, r.sum_context, zeros, zeros.astype(np.float64), zeros, zeros, r.kv_reserved_tokens, r.time_s,
+        r.start_s, r.admit_iteration, r.admit_iteration, r.finish_iteration,
+        np.zeros_like(r.admit_iteration), release,
+    )  # fmt: skip
+    return rep, model.breakdown(rep.batch, rep.sum_context)
+
+
+def _paged(
+    config: SystemConfig, trace: Trace, arrival_s, capacity: int, model: IterationModel, arrival: str,
+    concurrency: int | None,
+) -> tuple[ServingReplay, IterationBreakdown]:  # fmt: skip
+    serving = ServingIterationModel(model, config.scheduler)
+    last: list[IterationBreakdown] = []
+
+    def time_fn(*work) -> np.ndarray:  # keeps the breakdown: without arrivals to follow, the one call
+        last[:] = [serving.breakdown(*work)]  # covers every iteration
+        return last[0].time_s
+
+    follow = arrival in ("trace", "poisson")
+    rep = paged_replay(
+        trace.prompt_len, trace.output_len, arrival_s, capacity, time_fn, config.scheduler,
+        config.max_batch_size, follow_arrivals=follow, concurrency=concurrency,
+    )  # fmt: skip
+    if follow or not last:
+        last[:] = [serving.breakdown(rep.batch, rep.sum_context, rep.prefill_tokens, rep.prefill_pairs,
+                                     rep.prefill_seqs, rep.first_tokens)]  # fmt: skip
+    return rep, last[0]
 
 
 def simulate(
@@ -294,11 +380,13 @@ def simulate(
     seed: int = 0,
     requests: int | None = None,
     model: IterationModel | None = None,
+    concurrency: int | None = None,
 ) -> SimulationResult:
-    """Replay `trace` (its first `requests`) on `config`; deterministic for a given seed.
+    """Replay `trace` (its first `requests`) on `config` under its scheduler; deterministic for a seed.
 
-    arrival: "saturate" (all queued at t=0), "trace" (the trace's timestamps) or "poisson" (at
-    `rate_per_s`, seeded). `model` defaults to `iteration_model(config)` (stored profiles or roofline).
+    arrival: "saturate" (all queued at t=0), "trace" (the trace's timestamps), "poisson" (at `rate_per_s`,
+    seeded) or "concurrency" (closed loop of `concurrency` clients). `model` defaults to
+    `iteration_model(config)` (stored profiles or roofline).
     """
     if arrival not in ARRIVALS:
         raise UserInputError(f"unknown arrival mode {arrival!r}; valid: {', '.join(ARRIVALS)}")
@@ -307,6 +395,11 @@ def simulate(
             raise UserInputError(f"--requests must be >= 1, got {requests}")
         check_request_count(requests, trace)
         trace = trace.head(requests)
+    if arrival == "concurrency":
+        if concurrency is None or isinstance(concurrency, bool) or concurrency < 1:
+            raise UserInputError(f"arrival mode 'concurrency' needs --concurrency >= 1, got {concurrency}")
+    elif concurrency is not None:
+        raise UserInputError("--concurrency applies to --arrival concurrency only")
     if arrival == "poisson":
         if rate_per_s is None:
             raise UserInputError("arrival mode 'poisson' needs a rate (requests/s), e.g. --rate 5")
@@ -315,13 +408,13 @@ def simulate(
         arrival_s = trace.arrival_s
     plan = memory_plan(config)
     model = model or iteration_model(config)
-    rep = replay(
-        trace.prompt_len,
-        trace.output_len,
-        arrival_s,
-        plan.kv_capacity_tokens,
-        model.time_s,
-        config.max_batch_size,
-        follow_arrivals=arrival != "saturate",
-    )
-    return summarize(config, model, trace.name, arrival, rep, plan.kv_capacity_tokens)
+    run = _paged if config.scheduler.paged else _reserve_all
+    rep, bd = run(config, trace, arrival_s, plan.kv_capacity_tokens, model, arrival, concurrency)
+    if arrival == "concurrency":
+        arrival_s = closed_loop_arrivals(rep, rep.start_s + rep.time_s)
+    elif arrival == "saturate":
+        arrival_s = np.zeros(len(trace))
+    return summarize(
+        config, model, trace.name, arrival, rep, bd, plan.kv_capacity_tokens, trace.output_len, arrival_s,
+        concurrency,
+    )  # fmt: skip

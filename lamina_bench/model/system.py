@@ -1,7 +1,9 @@
 """A system on a device mix: homogeneous (tensor parallel) or Lamina (compute pool + attention pool).
 
 `SystemConfig` checks what can run at all (KV heads per attention device, replicas of the compute pool,
-heads divisible by the TP degree); `memory_plan` says what the weights take and how many KV tokens fit.
+heads divisible by the TP degree) and names its serving scheduler (model/scheduler.py); `memory_plan`
+says what the weights take and how many KV tokens fit: after a 10% workspace reserve (reserve-all), or
+as vLLM sizes its KV cache (vllm: memory.vllm_pool_memory).
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ from dataclasses import dataclass
 from lamina_bench.catalog.devices import DeviceMix
 from lamina_bench.catalog.models import DTYPE_BYTES, ModelSpec
 from lamina_bench.errors import UserInputError
-from lamina_bench.model.memory import PoolMemory, pool_memory
+from lamina_bench.model.memory import PoolMemory, pool_memory, vllm_pool_memory
 from lamina_bench.model.roofline import WORKSPACE_RESERVE_FRACTION
+from lamina_bench.model.scheduler import RESERVE_ALL, Scheduler
 
 SYSTEMS = ("homogeneous", "lamina")
 DEFAULT_LAMINA_PIPELINE_BATCHES = 2  # ping-pong, the paper's setting for one compute replica
@@ -30,6 +33,7 @@ class SystemConfig:
     pipeline_batches: int | None = None
     max_batch_size: int | None = None
     reserve_fraction: float = WORKSPACE_RESERVE_FRACTION
+    scheduler: Scheduler = RESERVE_ALL
 
     def __post_init__(self) -> None:
         if self.system not in SYSTEMS:
@@ -101,6 +105,8 @@ class MemoryPlan:
 
 def memory_plan(config: SystemConfig) -> MemoryPlan:
     """Weights (sharded over one replica), workspace reserve and KV capacity of each pool."""
+    if config.scheduler.paged:
+        return _vllm_plan(config)
     spec, c = config.model, config.compute
     if config.system == "homogeneous":
         pool = pool_memory(
@@ -115,4 +121,19 @@ def memory_plan(config: SystemConfig) -> MemoryPlan:
     attention = pool_memory(
         spec, a.device, a.count, config.dtype, None, True, config.reserve_fraction, str(a)
     )
+    return MemoryPlan(compute, attention)
+
+
+def _vllm_plan(config: SystemConfig) -> MemoryPlan:
+    """vLLM's budget (memory.vllm_pool_memory) on every pool; Lamina's compute pool holds no KV."""
+    spec, c, sched = config.model, config.compute, config.scheduler
+    knobs = (sched.gpu_memory_utilization, sched.max_num_batched_tokens, sched.block_size)
+    if config.system == "homogeneous":
+        return MemoryPlan(
+            vllm_pool_memory(spec, c.device, c.count, config.dtype, c.count, True, *knobs, str(c)), None
+        )
+    label = f"{c}" if config.replicas == 1 else f"{c} as {config.replicas} replicas of {config.tp}"
+    compute = vllm_pool_memory(spec, c.device, c.count, config.dtype, config.tp, False, *knobs, label)
+    a = config.attention
+    attention = vllm_pool_memory(spec, a.device, a.count, config.dtype, None, True, *knobs, str(a))
     return MemoryPlan(compute, attention)

@@ -95,13 +95,22 @@ def comparisons_markdown(rows: list[Comparison]) -> str:
     if first is not None:
         lines += [
             "",
-            f"Saturate mode (all requests queued at t=0, decode only, {first.dtype}), Lamina ping-pong "
+            f"Saturate mode (all requests queued at t=0, {_serving(first)}, {first.dtype}), Lamina ping-pong "
             f"(n={first.pipeline_batches}). tok/s, mean batch and tok/$ cover the saturated phase (requests "
             "still queued); 'L/H whole trace' includes the drain after the last admission. TBT over all tokens. "
             "Rejected: requests whose prompt + output exceed the whole KV capacity. "
             f"Source: {first.source}, profile: {first.profile}.",
         ]
     return "\n".join(lines)
+
+
+def _serving(result: SimulationResult) -> str:
+    """What the replay covers: decode only (reserve-all), or the scheduler with prefill included."""
+    return (
+        "decode only"
+        if result.scheduler == "reserve-all"
+        else f"scheduler {result.scheduler}, prefill included"
+    )
 
 
 def result_table(result: SimulationResult) -> str:

@@ -19,6 +19,7 @@ degree — is skipped and counted):
     lamina_pipeline_batches = [2]
     batch_caps = [16, 64, 0]                      # concurrency sweep: cap on running requests (0 = none)
     slo_ms = [40, 100, 200]                       # TBT p99 targets the report's verdict is drawn at
+    scheduler = "reserve-all"                     # or "vllm" (model/scheduler.py, vLLM's default knobs)
 
 Every device of every mix must have a price in the block's price set (an explicit ask for an unpriced
 device is an error naming the devices the set prices).
@@ -35,6 +36,7 @@ from lamina_bench.catalog.prices import DEFAULT_PRICE_SET, get_price_set
 from lamina_bench.catalog.workloads import TRACES, load_trace
 from lamina_bench.errors import UserInputError
 from lamina_bench.model.cost import require_prices
+from lamina_bench.model.scheduler import SCHEDULERS, Scheduler
 from lamina_bench.model.simulator import ARRIVALS
 from lamina_bench.model.system import SYSTEMS, SystemConfig, memory_plan
 from lamina_bench.sweep.blocks import (
@@ -66,6 +68,7 @@ MODELED_KEYS: dict[str, tuple[type, object]] = {
     "arrival": (str, "saturate"),
     "rate_per_s": (float, 0.0),
     "dtype": (str, "fp16"),
+    "scheduler": (str, "reserve-all"),
 }
 MAY_BE_EMPTY = (
     "homogeneous",
@@ -116,8 +119,11 @@ def _check_block(b: dict, where: str) -> None:
     for t in b["traces"]:
         if t not in TRACES:
             raise UserInputError(f"{where}: unknown trace {t!r}; valid: {', '.join(TRACES)}")
-    if b["arrival"] not in ARRIVALS:
-        raise UserInputError(f"{where}: unknown arrival {b['arrival']!r}; valid: {', '.join(ARRIVALS)}")
+    arrivals = [a for a in ARRIVALS if a != "concurrency"]  # a closed loop needs `simulate --concurrency`
+    if b["arrival"] not in arrivals:
+        raise UserInputError(f"{where}: unknown arrival {b['arrival']!r}; valid: {', '.join(arrivals)}")
+    if b["scheduler"] not in SCHEDULERS:
+        raise UserInputError(f"{where}: unknown scheduler {b['scheduler']!r}; valid: {', '.join(SCHEDULERS)}")
     if b["arrival"] == "poisson" and not b["rate_per_s"] > 0:
         raise UserInputError(f"{where}: arrival = 'poisson' needs rate_per_s > 0")
     if b["requests"] < 0:
@@ -168,11 +174,12 @@ def _grid_mixes(b: dict, catalog) -> list[_Mix]:
     return mixes
 
 
-def _runnable(model: str, mix: _Mix, dtype: str, where: str) -> bool:
+def _runnable(model: str, mix: _Mix, dtype: str, where: str, scheduler: str) -> bool:
     """Whether `mix` can run `model`; an explicit mix that cannot is an error, a grid one is skipped."""
     try:
         config = SystemConfig(mix.system, get_model(model), mix.compute, mix.attention, dtype,
-                              pipeline_batches=mix.depth if mix.system == "lamina" else None)  # fmt: skip
+                              pipeline_batches=mix.depth if mix.system == "lamina" else None,
+                              scheduler=Scheduler(scheduler))  # fmt: skip
         memory_plan(config)
     except UserInputError as exc:
         if mix.explicit:
@@ -198,7 +205,7 @@ def modeled_points(b: dict) -> tuple[list[Point], int]:
     except UserInputError as exc:
         raise UserInputError(f"{where}: {exc}") from None
     runnable = {
-        (model, i): _runnable(model, mix, b["dtype"], where)
+        (model, i): _runnable(model, mix, b["dtype"], where, b["scheduler"])
         for model in b["models"]
         for i, mix in enumerate(mixes)
     }
@@ -213,7 +220,7 @@ def modeled_points(b: dict) -> tuple[list[Point], int]:
             model=model, system=mix.system, trace=trace, compute=str(mix.compute),
             attention=str(mix.attention) if mix.attention else None, pipeline_batches=mix.depth,
             requests=b["requests"], arrival=b["arrival"], rate_per_s=b["rate_per_s"], dtype=b["dtype"],
-            prices=b["prices"], max_batch=cap,
+            prices=b["prices"], max_batch=cap, scheduler=b["scheduler"],
         )  # fmt: skip
         points.append(Point("modeled", config))
     return points, skipped

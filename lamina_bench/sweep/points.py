@@ -18,6 +18,7 @@ from lamina_bench.catalog.devices import DeviceSpec, load_catalog, parse_mix
 from lamina_bench.catalog.models import get_model
 from lamina_bench.catalog.prices import DEFAULT_PRICE_SET
 from lamina_bench.measure.run import MeasuredConfig
+from lamina_bench.model.scheduler import RESERVE_ALL, Scheduler
 from lamina_bench.model.system import SystemConfig
 from lamina_bench.results.row import CONFIG_FIELDS, PointRow, point_id
 
@@ -40,6 +41,7 @@ class ModeledConfig:
     dtype: str
     prices: str = DEFAULT_PRICE_SET  # the price set behind every cost figure
     max_batch: int = 0  # cap on running requests (the concurrency sweep); 0 = none
+    scheduler: str = RESERVE_ALL.name  # model/scheduler.py, with its default knobs
 
     def system_config(self) -> SystemConfig:
         """The simulator's SystemConfig of this configuration, its devices priced from `prices`."""
@@ -53,6 +55,7 @@ class ModeledConfig:
             dtype=self.dtype,
             pipeline_batches=self.pipeline_batches if lamina else None,
             max_batch_size=self.max_batch or None,
+            scheduler=Scheduler(self.scheduler),
         )
 
 
@@ -106,6 +109,7 @@ class Point:
                 "dtype": c.dtype,
                 "prices": c.prices,
                 **({"max_batch": c.max_batch} if c.max_batch else {}),
+                **({"scheduler": c.scheduler} if c.scheduler != RESERVE_ALL.name else {}),
             }
         out = {
             "mode": self.source,

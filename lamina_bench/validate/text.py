@@ -18,7 +18,7 @@ def pct(x: float) -> str:
 
 def worst_line(j: Judged) -> str:
     cond = ", ".join(f"{k}={v}" for k, v in j.conditions.items())
-    unit = "ms" if j.metric.endswith("_ms") else "us"
+    unit = "ms" if j.metric.endswith("_ms") else ("tok/s" if j.metric.endswith("_tok_per_s") else "us")
     return f"{100 * j.error:+.0f}% ({cond}; {j.measured:.4g} vs {j.predicted:.4g} {unit}; {j.file})"
 
 
@@ -65,7 +65,7 @@ def left_out_text(left_out: Sequence[tuple[str, int, str]]) -> str:
     by_file: dict[tuple[str, str], list[int]] = defaultdict(list)
     for file, row, reason in left_out:
         by_file[(file, reason)].append(row)
-    lines = ["e2e rows left out (the decode-only simulator cannot predict them):"]
+    lines = ["e2e rows left out (the simulator cannot predict them):"]
     lines += [
         f"  {file} rows {', '.join(map(str, rows))}: {reason}"
         for (file, reason), rows in sorted(by_file.items())

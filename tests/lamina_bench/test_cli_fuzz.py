@@ -88,7 +88,10 @@ def test_simulate_with_a_damaged_profile(tmp_path, capsys, content, message):
 
 def test_simulate_paper_refuses_options_it_would_ignore(capsys):
     err = one_line_error(capsys, "simulate", "--paper", "--requests", "20", "--model", "llama3-70b")
-    assert "drop --model" in err and "only --requests, --devices-file, --profile-dir and --json apply" in err
+    assert (
+        "drop --model" in err
+        and "only --requests, --devices-file, --profile-dir, --json and the --scheduler options apply" in err
+    )
 
 
 def test_lower_case_device_names_are_aliases(capsys):
