@@ -23,6 +23,7 @@ import numpy as np
 from lamina_bench.catalog.device_spec import DeviceSpec
 from lamina_bench.catalog.devices import DeviceMix, get_device, load_catalog
 from lamina_bench.catalog.models import ModelSpec
+from lamina_bench.catalog.moe import require_dense
 from lamina_bench.catalog.prices import DEFAULT_PRICE_SET
 from lamina_bench.catalog.workloads import Trace
 from lamina_bench.errors import UserInputError
@@ -273,6 +274,7 @@ def search(
 ) -> SearchResult:
     """Best tokens per dollar for `model` on `trace` (module doc). Devices default to every catalog
     device with a bf16 peak, a memory bandwidth and a price in `price_set` (which priced `catalog`)."""
+    require_dense(model, "the search")
     if tbt_slo_ms is not None and not tbt_slo_ms > 0:
         raise UserInputError(f"TBT SLO must be a positive number of ms, got {tbt_slo_ms}")
     if budget_usd_per_hour is not None and not budget_usd_per_hour > 0:
