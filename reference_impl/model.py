@@ -1,8 +1,9 @@
-"""Decoder-only transformers for the Lamina reference implementation: the LLaMA family and OPT.
+"""Decoder-only transformers for the Lamina reference implementation: the LLaMA family, OPT and the
+mixture-of-experts models Mixtral and Qwen3-MoE.
 
-One module serves both families because they differ in only three places, all chosen from the config:
-positions (rotary embedding vs a learned table), normalisation (RMSNorm vs LayerNorm) and the MLP
-(SwiGLU vs ReLU). Every attention goes through the module-level function `attention`, which the
+One module serves them all because they differ in only a few places, all chosen from the config:
+positions (rotary embedding vs a learned table), normalisation (RMSNorm vs LayerNorm), the MLP (SwiGLU,
+ReLU, or routed SwiGLU experts from moe.py) and Qwen3's RMSNorm on each query and key head. Every attention goes through the module-level function `attention`, which the
 converter (converter.py) keeps as one node of a torch.fx graph and cuts the model around.
 
 Tokens are flattened: a step over several sequences is one (T, d) tensor plus the position of each token
@@ -26,9 +27,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from reference_impl.errors import ConfigError
+from reference_impl.moe import MoEBlock, MoEConfig
 from reference_impl.parallel import ColumnParallelLinear, RowParallelLinear
 
-ARCHS = ("llama", "opt")
+ARCHS = ("llama", "opt", "mixtral", "qwen3_moe")
+MOE_ARCHS = ("mixtral", "qwen3_moe")
 # HF's OPTLearnedPositionalEmbedding looks up row position + 2 (metaseq reserved rows for padding).
 OPT_POSITION_OFFSET = 2
 
@@ -44,7 +47,7 @@ class Llama3RopeScaling(NamedTuple):
 
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: str  # "llama" (LlamaForCausalLM: LLaMA-1/2/3/3.1) | "opt" (OPTForCausalLM, pre-LN)
+    arch: str  # "llama" (LLaMA-1/2/3/3.1) | "opt" (OPTForCausalLM, pre-LN) | "mixtral" | "qwen3_moe"
     vocab_size: int
     hidden_size: int  # d
     intermediate_size: int  # MLP width (OPT: ffn_dim)
@@ -58,6 +61,8 @@ class ModelConfig:
     rope_scaling: Llama3RopeScaling | None = None  # llama only; None = plain RoPE
     tie_embeddings: bool = False  # lm_head shares the token embedding matrix
     bias: bool = False  # q/k/v/o and MLP linears carry biases (OPT: yes; LLaMA: no)
+    moe: MoEConfig | None = None  # routed experts (mixtral, qwen3_moe); None = dense MLP in every layer
+    qk_norm: bool = False  # RMSNorm over each q and k head before RoPE (Qwen3)
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
@@ -77,10 +82,18 @@ class ModelConfig:
             )
         if self.arch == "opt" and (self.rope_scaling is not None or self.num_kv_heads != self.num_heads):
             raise ConfigError("OPT uses learned positions and multi-head attention: no rope_scaling, no GQA")
+        if (self.arch in MOE_ARCHS) != (self.moe is not None):
+            raise ConfigError(
+                f"arch {self.arch!r}: routed experts are for {', '.join(MOE_ARCHS)} and required there"
+            )
+        if self.moe is not None and any(not 0 <= i < self.num_layers for i in self.moe.dense_layers):
+            raise ConfigError(
+                f"MoE dense layers {self.moe.dense_layers} must lie in 0..{self.num_layers - 1}"
+            )
 
     @property
     def uses_rope(self) -> bool:
-        return self.arch == "llama"
+        return self.arch != "opt"
 
     @property
     def group_size(self) -> int:
@@ -155,7 +168,7 @@ class RMSNorm(nn.Module):
 
 
 def make_norm(cfg: ModelConfig, device, dtype) -> nn.Module:
-    if cfg.arch == "llama":
+    if cfg.arch != "opt":
         return RMSNorm(cfg.hidden_size, cfg.norm_eps, device=device, dtype=dtype)
     return nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps, device=device, dtype=dtype)
 
@@ -193,11 +206,15 @@ class Attention(nn.Module):
         self.wk = tp.column(d, cfg.num_kv_heads * D, cfg.bias)
         self.wv = tp.column(d, cfg.num_kv_heads * D, cfg.bias)
         self.wo = tp.row(cfg.num_heads * D, d, cfg.bias)
+        self.q_norm = RMSNorm(D, cfg.norm_eps, tp.device, tp.dtype) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(D, cfg.norm_eps, tp.device, tp.dtype) if cfg.qk_norm else None
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, ...] | None, ctx: Any) -> torch.Tensor:
         q = self.wq(x).view(-1, self.n_heads, self.head_dim)  # (T, d) -> (T, Hq/tp, D)
         k = self.wk(x).view(-1, self.n_kv_heads, self.head_dim)  # (T, Hkv/tp, D)
         v = self.wv(x).view(-1, self.n_kv_heads, self.head_dim)  # (T, Hkv/tp, D)
+        if self.q_norm is not None:  # Qwen3: each head normalised over its D features
+            q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             cos, sin = rope
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
@@ -238,7 +255,10 @@ class Block(nn.Module):
         self.attn_norm = make_norm(cfg, tp.device, tp.dtype)
         self.attn = Attention(cfg, layer, tp)
         self.mlp_norm = make_norm(cfg, tp.device, tp.dtype)
-        self.mlp = SwiGLU(cfg, tp) if cfg.arch == "llama" else ReluMLP(cfg, tp)
+        if cfg.moe is not None and cfg.moe.is_sparse(layer):
+            self.mlp = MoEBlock(cfg.moe, cfg.hidden_size, tp)
+        else:
+            self.mlp = ReluMLP(cfg, tp) if cfg.arch == "opt" else SwiGLU(cfg, tp)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, ...] | None, ctx: Any) -> torch.Tensor:
         h = x + self.attn(self.attn_norm(x), rope, ctx)  # (T, d)
@@ -246,10 +266,15 @@ class Block(nn.Module):
 
 
 def check_tp(cfg: ModelConfig, tp_size: int) -> None:
-    """ConfigError unless heads and MLP width split evenly over tp_size ranks."""
-    for name in ("num_heads", "num_kv_heads", "intermediate_size"):
-        if tp_size < 1 or getattr(cfg, name) % tp_size != 0:
-            raise ConfigError(f"{name}={getattr(cfg, name)} is not divisible by tp_size={tp_size}")
+    """ConfigError unless heads and MLP (or expert) widths split evenly over tp_size ranks."""
+    widths = {"num_heads": cfg.num_heads, "num_kv_heads": cfg.num_kv_heads}
+    if cfg.moe is None or cfg.moe.dense_layers:
+        widths["intermediate_size"] = cfg.intermediate_size
+    if cfg.moe is not None:
+        widths["expert_intermediate_size"] = cfg.moe.expert_intermediate_size
+    for name, width in widths.items():
+        if tp_size < 1 or width % tp_size != 0:
+            raise ConfigError(f"{name}={width} is not divisible by tp_size={tp_size}")
 
 
 class DecoderModel(nn.Module):
