@@ -20,7 +20,7 @@ from torch import nn
 
 from reference_impl.errors import ConfigError
 from reference_impl.hf_config import config_from_hf, read_config, read_json_object
-from reference_impl.model import DecoderModel
+from reference_impl.model import DecoderModel, ModelConfig
 from reference_impl.parallel import shard_range
 
 __all__ = ["config_from_hf", "hf_param_name", "load_model", "read_config", "read_json_object"]
@@ -58,12 +58,29 @@ _HF_NAMES: dict[str, dict[str, str]] = {
     },
 }
 # MoE layers: {j} is the expert. Mixtral keeps its experts under block_sparse_moe (w1 gate, w3 up, w2 down);
-# Qwen3-MoE under mlp, with the dense MLP names for its mlp_only_layers and RMSNorms on q and k.
+# Qwen3-MoE under mlp, with the dense MLP names for its mlp_only_layers and RMSNorms on q and k;
+# DeepSeek-V3 adds shared experts, the router's selection bias and the latent attention projections.
 _HF_NAMES["mixtral"] = _HF_NAMES["llama"] | {
     "mlp.router": "model.layers.{i}.block_sparse_moe.gate",
     "mlp.experts.{j}.w_gate": "model.layers.{i}.block_sparse_moe.experts.{j}.w1",
     "mlp.experts.{j}.w_up": "model.layers.{i}.block_sparse_moe.experts.{j}.w3",
     "mlp.experts.{j}.w_down": "model.layers.{i}.block_sparse_moe.experts.{j}.w2",
+}
+_HF_NAMES["deepseek_v3"] = _HF_NAMES["llama"] | {
+    "attn.q_a": "model.layers.{i}.self_attn.q_a_proj",  # attn.wq (no q LoRA) is q_proj, as in llama
+    "attn.q_a_norm": "model.layers.{i}.self_attn.q_a_layernorm",
+    "attn.q_b": "model.layers.{i}.self_attn.q_b_proj",
+    "attn.kv_a": "model.layers.{i}.self_attn.kv_a_proj_with_mqa",
+    "attn.kv_a_norm": "model.layers.{i}.self_attn.kv_a_layernorm",
+    "attn.kv_b": "model.layers.{i}.self_attn.kv_b_proj",
+    "mlp.router": "model.layers.{i}.mlp.gate",
+    "mlp.router.score_bias": "model.layers.{i}.mlp.gate.e_score_correction_bias",
+    "mlp.experts.{j}.w_gate": "model.layers.{i}.mlp.experts.{j}.gate_proj",
+    "mlp.experts.{j}.w_up": "model.layers.{i}.mlp.experts.{j}.up_proj",
+    "mlp.experts.{j}.w_down": "model.layers.{i}.mlp.experts.{j}.down_proj",
+    "mlp.shared.w_gate": "model.layers.{i}.mlp.shared_experts.gate_proj",
+    "mlp.shared.w_up": "model.layers.{i}.mlp.shared_experts.up_proj",
+    "mlp.shared.w_down": "model.layers.{i}.mlp.shared_experts.down_proj",
 }
 _HF_NAMES["qwen3_moe"] = _HF_NAMES["llama"] | {
     "attn.q_norm": "model.layers.{i}.self_attn.q_norm",
@@ -154,6 +171,19 @@ def _shard_dims(model: nn.Module) -> dict[str, int | None]:
     }
 
 
+def _check_expert_count(weight_map: dict[str, str], config: ModelConfig, folder: Path) -> None:
+    """ConfigError when the checkpoint holds more experts per layer than config.json names (a mismatched
+    config would otherwise leave those experts silently unused)."""
+    if config.moe is None:
+        return
+    found = [int(m.group(1)) for name in weight_map if (m := re.search(r"\.experts\.(\d+)\.", name))]
+    if found and max(found) >= config.moe.num_experts:
+        raise ConfigError(
+            f"{folder}: the checkpoint holds experts 0..{max(found)} per layer, config.json names "
+            f"{config.moe.num_experts}"
+        )
+
+
 @torch.no_grad()
 def load_model(
     path: str | Path,
@@ -171,6 +201,7 @@ def load_model(
     dims = _shard_dims(model)
     with ExitStack() as stack:
         ckpt = _Checkpoint(folder, stack)
+        _check_expert_count(ckpt.weight_map, config, folder)
         for name, param in model.named_parameters():
             dim = dims.get(name)
             full = list(param.shape)

@@ -1,4 +1,4 @@
-"""Hugging Face config.json -> ModelConfig: the LLaMA family, OPT, Mixtral and Qwen3-MoE.
+"""Hugging Face config.json -> ModelConfig: the LLaMA family, OPT, Mixtral, Qwen3-MoE and DeepSeek-V3.
 
 Everything model.py cannot run is a ConfigError naming the field and what is supported, before any
 weight is read. Integer fields are checked before arithmetic, so a 0, null or "32" never becomes a
@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from reference_impl.errors import ConfigError
+from reference_impl.mla import MLAConfig
 from reference_impl.model import ARCHS, Llama3RopeScaling, ModelConfig
 from reference_impl.moe import MoEConfig
 
@@ -48,6 +49,8 @@ def config_from_hf(cfg: dict[str, Any]) -> ModelConfig:
         return _opt_config(cfg)
     if model_type in ("mixtral", "qwen3_moe"):
         return _moe_config(cfg, model_type)
+    if model_type == "deepseek_v3":
+        return _deepseek_config(cfg)
     raise ConfigError(f"unsupported model_type {model_type!r} in config.json; supported: {', '.join(ARCHS)}")
 
 
@@ -196,6 +199,72 @@ def _moe_config(cfg: dict[str, Any], model_type: str) -> ModelConfig:
         dense_layers=dense,
     )
     return _replace(llama, arch="qwen3_moe", moe=moe, qk_norm=True)
+
+
+def _deepseek_config(cfg: dict[str, Any]) -> ModelConfig:
+    """DeepSeek-V3 (DeepseekV3ForCausalLM): latent attention; first_k_dense_replace dense layers, then
+    routed + shared experts with group-limited sigmoid routing. Plain RoPE only (no YaRN), unquantized."""
+    for key, supported in (("scoring_func", "sigmoid"), ("topk_method", "noaux_tc"), ("hidden_act", "silu")):
+        if cfg.get(key, supported) != supported:
+            raise ConfigError(f"deepseek_v3: {key} {cfg[key]!r} is not supported; supported: {supported}")
+    if cfg.get("quantization_config"):
+        raise ConfigError("deepseek_v3: quantized checkpoints (quantization_config) are not supported")
+    if _flag(cfg, "attention_bias", False):
+        raise ConfigError("deepseek_v3: attention_bias=true is not supported")
+    params = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+    rope_type = params.get("rope_type", params.get("type", "default")) if isinstance(params, dict) else params
+    if rope_type != "default":
+        raise ConfigError(f"deepseek_v3: unsupported rope_type {rope_type!r}; supported: default (no YaRN)")
+    theta, _ = _rope_params(cfg)
+    layers = _positive_int(cfg, "num_hidden_layers")
+    dense = _count(cfg, "first_k_dense_replace")
+    if dense > layers:
+        raise ConfigError(f"config.json 'first_k_dense_replace' {dense} exceeds num_hidden_layers {layers}")
+    mla = MLAConfig(
+        None if cfg.get("q_lora_rank") is None else _positive_int(cfg, "q_lora_rank"),
+        _positive_int(cfg, "kv_lora_rank"),
+        _positive_int(cfg, "qk_nope_head_dim"),
+        _positive_int(cfg, "qk_rope_head_dim"),
+        _positive_int(cfg, "v_head_dim"),
+        rope_interleave=_flag(cfg, "rope_interleave", True),
+    )
+    moe = MoEConfig(
+        _positive_int(cfg, "n_routed_experts"),
+        _positive_int(cfg, "num_experts_per_tok"),
+        _positive_int(cfg, "moe_intermediate_size"),
+        "sigmoid",
+        norm_topk_prob=_flag(cfg, "norm_topk_prob", True),
+        dense_layers=tuple(range(dense)),
+        num_shared_experts=_count(cfg, "n_shared_experts"),
+        n_group=_positive_int(cfg, "n_group"),
+        topk_group=_positive_int(cfg, "topk_group"),
+        routed_scaling_factor=_positive_float(cfg.get("routed_scaling_factor"), "routed_scaling_factor"),
+        score_bias=True,  # e_score_correction_bias, in every DeepSeek-V3 checkpoint
+    )
+    return ModelConfig(
+        arch="deepseek_v3",
+        vocab_size=_positive_int(cfg, "vocab_size"),
+        hidden_size=_positive_int(cfg, "hidden_size"),
+        intermediate_size=_positive_int(cfg, "intermediate_size"),
+        num_layers=layers,
+        num_heads=_positive_int(cfg, "num_attention_heads"),
+        num_kv_heads=1,  # the cache holds one latent "head" (mla.py)
+        head_dim=mla.cache_width,
+        max_position=_positive_int(cfg, "max_position_embeddings", default=2048),
+        norm_eps=_positive_float(cfg.get("rms_norm_eps", 1e-6), "rms_norm_eps"),
+        rope_theta=theta,
+        tie_embeddings=_flag(cfg, "tie_word_embeddings", False),
+        moe=moe,
+        mla=mla,
+    )
+
+
+def _count(cfg: dict[str, Any], key: str) -> int:
+    """config.json's `key` as an integer >= 0 (required)."""
+    value = cfg.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"config.json {key!r} must be an integer >= 0, got {value!r}")
+    return value
 
 
 def _flag(cfg: dict[str, Any], key: str, default: bool) -> bool:

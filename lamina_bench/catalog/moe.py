@@ -285,8 +285,13 @@ def moe_sizes(spec: MoEModel, dtype: str = "fp16") -> dict[str, int | None]:
     all routed experts, AFD dispatch + combine bytes per token per MoE layer."""
     if not is_moe(spec):
         return dict.fromkeys(MOE_SIZE_KEYS)
-    return dict(zip(MOE_SIZE_KEYS, (active_params(spec), expert_bytes(spec, dtype), routed_expert_bytes(spec, dtype),
-                                    sum(afd_bytes_per_token_per_layer(spec, dtype))), strict=True))  # fmt: skip
+    dispatch, combine = afd_bytes_per_token_per_layer(spec, dtype)
+    return {
+        "active_params": active_params(spec),
+        "expert_bytes": expert_bytes(spec, dtype),
+        "routed_expert_bytes": routed_expert_bytes(spec, dtype),
+        "afd_bytes_per_token_per_layer": dispatch + combine,
+    }
 
 
 # ---- HF config.json --------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ import torch.distributed as dist
 from lamina_bench.catalog.benchmodels import BENCH_MODELS, checkpoint_path
 from lamina_bench.catalog.local import match_cuda_name
 from lamina_bench.catalog.models import get_model, hf_config, spec_from_hf_config
+from lamina_bench.catalog.moe import require_dense
 from lamina_bench.errors import UserInputError
 from lamina_bench.measure.run import fixed_batch_requests
 from lamina_bench.model.profiles import (
@@ -133,6 +134,7 @@ def _build_model(settings: ProfileSettings):
         folder = checkpoint_path(settings.model)
         config = json.loads((folder / "config.json").read_text())
         spec = spec_from_hf_config(config, name=Path(settings.model).name)
+        require_dense(spec, "profiles")  # before minutes of measuring
         return load_model(folder, device=settings.device, dtype=dtype), spec, folder
     try:
         spec = get_model(settings.model)

@@ -1,6 +1,6 @@
-"""`lamina-bench generate` on tiny random Mixtral and Qwen3-MoE checkpoints against transformers' greedy tokens:
-homogeneous (continuous batching, TP=2) and Lamina (attention on attention workers, experts on the compute
-worker), through the CLI code path."""
+"""`lamina-bench generate` on tiny random Mixtral, Qwen3-MoE and DeepSeek-V3 (latent attention) checkpoints
+against transformers' greedy tokens: homogeneous (continuous batching, TP=2) and Lamina (attention on
+attention workers, experts on the compute worker), through the CLI code path."""
 
 import json
 
@@ -8,14 +8,14 @@ import pytest
 import torch
 
 from lamina_bench.cli import main
-from tests.reference_impl.tiny_models import MOE_KINDS, build_tiny_hf_model
+from tests.reference_impl.tiny_models import MLA_KIND, MOE_KINDS, build_tiny_hf_model
 
 NEW_TOKENS = 16
 PROMPT_LENS = (1, 5, 17, 30, 9)  # 5 prompts of different lengths
 ARRIVALS = (0, 0, 2, 3, 8)  # engine iterations: later requests join while others decode
 
 
-@pytest.fixture(scope="module", params=MOE_KINDS)
+@pytest.fixture(scope="module", params=(*MOE_KINDS, MLA_KIND))
 def checkpoint(request, tmp_path_factory):
     """(folder, prompts, transformers' greedy tokens): the HF model saved with save_pretrained (safetensors)."""
     kind = request.param
@@ -24,6 +24,8 @@ def checkpoint(request, tmp_path_factory):
     hf.save_pretrained(folder)
     gen = torch.Generator().manual_seed(11)
     prompts = [torch.randint(3, hf.config.vocab_size, (n,), generator=gen).tolist() for n in PROMPT_LENS]
+    # no eos: --ignore-eos keeps an eos token in the output, where min_new_tokens would mask it out
+    hf.generation_config.eos_token_id = None
     expected = []
     with torch.no_grad():
         for ids in prompts:
@@ -31,7 +33,6 @@ def checkpoint(request, tmp_path_factory):
                 torch.tensor([ids]),
                 attention_mask=torch.ones(1, len(ids), dtype=torch.long),
                 max_new_tokens=NEW_TOKENS,
-                min_new_tokens=NEW_TOKENS,  # never stop at eos: compare every token
                 do_sample=False,
                 pad_token_id=0,
             )
@@ -68,20 +69,25 @@ def test_homogeneous_matches_transformers_with_continuous_batching(checkpoint, t
     assert summary["max_waiting"] >= 1 and summary["generated_tokens"] == len(prompts) * NEW_TOKENS
 
 
+# Qwen3-MoE's TP=2 logits: tests/reference_impl/test_moe.py
+@pytest.mark.parametrize("checkpoint", ["mixtral", MLA_KIND], indirect=True)
 def test_tensor_parallel_two_processes(checkpoint, tmp_path, capsys):
-    _, folder, prompts, expected = checkpoint
-    outputs, _ = _generate(
-        capsys, "--model-dir", folder, "--prompts", _prompt_file(tmp_path, prompts[:3]), "--tp", 2
-    )
-    assert outputs == expected[:3]
+    kind, folder, prompts, expected = checkpoint
+    args = ("--model-dir", folder, "--prompts", _prompt_file(tmp_path, prompts[:3]), "--tp", 2)
+    if kind == MLA_KIND:  # one latent KV head: nothing to split
+        assert "runs with tp_size 1 (one latent KV head), got 2" in _error(capsys, *args)
+    else:
+        outputs, _ = _generate(capsys, *args)
+        assert outputs == expected[:3]
 
 
-LAMINA = {  # processes over gloo: the compute worker runs the experts, two attention workers the KV heads
-    "mixtral": ("--compute-workers", 1, "--attention-workers", 2, "--pipeline-batches", 2),  # ping-pong
-    "qwen3-moe": ("--compute-workers", 2, "--attention-workers", 2),  # the compute pool is TP=2
-}
+LAMINA = {  # processes over gloo: compute workers run the experts, attention workers the KV heads
+    "mixtral": ("--compute-workers", 2, "--attention-workers", 2, "--pipeline-batches", 2),  # TP=2, ping-pong
+    MLA_KIND: ("--compute-workers", 1, "--attention-workers", 1),  # the latent cache is one KV head
+}  # (Qwen3-MoE through the converter: tests/reference_impl/test_moe.py)
 
 
+@pytest.mark.parametrize("checkpoint", list(LAMINA), indirect=True)
 def test_lamina_matches_transformers(checkpoint, tmp_path, capsys):
     kind, folder, prompts, expected = checkpoint
     prompt_file = _prompt_file(tmp_path, prompts, ARRIVALS)

@@ -1,6 +1,10 @@
 """MoE catalog: hand-worked sizes, published totals, HF parameter counts on the meta device, refusals."""
 
+import dataclasses
+import json
+
 import pytest
+import torch
 
 from lamina_bench.catalog import moe
 from lamina_bench.catalog.models import (
@@ -136,8 +140,6 @@ def test_total_params_match_huggingface_on_the_meta_device(name):
 
 
 def _same_source(spec: MoEModelSpec) -> MoEModelSpec:
-    import dataclasses
-
     return dataclasses.replace(spec, source=f"HF config.json ({spec.family})")
 
 
@@ -246,8 +248,36 @@ def test_models_command_lists_moe_columns(capsys):
     assert rows["deepseek-v3"][3:8] == ["128/MLA", "2048", "8/256+1", "671.03", "37.55"]
     assert rows["deepseek-v3"][9:11] == ["70,272", "279,680"]
     assert main(["models", "--json"]) == 0
-    import json
-
     entries = {e["name"]: e for e in json.loads(capsys.readouterr().out)}
     assert entries["mixtral-8x7b"]["moe"]["top_k"] == 2 and entries["llama3-70b"]["active_params"] is None
     assert entries["deepseek-v3"]["afd_bytes_per_token_per_layer"] == 2 * 8 * 7168 * 2
+
+
+@pytest.mark.parametrize("kind", ["mixtral", "deepseek-v3"])
+def test_link_bytes_against_what_the_reference_sends(tmp_path, kind):
+    """The catalog's attention-offload bytes against the tensors the reference's converter ships per cut."""
+    from reference_impl.checkpoint import load_model
+    from reference_impl.converter import split_model
+    from tests.reference_impl.tiny_models import build_tiny_model
+
+    folder = build_tiny_model(kind, tmp_path / kind, seed=0)
+    spec = spec_from_hf_config(json.loads((folder / "config.json").read_text()), name=kind)
+    cut = split_model(load_model(folder)).cut_values(1, torch.float32)[0]
+    sent = sum(v.nbytes for v in cut if v.role != "live")  # q, k, v out and the attention output back
+    if kind == "mixtral":  # GQA: exactly (2 q + 2 kv) * e
+        assert sent == net_bytes_per_token_per_layer(spec, "fp32") == 4 * (2 * 64 + 2 * 32)
+        return
+    # MLA (H 4, c 16, r 8): e * (H (c + r) + (c + r) + H c) = 4 * 184; the reference's attention call also
+    # ships the value as a second copy of the latent + RoPE key (c + r) and the output with its r RoPE
+    # features per head (H r): 4 * (24 + 32) more
+    assert net_bytes_per_token_per_layer(spec, "fp32") == 4 * (4 * 24 + 24 + 4 * 16) == 736
+    assert sent == 736 + 4 * (24 + 4 * 8)
+
+
+def test_profile_refuses_a_moe_checkpoint_before_measuring(tmp_path, capsys):
+    from tests.reference_impl.tiny_models import build_tiny_model
+
+    folder = build_tiny_model("mixtral", tmp_path / "mixtral")
+    capsys.readouterr()  # drop save_pretrained's progress output
+    err = _one_line_error(capsys, ["profile", "--model", str(folder), "--out", str(tmp_path / "out")])
+    assert "MoE is not modeled yet by profiles" in err and not (tmp_path / "out").exists()

@@ -258,6 +258,9 @@ def test_missing_or_misshapen_expert_tensor(ckpts, tmp_path):
         ConfigError, match=r"block_sparse_moe.gate.weight' has shape \(4, 64\), config implies \(5, 64\)"
     ):
         load_model(path)
+    (path / "config.json").write_text(json.dumps(cfg | {"num_local_experts": 3, "num_experts_per_tok": 1}))
+    with pytest.raises(ConfigError, match="the checkpoint holds experts 0..3 per layer, config.json names 3"):
+        load_model(path)  # more experts stored than the config routes to
 
 
 def test_tp_needs_divisible_expert_widths(ckpts):

@@ -20,6 +20,9 @@ from reference_impl.converter import split_model
 
 KINDS = ("llama2-mha", "llama31-gqa", "opt")
 MOE_KINDS = ("mixtral", "qwen3-moe")  # 4 experts, top-2; Qwen3: its second layer dense (mlp_only_layers)
+# DeepSeek-V3: latent attention; layer 0 dense, layers 1-2 with 8 routed experts in 4 groups (top-3 from the
+# best 2) plus a shared expert
+MLA_KIND = "deepseek-v3"
 
 # Llama-3.1 scaling shrunk to tiny sizes: with head_dim 16 and theta 1e4 the RoPE wavelengths are
 # 6.3, 19.9, 62.8, 199, ... tokens; original_max_position 64 puts the first below 64/4 = 16 (kept), the
@@ -34,7 +37,7 @@ LLAMA31_ROPE = {
 
 
 def _hf_config(kind: str):
-    from transformers import LlamaConfig, MixtralConfig, OPTConfig, Qwen3MoeConfig
+    from transformers import DeepseekV3Config, LlamaConfig, MixtralConfig, OPTConfig, Qwen3MoeConfig
 
     common = {"vocab_size": 256, "hidden_size": 64, "num_attention_heads": 4, "max_position_embeddings": 256}
     if kind == "llama2-mha":
@@ -61,7 +64,14 @@ def _hf_config(kind: str):
             **common, **moe, head_dim=16, intermediate_size=96, moe_intermediate_size=32, num_experts=4,
             norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[1],
         )  # fmt: skip
-    raise ValueError(f"unknown tiny model kind {kind!r}; valid: {', '.join(KINDS + MOE_KINDS)}")
+    if kind == MLA_KIND:
+        return DeepseekV3Config(
+            **common, num_hidden_layers=3, num_key_value_heads=4, intermediate_size=96, moe_intermediate_size=32,
+            n_routed_experts=8, num_experts_per_tok=3, n_group=4, topk_group=2, n_shared_experts=1,
+            first_k_dense_replace=1, routed_scaling_factor=2.5, q_lora_rank=32, kv_lora_rank=16,
+            qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16, rms_norm_eps=1e-5,
+        )  # fmt: skip
+    raise ValueError(f"unknown tiny model kind {kind!r}; valid: {', '.join((*KINDS, *MOE_KINDS, MLA_KIND))}")
 
 
 @torch.no_grad()
