@@ -1,4 +1,4 @@
-"""Hugging Face checkpoints: config.json into a ModelConfig, safetensors weights into a DecoderModel.
+"""Hugging Face checkpoints: safetensors weights into a DecoderModel (config.json: hf_config.py).
 
 A checkpoint is a folder with config.json and either model.safetensors or a sharded
 model.safetensors.index.json. Weights keep HF's layout (including the rotate-half RoPE convention HF's
@@ -12,7 +12,6 @@ import json
 import re
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -20,152 +19,11 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from reference_impl.errors import ConfigError
-from reference_impl.model import ARCHS, DecoderModel, Llama3RopeScaling, ModelConfig
+from reference_impl.hf_config import config_from_hf, read_config, read_json_object
+from reference_impl.model import DecoderModel, ModelConfig
 from reference_impl.parallel import shard_range
 
-# ---- config.json ---------------------------------------------------------------------------------
-
-
-def read_config(path: str | Path) -> ModelConfig:
-    """ModelConfig of the HF checkpoint folder `path` (ConfigError if missing or unsupported)."""
-    folder = Path(path)
-    if not folder.is_dir():
-        raise ConfigError(f"model folder {folder} does not exist")
-    cfg_file = folder / "config.json"
-    if not cfg_file.is_file():
-        raise ConfigError(f"{folder}: no config.json")
-    return config_from_hf(read_json_object(cfg_file))
-
-
-def read_json_object(path: Path) -> dict[str, Any]:
-    """The JSON object in the file `path` (ConfigError if it is not valid JSON or not an object)."""
-    try:
-        obj = json.loads(path.read_text())
-    except ValueError as e:
-        raise ConfigError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(obj, dict):
-        raise ConfigError(f"{path}: expected a JSON object")
-    return obj
-
-
-def config_from_hf(cfg: dict[str, Any]) -> ModelConfig:
-    """ModelConfig of a Hugging Face config.json dict; ConfigError on anything model.py cannot run."""
-    model_type = cfg.get("model_type")
-    if model_type == "llama":
-        return _llama_config(cfg)
-    if model_type == "opt":
-        return _opt_config(cfg)
-    raise ConfigError(f"unsupported model_type {model_type!r} in config.json; supported: {', '.join(ARCHS)}")
-
-
-def _positive_int(cfg: dict[str, Any], key: str, default: int | None = None) -> int:
-    """config.json's `key` as an integer >= 1; `default` when absent or null (None: the key is required).
-
-    Checked before any arithmetic, so a 0, null or "32" gives a ConfigError instead of a
-    ZeroDivisionError or TypeError deep in the model code.
-    """
-    value = cfg.get(key)
-    if value is None and default is not None:
-        return default
-    if key not in cfg:
-        raise ConfigError(f"config.json has no {key!r}")
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"config.json {key!r} must be an integer >= 1, got {value!r}")
-    return value
-
-
-def _positive_float(value: Any, key: str) -> float:
-    """A number > 0 read from config.json (ints allowed, e.g. rope_theta 500000)."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ConfigError(f"config.json {key!r} must be a number > 0, got {value!r}")
-    return float(value)
-
-
-def _rope_params(cfg: dict[str, Any]) -> tuple[float, Llama3RopeScaling | None]:
-    # transformers 5 writes "rope_parameters" (theta inside); older files write "rope_theta" + "rope_scaling"
-    params = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
-    if not isinstance(params, dict):
-        raise ConfigError(f"config.json rope_parameters/rope_scaling must be an object, got {params!r}")
-    theta = _positive_float(params.get("rope_theta", cfg.get("rope_theta", 10000.0)), "rope_theta")
-    rope_type = params.get("rope_type", params.get("type", "default"))
-    if params.get("partial_rotary_factor", 1.0) != 1.0:
-        raise ConfigError("partial_rotary_factor != 1 is not supported; RoPE must cover the whole head")
-    if rope_type == "default":
-        return theta, None
-    if rope_type != "llama3":
-        raise ConfigError(f"unsupported rope_type {rope_type!r}; supported: default, llama3")
-    try:
-        scaling = Llama3RopeScaling(
-            factor=_positive_float(params["factor"], "factor"),
-            low_freq_factor=_positive_float(params["low_freq_factor"], "low_freq_factor"),
-            high_freq_factor=_positive_float(params["high_freq_factor"], "high_freq_factor"),
-            original_max_position=_positive_int(params, "original_max_position_embeddings"),
-        )
-    except KeyError as e:
-        raise ConfigError(f"llama3 rope scaling in config.json lacks {e.args[0]!r}") from None
-    if scaling.high_freq_factor <= scaling.low_freq_factor:
-        raise ConfigError(f"llama3 rope scaling needs high_freq_factor > low_freq_factor, got {scaling}")
-    return theta, scaling
-
-
-def _llama_config(cfg: dict[str, Any]) -> ModelConfig:
-    if cfg.get("hidden_act", "silu") != "silu":
-        raise ConfigError(f"unsupported hidden_act {cfg['hidden_act']!r} for llama; supported: silu")
-    attention_bias, mlp_bias = bool(cfg.get("attention_bias", False)), bool(cfg.get("mlp_bias", False))
-    if attention_bias != mlp_bias:
-        raise ConfigError("attention_bias and mlp_bias must be equal (both biased or neither)")
-    hidden, num_heads = _positive_int(cfg, "hidden_size"), _positive_int(cfg, "num_attention_heads")
-    theta, scaling = _rope_params(cfg)
-    return ModelConfig(
-        arch="llama",
-        vocab_size=_positive_int(cfg, "vocab_size"),
-        hidden_size=hidden,
-        intermediate_size=_positive_int(cfg, "intermediate_size"),
-        num_layers=_positive_int(cfg, "num_hidden_layers"),
-        num_heads=num_heads,
-        num_kv_heads=_positive_int(cfg, "num_key_value_heads", default=num_heads),
-        head_dim=_positive_int(cfg, "head_dim", default=hidden // num_heads),
-        max_position=_positive_int(cfg, "max_position_embeddings", default=2048),
-        norm_eps=_positive_float(cfg.get("rms_norm_eps", 1e-6), "rms_norm_eps"),
-        rope_theta=theta,
-        rope_scaling=scaling,
-        tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-        bias=attention_bias,
-    )
-
-
-def _opt_config(cfg: dict[str, Any]) -> ModelConfig:
-    hidden, num_heads = _positive_int(cfg, "hidden_size"), _positive_int(cfg, "num_attention_heads")
-    if cfg.get("word_embed_proj_dim", hidden) != hidden:
-        raise ConfigError(
-            f"OPT word_embed_proj_dim {cfg['word_embed_proj_dim']} != hidden_size {hidden} "
-            "(project_in/out models such as opt-350m are not supported)"
-        )
-    if not cfg.get("do_layer_norm_before", True) or cfg.get("_remove_final_layer_norm", False):
-        raise ConfigError("only pre-LN OPT (do_layer_norm_before=true, with a final layer norm) is supported")
-    if not cfg.get("layer_norm_elementwise_affine", True):
-        raise ConfigError("OPT layer_norm_elementwise_affine=false is not supported")
-    if cfg.get("activation_function", "relu") != "relu":
-        raise ConfigError(
-            f"unsupported OPT activation_function {cfg['activation_function']!r}; supported: relu"
-        )
-    if hidden % num_heads != 0:
-        raise ConfigError(f"OPT hidden_size {hidden} is not a multiple of num_attention_heads {num_heads}")
-    return ModelConfig(
-        arch="opt",
-        vocab_size=_positive_int(cfg, "vocab_size"),
-        hidden_size=hidden,
-        intermediate_size=_positive_int(cfg, "ffn_dim"),
-        num_layers=_positive_int(cfg, "num_hidden_layers"),
-        num_heads=num_heads,
-        num_kv_heads=num_heads,
-        head_dim=hidden // num_heads,
-        max_position=_positive_int(cfg, "max_position_embeddings", default=2048),
-        norm_eps=1e-5,  # HF OPT uses nn.LayerNorm's default eps; config.json does not carry it
-        tie_embeddings=bool(cfg.get("tie_word_embeddings", True)),
-        bias=bool(cfg.get("enable_bias", True)),
-    )
-
+__all__ = ["config_from_hf", "hf_param_name", "load_model", "read_config", "read_json_object"]
 
 # ---- safetensors ---------------------------------------------------------------------------------
 # Our parameter (module path, with {i} for the layer) -> Hugging Face tensor name, per architecture.
@@ -199,20 +57,56 @@ _HF_NAMES: dict[str, dict[str, str]] = {
         "mlp.fc2": "model.decoder.layers.{i}.fc2",
     },
 }
+# MoE layers: {j} is the expert. Mixtral keeps its experts under block_sparse_moe (w1 gate, w3 up, w2 down);
+# Qwen3-MoE under mlp, with the dense MLP names for its mlp_only_layers and RMSNorms on q and k;
+# DeepSeek-V3 adds shared experts, the router's selection bias and the latent attention projections.
+_HF_NAMES["mixtral"] = _HF_NAMES["llama"] | {
+    "mlp.router": "model.layers.{i}.block_sparse_moe.gate",
+    "mlp.experts.{j}.w_gate": "model.layers.{i}.block_sparse_moe.experts.{j}.w1",
+    "mlp.experts.{j}.w_up": "model.layers.{i}.block_sparse_moe.experts.{j}.w3",
+    "mlp.experts.{j}.w_down": "model.layers.{i}.block_sparse_moe.experts.{j}.w2",
+}
+_HF_NAMES["deepseek_v3"] = _HF_NAMES["llama"] | {
+    "attn.q_a": "model.layers.{i}.self_attn.q_a_proj",  # attn.wq (no q LoRA) is q_proj, as in llama
+    "attn.q_a_norm": "model.layers.{i}.self_attn.q_a_layernorm",
+    "attn.q_b": "model.layers.{i}.self_attn.q_b_proj",
+    "attn.kv_a": "model.layers.{i}.self_attn.kv_a_proj_with_mqa",
+    "attn.kv_a_norm": "model.layers.{i}.self_attn.kv_a_layernorm",
+    "attn.kv_b": "model.layers.{i}.self_attn.kv_b_proj",
+    "mlp.router": "model.layers.{i}.mlp.gate",
+    "mlp.router.score_bias": "model.layers.{i}.mlp.gate.e_score_correction_bias",
+    "mlp.experts.{j}.w_gate": "model.layers.{i}.mlp.experts.{j}.gate_proj",
+    "mlp.experts.{j}.w_up": "model.layers.{i}.mlp.experts.{j}.up_proj",
+    "mlp.experts.{j}.w_down": "model.layers.{i}.mlp.experts.{j}.down_proj",
+    "mlp.shared.w_gate": "model.layers.{i}.mlp.shared_experts.gate_proj",
+    "mlp.shared.w_up": "model.layers.{i}.mlp.shared_experts.up_proj",
+    "mlp.shared.w_down": "model.layers.{i}.mlp.shared_experts.down_proj",
+}
+_HF_NAMES["qwen3_moe"] = _HF_NAMES["llama"] | {
+    "attn.q_norm": "model.layers.{i}.self_attn.q_norm",
+    "attn.k_norm": "model.layers.{i}.self_attn.k_norm",
+    "mlp.router": "model.layers.{i}.mlp.gate",
+    "mlp.experts.{j}.w_gate": "model.layers.{i}.mlp.experts.{j}.gate_proj",
+    "mlp.experts.{j}.w_up": "model.layers.{i}.mlp.experts.{j}.up_proj",
+    "mlp.experts.{j}.w_down": "model.layers.{i}.mlp.experts.{j}.down_proj",
+}
 
 
 def hf_param_name(arch: str, name: str) -> str:
-    """Our parameter name ('layers.3.attn.wq.weight') -> its HF name ('model.layers.3.self_attn.q_proj.weight')."""
+    """Our parameter name ('layers.3.attn.wq.weight') -> its HF name ('model.layers.3.self_attn.q_proj.weight');
+    expert j of a MoE layer: 'layers.3.mlp.experts.5.w_gate.weight' -> '...experts.5.w1.weight' (Mixtral)."""
     names = _HF_NAMES[arch]
-    if name in names:  # top-level tables: embed, pos_embed, lm_head
+    if name in names:  # top-level tables: embed, pos_embed, lm_head; whole names such as a router's bias
         return names[name]
-    m = re.fullmatch(r"layers\.(\d+)\.(.+)\.(weight|bias)", name) or re.fullmatch(
-        r"()(.+)\.(weight|bias)", name
-    )
-    if m is None or m.group(2) not in names:
+    m = re.fullmatch(r"layers\.(\d+)\.(.+)\.(\w+)", name) or re.fullmatch(r"()(.+)\.(\w+)", name)
+    expert = re.search(r"experts\.(\d+)\.", name)
+    module = m and re.sub(r"experts\.\d+\.", "experts.{j}.", m.group(2))
+    if m is None or (module not in names and f"{module}.{m.group(3)}" not in names):
         raise KeyError(f"no Hugging Face name for parameter {name!r}")
-    layer, module, leaf = m.groups()
-    return f"{names[module].format(i=layer)}.{leaf}"
+    layer, leaf, j = m.group(1), m.group(3), expert and expert.group(1)
+    if f"{module}.{leaf}" in names:  # a leaf HF names differently (DeepSeek's e_score_correction_bias)
+        return names[f"{module}.{leaf}"].format(i=layer, j=j)
+    return f"{names[module].format(i=layer, j=j)}.{leaf}"
 
 
 class _Checkpoint:
@@ -277,6 +171,19 @@ def _shard_dims(model: nn.Module) -> dict[str, int | None]:
     }
 
 
+def _check_expert_count(weight_map: dict[str, str], config: ModelConfig, folder: Path) -> None:
+    """ConfigError when the checkpoint holds more experts per layer than config.json names (a mismatched
+    config would otherwise leave those experts silently unused)."""
+    if config.moe is None:
+        return
+    found = [int(m.group(1)) for name in weight_map if (m := re.search(r"\.experts\.(\d+)\.", name))]
+    if found and max(found) >= config.moe.num_experts:
+        raise ConfigError(
+            f"{folder}: the checkpoint holds experts 0..{max(found)} per layer, config.json names "
+            f"{config.moe.num_experts}"
+        )
+
+
 @torch.no_grad()
 def load_model(
     path: str | Path,
@@ -294,6 +201,7 @@ def load_model(
     dims = _shard_dims(model)
     with ExitStack() as stack:
         ckpt = _Checkpoint(folder, stack)
+        _check_expert_count(ckpt.weight_map, config, folder)
         for name, param in model.named_parameters():
             dim = dims.get(name)
             full = list(param.shape)

@@ -1,8 +1,10 @@
-"""Decoder-only transformers for the Lamina reference implementation: the LLaMA family and OPT.
+"""Decoder-only transformers for the Lamina reference implementation: the LLaMA family, OPT and the
+mixture-of-experts models Mixtral, Qwen3-MoE and DeepSeek-V3.
 
-One module serves both families because they differ in only three places, all chosen from the config:
-positions (rotary embedding vs a learned table), normalisation (RMSNorm vs LayerNorm) and the MLP
-(SwiGLU vs ReLU). Every attention goes through the module-level function `attention`, which the
+One module serves them all because they differ in only a few places, all chosen from the config:
+positions (rotary embedding vs a learned table), normalisation (RMSNorm vs LayerNorm), the MLP (SwiGLU,
+ReLU, or routed SwiGLU experts from moe.py), Qwen3's RMSNorm on each query and key head, and DeepSeek's
+latent attention (mla.py). Every attention goes through the function `attention` (layers.py), which the
 converter (converter.py) keeps as one node of a torch.fx graph and cuts the model around.
 
 Tokens are flattened: a step over several sequences is one (T, d) tensor plus the position of each token
@@ -15,9 +17,8 @@ loads its weights into a DecoderModel.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -26,38 +27,45 @@ import torch.nn.functional as F
 from torch import nn
 
 from reference_impl.errors import ConfigError
+from reference_impl.layers import (
+    Llama3RopeScaling,
+    RMSNorm,
+    apply_rope,
+    attention,
+    rope_cos_sin,
+    rope_inv_freq,
+)
+from reference_impl.mla import MLAConfig, MLAttention
+from reference_impl.moe import MoEBlock, MoEConfig
 from reference_impl.parallel import ColumnParallelLinear, RowParallelLinear
 
-ARCHS = ("llama", "opt")
+torch.fx.wrap("attention")  # a torch.fx trace keeps `attention` as one call_function leaf
+
+ARCHS = ("llama", "opt", "mixtral", "qwen3_moe", "deepseek_v3")
+MOE_ARCHS = ("mixtral", "qwen3_moe", "deepseek_v3")
 # HF's OPTLearnedPositionalEmbedding looks up row position + 2 (metaseq reserved rows for padding).
 OPT_POSITION_OFFSET = 2
 
 
-class Llama3RopeScaling(NamedTuple):
-    """Llama 3.1 RoPE frequency scaling (`rope_type: llama3` in config.json)."""
-
-    factor: float  # long wavelengths are stretched by this factor (8 for Llama 3.1)
-    low_freq_factor: float  # wavelengths above original_max_position / low_freq_factor are scaled fully
-    high_freq_factor: float  # wavelengths below original_max_position / high_freq_factor are kept
-    original_max_position: int  # context length of pre-training (8192 for Llama 3)
-
-
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: str  # "llama" (LlamaForCausalLM: LLaMA-1/2/3/3.1) | "opt" (OPTForCausalLM, pre-LN)
+    arch: str  # "llama" (LLaMA-1/2/3/3.1) | "opt" (pre-LN OPT) | "mixtral" | "qwen3_moe" | "deepseek_v3"
     vocab_size: int
     hidden_size: int  # d
     intermediate_size: int  # MLP width (OPT: ffn_dim)
     num_layers: int
     num_heads: int  # query heads
-    num_kv_heads: int  # key/value heads (== num_heads for MHA; fewer for GQA)
-    head_dim: int  # D
+    num_kv_heads: int  # key/value heads (== num_heads for MHA; fewer for GQA; 1 with MLA: the latent)
+    head_dim: int  # D (MLA: kv_lora_rank + qk_rope_head_dim, the width attention and the cache see)
     max_position: int
     norm_eps: float
-    rope_theta: float = 10000.0  # llama only
-    rope_scaling: Llama3RopeScaling | None = None  # llama only; None = plain RoPE
+    rope_theta: float = 10000.0  # every arch but OPT
+    rope_scaling: Llama3RopeScaling | None = None  # None = plain RoPE
     tie_embeddings: bool = False  # lm_head shares the token embedding matrix
     bias: bool = False  # q/k/v/o and MLP linears carry biases (OPT: yes; LLaMA: no)
+    moe: MoEConfig | None = None  # routed experts (the MOE_ARCHS); None = dense MLP in every layer
+    qk_norm: bool = False  # RMSNorm over each q and k head before RoPE (Qwen3)
+    mla: MLAConfig | None = None  # latent attention (deepseek_v3) instead of q/k/v/o projections
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
@@ -77,10 +85,27 @@ class ModelConfig:
             )
         if self.arch == "opt" and (self.rope_scaling is not None or self.num_kv_heads != self.num_heads):
             raise ConfigError("OPT uses learned positions and multi-head attention: no rope_scaling, no GQA")
+        if (self.arch in MOE_ARCHS) != (self.moe is not None):
+            raise ConfigError(
+                f"arch {self.arch!r}: routed experts are for {', '.join(MOE_ARCHS)} and required there"
+            )
+        if (self.arch == "deepseek_v3") != (self.mla is not None):
+            raise ConfigError(f"arch {self.arch!r}: latent attention is for deepseek_v3 and required there")
+        if self.mla is not None and (self.num_kv_heads, self.head_dim) != (1, self.mla.cache_width):
+            raise ConfigError("latent attention caches one head of kv_lora_rank + qk_rope_head_dim features")
+        if self.moe is not None and any(not 0 <= i < self.num_layers for i in self.moe.dense_layers):
+            raise ConfigError(
+                f"MoE dense layers {self.moe.dense_layers} must lie in 0..{self.num_layers - 1}"
+            )
 
     @property
     def uses_rope(self) -> bool:
-        return self.arch == "llama"
+        return self.arch != "opt"
+
+    @property
+    def rope_dim(self) -> int:
+        """Features each RoPE rotates: the head (MLA: qk_rope_head_dim)."""
+        return self.head_dim if self.mla is None else self.mla.qk_rope_head_dim
 
     @property
     def group_size(self) -> int:
@@ -88,74 +113,9 @@ class ModelConfig:
         return self.num_heads // self.num_kv_heads
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int, ctx: Any) -> torch.Tensor:
-    """THE attention call of every layer: the converter cuts the model here, Lamina ships q/k/v away here.
-
-    q (T, Hq, D), k/v (T, Hkv, D): all tokens of the step, flattened over sequences (varlen); k/v are
-    the new tokens' keys and values, which ctx appends to its cache. Scale is D**-0.5. Returns (T, Hq, D).
-    """
-    return ctx.attend(q, k, v, layer)
-
-
-torch.fx.wrap("attention")  # a torch.fx trace keeps `attention` as one call_function leaf
-
-
-# ---------------------------------------------------------------------------------------------- RoPE
-def rope_inv_freq(head_dim: int, theta: float, scaling: Llama3RopeScaling | None) -> torch.Tensor:
-    """Inverse frequencies (D/2,) float32 of rotate-half RoPE (RoFormer, arXiv 2104.09864).
-
-    With Llama-3.1 scaling (Meta's llama-models `apply_scaling`): frequencies whose wavelength exceeds
-    original_max_position / low_freq_factor are divided by `factor`; those shorter than
-    original_max_position / high_freq_factor are kept; in between they are blended linearly in
-    original_max_position / wavelength. Computed in float32 like the reference code.
-    """
-    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)  # (D/2,)
-    if scaling is None:
-        return inv_freq
-    wavelen = 2 * math.pi / inv_freq
-    low_wavelen = scaling.original_max_position / scaling.low_freq_factor
-    high_wavelen = scaling.original_max_position / scaling.high_freq_factor
-    smooth = (scaling.original_max_position / wavelen - scaling.low_freq_factor) / (
-        scaling.high_freq_factor - scaling.low_freq_factor
-    )
-    blended = (1 - smooth) * inv_freq / scaling.factor + smooth * inv_freq
-    scaled = torch.where(wavelen > low_wavelen, inv_freq / scaling.factor, inv_freq)
-    medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
-    return torch.where(medium, blended, scaled)
-
-
-def rope_cos_sin(
-    positions: torch.Tensor, inv_freq: torch.Tensor, dtype: torch.dtype
-) -> tuple[torch.Tensor, ...]:
-    """cos, sin (T, D) for arbitrary per-token positions (T,): angles in float32, then cast to `dtype`."""
-    freqs = positions.float()[:, None] * inv_freq[None, :]  # (T, D/2)
-    angles = torch.cat((freqs, freqs), dim=-1)  # (T, D): rotate-half pairs dim i with dim i + D/2
-    return angles.cos().to(dtype), angles.sin().to(dtype)
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x (T, H, D) by the angles of cos/sin (T, D)."""
-    x1, x2 = x.chunk(2, dim=-1)  # (T, H, D/2) each
-    rotated = torch.cat((-x2, x1), dim=-1)  # (T, H, D)
-    return x * cos[:, None, :] + rotated * sin[:, None, :]
-
-
 # -------------------------------------------------------------------------------------------- layers
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float, device=None, dtype=None) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype), requires_grad=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # statistics in float32 (as HF and Meta do) so fp16 sums of squares cannot overflow
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
-
-
 def make_norm(cfg: ModelConfig, device, dtype) -> nn.Module:
-    if cfg.arch == "llama":
+    if cfg.arch != "opt":
         return RMSNorm(cfg.hidden_size, cfg.norm_eps, device=device, dtype=dtype)
     return nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps, device=device, dtype=dtype)
 
@@ -193,11 +153,15 @@ class Attention(nn.Module):
         self.wk = tp.column(d, cfg.num_kv_heads * D, cfg.bias)
         self.wv = tp.column(d, cfg.num_kv_heads * D, cfg.bias)
         self.wo = tp.row(cfg.num_heads * D, d, cfg.bias)
+        self.q_norm = RMSNorm(D, cfg.norm_eps, tp.device, tp.dtype) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(D, cfg.norm_eps, tp.device, tp.dtype) if cfg.qk_norm else None
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, ...] | None, ctx: Any) -> torch.Tensor:
         q = self.wq(x).view(-1, self.n_heads, self.head_dim)  # (T, d) -> (T, Hq/tp, D)
         k = self.wk(x).view(-1, self.n_kv_heads, self.head_dim)  # (T, Hkv/tp, D)
         v = self.wv(x).view(-1, self.n_kv_heads, self.head_dim)  # (T, Hkv/tp, D)
+        if self.q_norm is not None:  # Qwen3: each head normalised over its D features
+            q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             cos, sin = rope
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
@@ -236,9 +200,15 @@ class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int, tp: _TP) -> None:
         super().__init__()
         self.attn_norm = make_norm(cfg, tp.device, tp.dtype)
-        self.attn = Attention(cfg, layer, tp)
+        if cfg.mla is not None:
+            self.attn = MLAttention(cfg.mla, cfg.hidden_size, cfg.num_heads, layer, tp)
+        else:
+            self.attn = Attention(cfg, layer, tp)
         self.mlp_norm = make_norm(cfg, tp.device, tp.dtype)
-        self.mlp = SwiGLU(cfg, tp) if cfg.arch == "llama" else ReluMLP(cfg, tp)
+        if cfg.moe is not None and cfg.moe.is_sparse(layer):
+            self.mlp = MoEBlock(cfg.moe, cfg.hidden_size, tp)
+        else:
+            self.mlp = ReluMLP(cfg, tp) if cfg.arch == "opt" else SwiGLU(cfg, tp)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, ...] | None, ctx: Any) -> torch.Tensor:
         h = x + self.attn(self.attn_norm(x), rope, ctx)  # (T, d)
@@ -246,10 +216,19 @@ class Block(nn.Module):
 
 
 def check_tp(cfg: ModelConfig, tp_size: int) -> None:
-    """ConfigError unless heads and MLP width split evenly over tp_size ranks."""
-    for name in ("num_heads", "num_kv_heads", "intermediate_size"):
-        if tp_size < 1 or getattr(cfg, name) % tp_size != 0:
-            raise ConfigError(f"{name}={getattr(cfg, name)} is not divisible by tp_size={tp_size}")
+    """ConfigError unless heads and MLP (or expert) widths split evenly over tp_size ranks."""
+    if cfg.mla is not None and tp_size != 1:
+        raise ConfigError(
+            f"latent attention (deepseek_v3) runs with tp_size 1 (one latent KV head), got {tp_size}"
+        )
+    widths = {"num_heads": cfg.num_heads, "num_kv_heads": cfg.num_kv_heads}
+    if cfg.moe is None or cfg.moe.dense_layers:
+        widths["intermediate_size"] = cfg.intermediate_size
+    if cfg.moe is not None:
+        widths["expert_intermediate_size"] = cfg.moe.expert_intermediate_size
+    for name, width in widths.items():
+        if tp_size < 1 or width % tp_size != 0:
+            raise ConfigError(f"{name}={width} is not divisible by tp_size={tp_size}")
 
 
 class DecoderModel(nn.Module):
@@ -274,7 +253,7 @@ class DecoderModel(nn.Module):
         self.embed = table(config.vocab_size)  # (V, d)
         self.pos_embed = None if config.uses_rope else table(config.max_position + OPT_POSITION_OFFSET)
         inv_freq = (
-            rope_inv_freq(config.head_dim, config.rope_theta, config.rope_scaling)
+            rope_inv_freq(config.rope_dim, config.rope_theta, config.rope_scaling)
             if config.uses_rope
             else None
         )

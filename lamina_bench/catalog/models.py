@@ -2,7 +2,9 @@
 
 Every entry copies the Hugging Face `config.json` of the named repository (its id is in `source`); the
 derived quantities are pure functions of a `ModelSpec` and a dtype, with the formula's origin in the
-docstring. Sizes are exact integers (bytes, parameters); flops are floats.
+docstring. Sizes are exact integers (bytes, parameters); flops are floats. Mixture-of-experts models
+(`MoEModelSpec`: fields and sizes in catalog.moe, entries in catalog.moe_models) are in the catalog too;
+the functions here give their exact sizes, or refuse where a dense-only quantity has no single value.
 """
 
 from __future__ import annotations
@@ -10,12 +12,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from lamina_bench.catalog import moe
+from lamina_bench.catalog.dtypes import DTYPE_BYTES as DTYPE_BYTES  # re-exported: callers import it here
+from lamina_bench.catalog.dtypes import dtype_bytes
+from lamina_bench.catalog.moe import MLASpec, MoESpec
+from lamina_bench.catalog.moe_models import MOE_MODELS
 from lamina_bench.errors import UserInputError
 
-# Bytes per element of each storage dtype.
-DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "fp8": 1}
-
-_FAMILIES = ("llama", "opt", "qwen2")
+_FAMILIES = ("llama", "opt", "qwen2", *moe.MOE_FAMILIES)  # the MoE families: MoEModelSpec only
 _MLPS = ("swiglu", "relu")
 # OPT's learned position table has 2 extra rows (padding offset), HF OPTLearnedPositionalEmbedding.
 OPT_POSITION_OFFSET = 2
@@ -29,14 +33,6 @@ _INT_FIELDS = (
     "vocab_size",
     "max_position",
 )
-
-
-def dtype_bytes(dtype: str) -> int:
-    """Bytes per element of `dtype` (one of DTYPE_BYTES)."""
-    try:
-        return DTYPE_BYTES[dtype.lower()]
-    except (KeyError, AttributeError):
-        raise UserInputError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPE_BYTES)}") from None
 
 
 @dataclass(frozen=True)
@@ -58,11 +54,22 @@ class ModelSpec:
     qkv_bias: bool  # OPT (all linears biased), Qwen2 (q, k, v biased)
     source: str  # HF config.json repo id (or paper table) the numbers come from
 
+    # MoEModelSpec adds these as fields; a dense model reads None / False. Class attributes, not fields:
+    # dataclasses.asdict of a dense model and the stored profiles keep their keys.
+    moe = None  # catalog.moe.MoESpec: routed experts
+    mla = None  # catalog.moe.MLASpec: multi-head latent attention
+    qk_norm = False  # RMSNorm on each q and k head (Qwen3)
+
     def __post_init__(self) -> None:
         if not self.name or self.name != self.name.lower():
             raise UserInputError(f"model name {self.name!r} must be a non-empty lower-case slug")
         if self.family not in _FAMILIES:
             raise UserInputError(f"model {self.name}: family {self.family!r}; valid: {', '.join(_FAMILIES)}")
+        if (self.family in moe.MOE_FAMILIES) != (self.moe is not None):
+            raise UserInputError(
+                f"model {self.name}: family {self.family!r}: {', '.join(moe.MOE_FAMILIES)} are the "
+                "mixture-of-experts families, and only they have experts (MoEModelSpec)"
+            )
         if self.mlp not in _MLPS:
             raise UserInputError(f"model {self.name}: mlp {self.mlp!r}; valid: {', '.join(_MLPS)}")
         for field in _INT_FIELDS:
@@ -89,6 +96,23 @@ class ModelSpec:
     def kv_size(self) -> int:
         """Width of k and of v (num_kv_heads * head_dim = d / G)."""
         return self.num_kv_heads * self.head_dim
+
+
+@dataclass(frozen=True)
+class MoEModelSpec(ModelSpec):
+    """A ModelSpec whose FFN is routed experts (`moe`), optionally with latent attention (`mla`).
+
+    ModelSpec's fields keep their meaning: intermediate_size is the dense FFN width of `moe.dense_layers`;
+    with MLA, num_kv_heads = num_heads (as in the config) and head_dim = qk_nope + qk_rope (q/k width).
+    """
+
+    moe: MoESpec = None  # required (checked); the default only follows ModelSpec's class attribute
+    mla: MLASpec | None = None
+    qk_norm: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        moe.check_moe_model(self)
 
 
 def _llama(name: str, source: str, **shape: int) -> ModelSpec:
@@ -154,6 +178,8 @@ _CATALOG = (
     ModelSpec("qwen2.5-72b", "qwen2", num_layers=80, hidden_size=8192, num_heads=64, num_kv_heads=8,
               head_dim=128, intermediate_size=29568, vocab_size=152064, max_position=131072, mlp="swiglu",
               tie_embeddings=False, qkv_bias=True, source="Qwen/Qwen2.5-72B config.json"),
+    # Mixtral, Qwen3-MoE, DeepSeek-V3 (catalog.moe_models)
+    *(MoEModelSpec(**entry) for entry in MOE_MODELS),
 )  # fmt: skip
 _BY_NAME = {spec.name: spec for spec in _CATALOG}
 
@@ -201,8 +227,18 @@ def _norm_params(spec: ModelSpec) -> int:
     return 2 * spec.hidden_size if spec.family == "opt" else spec.hidden_size
 
 
+def _dense_only(spec: ModelSpec, quantity: str) -> None:
+    """UserInputError when `quantity` has no single value for a MoE model (it varies by layer and token)."""
+    if spec.moe is not None:
+        raise UserInputError(
+            f"{spec.name} is a mixture-of-experts model: {quantity} is defined for dense models only "
+            "(MoE is not modeled yet by this path)"
+        )
+
+
 def layer_matmul_params(spec: ModelSpec) -> int:
-    """Matmul weights of one decoder layer (q, k, v, o and the FFN); no biases, no norms."""
+    """Matmul weights of one decoder layer (q, k, v, o and the FFN); no biases, no norms. Dense models only."""
+    _dense_only(spec, "the matmul weights of one layer")
     return _attention_params(spec)[0] + _mlp_params(spec)[0]
 
 
@@ -210,8 +246,11 @@ def param_count(spec: ModelSpec) -> int:
     """Exact parameter count as HF `sum(p.numel() for p in model.parameters())` reports it.
 
     Layers (projections, biases, two norms each) + token embeddings + OPT's learned positions
-    (max_position + 2 rows) + final norm + lm_head unless tied to the embeddings.
+    (max_position + 2 rows) + final norm + lm_head unless tied to the embeddings. MoE models: every
+    expert counts (`catalog.moe.total_params`).
     """
+    if spec.moe is not None:
+        return moe.total_params(spec)
     attn_w, attn_b = _attention_params(spec)
     mlp_w, mlp_b = _mlp_params(spec)
     per_layer = attn_w + attn_b + mlp_w + mlp_b + 2 * _norm_params(spec)
@@ -231,7 +270,11 @@ def weight_bytes(spec: ModelSpec, dtype: str = "fp16") -> int:
 
 
 def kv_bytes_per_token(spec: ModelSpec, dtype: str = "fp16") -> int:
-    """KV-cache bytes one token occupies: 2 (k and v) * L * n_kv_heads * head_dim * e."""
+    """KV-cache bytes one token occupies: 2 (k and v) * L * n_kv_heads * head_dim * e.
+
+    Latent attention caches L * (kv_lora_rank + qk_rope_head_dim) * e instead (`catalog.moe`)."""
+    if spec.mla is not None:
+        return moe.mla_kv_bytes_per_token(spec, dtype)
     return 2 * spec.num_layers * spec.kv_size * dtype_bytes(dtype)
 
 
@@ -239,8 +282,9 @@ def dense_flops_per_token(spec: ModelSpec) -> float:
     """Flops of the dense operators for one token: 2 * (layer matmul weights * L + lm_head weights).
 
     One multiply-add per weight; the lm_head counts even when tied. Excludes attention scores (see
-    `attention_flops_per_token`), norms, activations and biases.
+    `attention_flops_per_token`), norms, activations and biases. Dense models only.
     """
+    _dense_only(spec, "dense FLOPs per token")
     lm_head = spec.vocab_size * spec.hidden_size
     return 2.0 * (spec.num_layers * layer_matmul_params(spec) + lm_head)
 
@@ -252,6 +296,8 @@ def attention_flops_per_token(spec: ModelSpec, context_len: int) -> float:
     """
     if context_len < 0:
         raise UserInputError(f"context_len must be >= 0, got {context_len}")
+    if spec.mla is not None:
+        raise UserInputError(f"{spec.name} uses latent attention: its attention FLOPs are not modeled yet")
     return 4.0 * spec.num_layers * spec.num_heads * spec.head_dim * context_len
 
 
@@ -260,24 +306,29 @@ def net_bytes_per_token_per_layer(spec: ModelSpec, dtype: str = "fp16") -> int:
 
     q and the attention output (d each) plus k and v (d/G each); arXiv 2405.01814 v2, Sec. 3.
     Computed as e * (2 * q_size + 2 * kv_size), which equals the formula exactly when q_size = d.
+    Latent attention: `catalog.moe.mla_net_bytes_per_token_per_layer` (attention pool without weights).
     """
+    if spec.mla is not None:
+        return moe.mla_net_bytes_per_token_per_layer(spec, dtype)
     return dtype_bytes(dtype) * (2 * spec.q_size + 2 * spec.kv_size)
 
 
-def derived_sizes(spec: ModelSpec, dtype: str = "fp16") -> dict[str, float]:
+def derived_sizes(spec: ModelSpec, dtype: str = "fp16") -> dict[str, float | None]:
     """Every size derived from a config: parameters, weight bytes, KV bytes per token, dense FLOPs per
-    token and link bytes per token per layer (all derived)."""
+    token (None for MoE models) and link bytes per token per layer, then the MoE sizes of
+    `catalog.moe.moe_sizes` (None for dense models). All derived."""
     return {
         "params": param_count(spec),
         "weight_bytes": weight_bytes(spec, dtype),
         "kv_bytes_per_token": kv_bytes_per_token(spec, dtype),
-        "dense_flops_per_token": dense_flops_per_token(spec),
+        "dense_flops_per_token": None if spec.moe is not None else dense_flops_per_token(spec),
         "net_bytes_per_token_per_layer": net_bytes_per_token_per_layer(spec, dtype),
-    }
+    } | moe.moe_sizes(spec, dtype)
 
 
 def hf_config(spec: ModelSpec) -> dict:
-    """A Hugging Face config.json dict with this shape (for building a random-weight model)."""
+    """A Hugging Face config.json dict with this shape (for building a random-weight model). Dense only."""
+    _dense_only(spec, "a random-weight HF config (profiles are dense)")
     common = {
         "vocab_size": spec.vocab_size,
         "hidden_size": spec.hidden_size,
@@ -306,15 +357,21 @@ def hf_config(spec: ModelSpec) -> dict:
 
 def same_layer_shape(a: ModelSpec, b: ModelSpec) -> bool:
     """Whether two models' layers have the same shape (a profile of one applies to the other as measured)."""
-    keys = ("hidden_size", "intermediate_size", "num_heads", "num_kv_heads", "head_dim", "mlp", "qkv_bias")
+    keys = ("hidden_size", "intermediate_size", "num_heads", "num_kv_heads", "head_dim", "mlp", "qkv_bias",
+            "moe", "mla", "qk_norm")  # fmt: skip
     return all(getattr(a, k) == getattr(b, k) for k in keys)
 
 
 def spec_from_hf_config(config: Mapping, name: str = "hf-model") -> ModelSpec:
-    """A ModelSpec from a Hugging Face config.json dict (llama / mistral / qwen2 / opt layouts)."""
+    """A ModelSpec from a Hugging Face config.json dict (llama / mistral / qwen2 / opt layouts; the MoE
+    types mixtral / qwen3_moe / deepseek_v3 give a MoEModelSpec)."""
     if not isinstance(config, Mapping):
         raise UserInputError(f"HF config of {name} must be a JSON object, got {type(config).__name__}")
     kind = str(config.get("model_type", "llama"))
+    if kind in moe.MOE_FAMILIES:
+        return MoEModelSpec(
+            name=name.lower(), source=f"HF config.json ({kind})", **moe.moe_fields_from_hf_config(config)
+        )
     family = {"opt": "opt", "qwen2": "qwen2"}.get(kind, "llama")
     try:
         d, heads = int(config["hidden_size"]), int(config["num_attention_heads"])

@@ -38,6 +38,7 @@ from lamina_bench.catalog.benchmodels import (
 )
 from lamina_bench.catalog.local import match_cuda_name
 from lamina_bench.catalog.models import get_model, hf_config, spec_from_hf_config
+from lamina_bench.catalog.moe import require_dense
 from lamina_bench.errors import UserInputError
 from lamina_bench.measure.run import fixed_batch_requests
 from lamina_bench.model.profiles import (
@@ -137,6 +138,7 @@ def _build_model(settings: ProfileSettings):
     if settings.model in BENCH_MODELS or Path(settings.model, "config.json").is_file():
         folder = checkpoint_path(settings.model)  # a folder's config.json is checked here
         spec = spec_from_hf_config(local_model_config(folder), name=Path(settings.model).name)
+        require_dense(spec, "profiles")  # before minutes of measuring
         return load_model(folder, device=settings.device, dtype=dtype), spec, folder
     try:
         spec = get_model(settings.model)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from lamina_bench.catalog.devices import DeviceSpec
 from lamina_bench.catalog.models import ModelSpec, kv_bytes_per_token, weight_bytes
+from lamina_bench.catalog.moe import require_dense
 from lamina_bench.errors import UserInputError
 from lamina_bench.model.roofline import WORKSPACE_RESERVE_FRACTION
 
@@ -44,6 +45,7 @@ def pool_memory(
     None = the pool holds no weights (Lamina attention pool). KV (if `holds_kv`) is spread over all
     devices; with more devices than KV heads, heads are replicated, so each device holds 1/num_kv_heads.
     """
+    require_dense(spec, "the memory plan")
     usable = device.memory_bytes * (1.0 - reserve_fraction)
     w = 0.0 if weight_shards is None else weight_bytes(spec, dtype) / weight_shards
     if w > usable:

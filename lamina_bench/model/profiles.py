@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lamina_bench.catalog.models import DTYPE_BYTES, ModelSpec
+from lamina_bench.catalog.moe import require_dense
 from lamina_bench.errors import UserInputError
 from lamina_bench.results.files import atomic_write_json
 
@@ -133,6 +134,7 @@ class Profile:
     lamina_steps: tuple[StepPoint, ...] = ()  # measured decode steps of the Lamina runtime (1 + 1 workers)
 
     def __post_init__(self) -> None:
+        require_dense(self.model, "profiles")
         for name in ("device", "backend", "date"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise UserInputError(f"profile: '{name}' must be a non-empty string")

@@ -11,6 +11,7 @@ import numpy as np
 
 from lamina_bench.catalog.devices import DeviceSpec
 from lamina_bench.catalog.models import ModelSpec
+from lamina_bench.catalog.moe import require_dense
 from lamina_bench.errors import UserInputError
 from lamina_bench.model.iteration import IterationModel
 from lamina_bench.model.operators import DeviceModel
@@ -33,6 +34,7 @@ class ReferenceRun:
     pipeline_batches: int = 1  # Lamina only
 
     def __post_init__(self) -> None:
+        require_dense(self.model, "the prediction of reference runs")
         if self.system not in SYSTEMS:
             raise UserInputError(f"unknown system {self.system!r}; valid: {', '.join(SYSTEMS)}")
         for name in (

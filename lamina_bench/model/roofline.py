@@ -13,6 +13,7 @@ from lamina_bench.catalog.models import (
     layer_matmul_params,
     net_bytes_per_token_per_layer,
 )
+from lamina_bench.catalog.moe import require_dense
 from lamina_bench.errors import UserInputError
 
 ROOFLINE = "roofline"
@@ -54,6 +55,7 @@ def layer_activation_bytes_per_token(spec: ModelSpec, dtype: str) -> float:
     x->QKV (d in, d + 2*d_kv out), attn-out->O (d in, d out), x->gate/up (d in, 2i or i out),
     act->down (i in, d out).
     """
+    require_dense(spec, "the roofline")
     d, i = spec.hidden_size, spec.intermediate_size
     d_kv = spec.num_kv_heads * spec.head_dim
     up_out = 2 * i if spec.mlp == "swiglu" else i
@@ -90,6 +92,7 @@ def attention_layer_bytes(spec: ModelSpec, dtype: str, batch, sum_context, kv_fr
 
     KV read for `sum_context` cached tokens plus q in / output out (d elements each) per sequence.
     """
+    require_dense(spec, "the roofline")
     e = DTYPE_BYTES[dtype]
     qo = batch * 2 * spec.num_heads * spec.head_dim * e
     return (sum_context * kv_bytes_per_token_per_layer(spec, dtype) + qo) * kv_fraction
@@ -97,6 +100,7 @@ def attention_layer_bytes(spec: ModelSpec, dtype: str, batch, sum_context, kv_fr
 
 def attention_layer_flops(spec: ModelSpec, sum_context, kv_fraction: float = 1.0):
     """QK^T and PV: 2 * 2 * n_heads * head_dim flops per cached token per layer."""
+    require_dense(spec, "the roofline")
     return 4.0 * spec.num_heads * spec.head_dim * sum_context * kv_fraction
 
 
@@ -118,6 +122,7 @@ def min_link_bandwidth_bytes_per_s(
     Lamina (arXiv 2405.01814 v2): (2 + 2/G) * e * d * B * L / (alpha * (MTIME(B) + ATIME(B, l))),
     with MTIME / ATIME the per-iteration dense and attention times of the whole model.
     """
+    require_dense(spec, "the roofline")
     if slowdown <= 0 or mtime_s + atime_s <= 0:
         raise UserInputError(f"slowdown ({slowdown}) and MTIME + ATIME ({mtime_s + atime_s} s) must be > 0")
     per_token_layer = net_bytes_per_token_per_layer(spec, dtype)

@@ -24,6 +24,7 @@ import numpy as np
 from lamina_bench.catalog.device_spec import DeviceSpec
 from lamina_bench.catalog.devices import DeviceMix, get_device, load_catalog
 from lamina_bench.catalog.models import ModelSpec
+from lamina_bench.catalog.moe import require_dense
 from lamina_bench.catalog.prices import DEFAULT_PRICE_SET
 from lamina_bench.catalog.workloads import Trace, check_request_count
 from lamina_bench.errors import UserInputError
@@ -274,6 +275,7 @@ def search(
 ) -> SearchResult:
     """Best tokens per dollar for `model` on `trace` (module doc). Devices default to every catalog
     device with a bf16 peak, a memory bandwidth and a price in `price_set` (which priced `catalog`)."""
+    require_dense(model, "the search")
     if tbt_slo_ms is not None and not 0 < tbt_slo_ms < math.inf:
         raise UserInputError(f"TBT SLO must be a positive finite number of ms, got {tbt_slo_ms}")
     if budget_usd_per_hour is not None and not 0 < budget_usd_per_hour < math.inf:

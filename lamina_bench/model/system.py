@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from lamina_bench.catalog.devices import DeviceMix
 from lamina_bench.catalog.models import DTYPE_BYTES, ModelSpec
+from lamina_bench.catalog.moe import require_dense
 from lamina_bench.errors import UserInputError
 from lamina_bench.model.memory import PoolMemory, pool_memory, vllm_pool_memory
 from lamina_bench.model.roofline import WORKSPACE_RESERVE_FRACTION
@@ -36,6 +37,7 @@ class SystemConfig:
     scheduler: Scheduler = RESERVE_ALL
 
     def __post_init__(self) -> None:
+        require_dense(self.model, "the simulator")
         if self.system not in SYSTEMS:
             raise UserInputError(f"unknown system {self.system!r}; valid: {', '.join(SYSTEMS)}")
         if self.dtype not in DTYPE_BYTES:

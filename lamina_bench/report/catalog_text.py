@@ -24,16 +24,25 @@ def text_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     return "\n".join(lines)
 
 
-def models_text(rows: Sequence[tuple[ModelSpec, Mapping[str, float]]], dtype: str) -> str:
-    """The model catalog with its derived sizes (`catalog.models.derived_sizes`)."""
+def _experts(spec: ModelSpec) -> str:
+    """ "k/E" routed experts per token / per layer, "+S" shared experts; "-" for a dense model."""
+    if spec.moe is None:
+        return "-"
+    shared = f"+{spec.moe.num_shared_experts}" if spec.moe.num_shared_experts else ""
+    return f"{spec.moe.top_k}/{spec.moe.num_experts}{shared}"
+
+
+def models_text(rows: Sequence[tuple[ModelSpec, Mapping[str, float | None]]], dtype: str) -> str:
+    """The model catalog with its derived sizes (`catalog.moe.moe_sizes`; MoE columns "-" for dense models)."""
     headers = [
         "model",
         "layers",
         "d",
         "heads/kv",
         "ffn",
-        "vocab",
+        "experts",
         "params (B)",
+        "active (B)",
         f"weights GB ({dtype})",
         "KV B/token",
         "net B/token/layer",
@@ -44,10 +53,11 @@ def models_text(rows: Sequence[tuple[ModelSpec, Mapping[str, float]]], dtype: st
             s.name,
             s.num_layers,
             s.hidden_size,
-            f"{s.num_heads}/{s.num_kv_heads}",
-            s.intermediate_size,
-            s.vocab_size,
+            f"{s.num_heads}/{'MLA' if s.mla else s.num_kv_heads}",
+            s.intermediate_size if s.moe is None else s.moe.expert_intermediate_size,
+            _experts(s),
             fmt(d["params"], 1e9, 2),
+            "-" if d.get("active_params") is None else fmt(d["active_params"], 1e9, 2),
             fmt(d["weight_bytes"], 1e9, 1),
             f"{d['kv_bytes_per_token']:,}",
             f"{d['net_bytes_per_token_per_layer']:,}",
@@ -55,7 +65,13 @@ def models_text(rows: Sequence[tuple[ModelSpec, Mapping[str, float]]], dtype: st
         ]
         for s, d in rows
     ]
-    return text_table(headers, body) + "\n\nAll sizes derived from the configs (GB = 1e9 bytes)."
+    notes = (
+        "All sizes derived from the configs (GB = 1e9 bytes). MoE models: ffn is each expert's width; experts "
+        "k/E+S = routed per token / per layer + shared; active = parameters one token uses (embedding "
+        "table included). MLA: KV caches the latent + RoPE key; net bytes assume the attention pool holds "
+        "no weights (catalog.moe)."
+    )
+    return text_table(headers, body) + "\n\n" + notes
 
 
 _DEVICE_HEADERS = (

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 from lamina_bench.catalog.devices import DeviceMix, get_device, load_catalog, parse_mix
 from lamina_bench.catalog.models import get_model, list_models
+from lamina_bench.catalog.moe import require_dense
 from lamina_bench.catalog.prices import DEFAULT_PRICE_SET, get_price_set
 from lamina_bench.catalog.workloads import TRACES, load_trace
 from lamina_bench.errors import UserInputError
@@ -115,7 +116,7 @@ class _Mix:
 def _check_block(b: dict, where: str) -> None:
     check_systems(b["systems"], where)
     for m in b["models"]:
-        get_model(m)  # UserInputError naming the valid models
+        require_dense(get_model(m), f"modeled sweeps ({where})")  # unknown names: the valid models
     for t in b["traces"]:
         if t not in TRACES:
             raise UserInputError(f"{where}: unknown trace {t!r}; valid: {', '.join(TRACES)}")

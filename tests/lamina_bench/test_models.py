@@ -160,7 +160,7 @@ def _hf_meta_model(spec):
 
 def test_param_count_and_dense_flops_match_huggingface_for_every_model():
     torch = pytest.importorskip("torch")
-    for spec in list_models():
+    for spec in [s for s in list_models() if s.moe is None]:  # MoE models: test_moe_catalog.py
         model = _hf_meta_model(spec)
         assert param_count(spec) == sum(p.numel() for p in model.parameters()), spec.name
         # Every nn.Linear weight (lm_head included, even when tied) is one multiply-add per token.

@@ -19,6 +19,10 @@ from reference_impl.checkpoint import load_model
 from reference_impl.converter import split_model
 
 KINDS = ("llama2-mha", "llama31-gqa", "opt")
+MOE_KINDS = ("mixtral", "qwen3-moe")  # 4 experts, top-2; Qwen3: its second layer dense (mlp_only_layers)
+# DeepSeek-V3: latent attention; layer 0 dense, layers 1-2 with 8 routed experts in 4 groups (top-3 from the
+# best 2) plus a shared expert
+MLA_KIND = "deepseek-v3"
 
 # Llama-3.1 scaling shrunk to tiny sizes: with head_dim 16 and theta 1e4 the RoPE wavelengths are
 # 6.3, 19.9, 62.8, 199, ... tokens; original_max_position 64 puts the first below 64/4 = 16 (kept), the
@@ -33,7 +37,7 @@ LLAMA31_ROPE = {
 
 
 def _hf_config(kind: str):
-    from transformers import LlamaConfig, OPTConfig
+    from transformers import DeepseekV3Config, LlamaConfig, MixtralConfig, OPTConfig, Qwen3MoeConfig
 
     common = {"vocab_size": 256, "hidden_size": 64, "num_attention_heads": 4, "max_position_embeddings": 256}
     if kind == "llama2-mha":
@@ -52,7 +56,22 @@ def _hf_config(kind: str):
         )
     if kind == "opt":
         return OPTConfig(**common, ffn_dim=128, num_hidden_layers=2, word_embed_proj_dim=64, enable_bias=True)
-    raise ValueError(f"unknown tiny model kind {kind!r}; valid: {', '.join(KINDS)}")
+    moe = {"num_hidden_layers": 2, "num_key_value_heads": 2, "num_experts_per_tok": 2, "rms_norm_eps": 1e-5}
+    if kind == "mixtral":
+        return MixtralConfig(**common, **moe, intermediate_size=32, num_local_experts=4)
+    if kind == "qwen3-moe":
+        return Qwen3MoeConfig(
+            **common, **moe, head_dim=16, intermediate_size=96, moe_intermediate_size=32, num_experts=4,
+            norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[1],
+        )  # fmt: skip
+    if kind == MLA_KIND:
+        return DeepseekV3Config(
+            **common, num_hidden_layers=3, num_key_value_heads=4, intermediate_size=96, moe_intermediate_size=32,
+            n_routed_experts=8, num_experts_per_tok=3, n_group=4, topk_group=2, n_shared_experts=1,
+            first_k_dense_replace=1, routed_scaling_factor=2.5, q_lora_rank=32, kv_lora_rank=16,
+            qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16, rms_norm_eps=1e-5,
+        )  # fmt: skip
+    raise ValueError(f"unknown tiny model kind {kind!r}; valid: {', '.join((*KINDS, *MOE_KINDS, MLA_KIND))}")
 
 
 @torch.no_grad()
@@ -79,7 +98,7 @@ def build_tiny_hf_model(kind: str, seed: int = 0, dtype: torch.dtype = torch.flo
 def build_tiny_model(
     kind: str, path: str | os.PathLike, seed: int = 0, max_shard_size: str | None = None
 ) -> Path:
-    """Write a tiny random HF checkpoint of `kind` ("llama2-mha", "llama31-gqa", "opt") to `path`.
+    """Write a tiny random HF checkpoint of `kind` (KINDS or MOE_KINDS) to `path`.
 
     max_shard_size (e.g. "100KB") writes a sharded checkpoint with model.safetensors.index.json.
     """

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lamina_bench.catalog.models import ModelSpec
+from lamina_bench.catalog.moe import require_dense
 from lamina_bench.model.ops.cache import working_set
 from lamina_bench.model.ops.gemm import elementwise_time_s, gemm_bytes, gemm_time_s, sequence_time_s
 from lamina_bench.model.ops.hardware import Hardware
@@ -60,6 +61,7 @@ class LayerShape:
 
     @classmethod
     def of(cls, spec: ModelSpec) -> LayerShape:
+        require_dense(spec, "the operator model")
         return cls(
             spec.hidden_size, spec.intermediate_size, spec.num_heads, spec.num_kv_heads, spec.head_dim,
             spec.mlp == "swiglu",
