@@ -176,7 +176,7 @@ def iteration_model(
     profile_dir: str | Path | None = None,
     derive_from: Profile | None = None,
     backend: str = "cuda",
-    operators: str = "roofline",
+    operators: str = "calibrated",
 ) -> IterationModel:
     """The iteration-time model of `config`: stored profiles per device, else `derive_from`, else the
     `operators` model ("roofline" or "calibrated", operators.device_model)."""

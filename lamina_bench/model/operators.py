@@ -10,10 +10,10 @@ The simulator (`model/iteration.py`) only composes the operator times defined he
 
 Where no profile exists, each operator is either the calibrated GPU operator model (`model/ops/`: GEMM,
 elementwise, decode-attention and collective kernels with constants fitted on public measurements,
-results/validation/; `operators="calibrated"`) or a roofline, ``max(bytes / (peak_bw * eff_bw), flops /
-(peak * eff_flops))`` plus a fixed launch overhead, with the efficiency factors stated in roofline.py
-(`operators="roofline"`, the default). A measured profile (``results/profiles/<device>-<backend>.json``)
-replaces both for that device (format: `model/profiles.py`).
+results/validation/; `operators="calibrated"`, the default) or a roofline,
+``max(bytes / (peak_bw * eff_bw), flops / (peak * eff_flops))`` plus a fixed launch overhead, with the
+efficiency factors stated in roofline.py (`operators="roofline"`, kept as a named alternative). A
+measured profile (``results/profiles/<device>-<backend>.json``) replaces both for that device (format: `model/profiles.py`).
 
 Using a profile: for the profiled shape (same hidden/intermediate/head sizes, dtype and tp) dense time is
 interpolated between the measured batch points (source ``measured``). For another shape or tp, the
@@ -298,7 +298,7 @@ def device_model(
     backend: str = "cuda",
     profile_dir: str | Path | None = None,
     derive_from: Profile | None = None,
-    operators: str = "roofline",
+    operators: str = "calibrated",
 ) -> DeviceModel:
     """The model of `device`: its own profile if one is stored, else `derive_from` (derived), else the
     calibrated operator model (operators="calibrated", when a calibration is committed) or the roofline."""

@@ -101,8 +101,8 @@ def test_a_measured_profile_takes_precedence(tmp_path):
     write_profile(prof, tmp_path / "H100-cuda.json")
     dm = device_model(get_device("H100"), profile_dir=tmp_path, operators="calibrated")
     assert dm.profile == prof and dm.profile_name == prof.name
-    assert device_model(get_device("H20"), profile_dir=tmp_path, operators="calibrated").ops is not None
-    assert device_model(get_device("H20"), profile_dir=tmp_path).ops is None  # the roofline stays the default
+    assert device_model(get_device("H20"), profile_dir=tmp_path).ops is not None  # calibrated by default
+    assert device_model(get_device("H20"), profile_dir=tmp_path, operators="roofline").ops is None
     with pytest.raises(UserInputError, match="unknown operator model"):
         device_model(get_device("H20"), operators="magic")
 

@@ -29,7 +29,7 @@ LLAMA3_70B, LLAMA31_8B = get_model("llama3.1-70b"), get_model("llama3.1-8b")
 def tiny_serving(system="homogeneous"):
     attention = parse_mix("1xH20") if system == "lamina" else None
     config = SystemConfig(system, TINY, parse_mix("1xH100"), attention, scheduler=VLLM, pipeline_batches=None)
-    base = iteration_model(config)
+    base = iteration_model(config, operators="roofline")  # the hand-worked figures below are roofline's
     return ServingIterationModel(base, VLLM), base
 
 

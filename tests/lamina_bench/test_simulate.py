@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 
 from lamina_bench import cli
-from lamina_bench.catalog.devices import parse_mix
+from lamina_bench.catalog.devices import get_device, parse_mix
 from lamina_bench.catalog.models import get_model, spec_from_hf_config
 from lamina_bench.catalog.workloads import load_trace, poisson_arrivals, synthetic_trace
 from lamina_bench.errors import UserInputError
 from lamina_bench.model.iteration import iteration_model
-from lamina_bench.model.operators import DeviceModel
+from lamina_bench.model.operators import DeviceModel, device_model
 from lamina_bench.model.paper import paper_comparisons
 from lamina_bench.model.reference import ReferenceRun, predict_reference_run
 from lamina_bench.model.replay import replay
@@ -21,6 +21,7 @@ from lamina_bench.report.text import comparisons_markdown
 from tests.lamina_bench.test_perfmodel import TINY, make_profile
 
 LLAMA3_70B = get_model("llama3-70b")
+CALIBRATED = device_model(get_device("H100")).profile_name  # the default operator model's name
 DESIGN_JSON_KEYS = {
     "system",
     "model",
@@ -181,7 +182,7 @@ def test_invariants(system, arrival):
         assert np.all(rep.start_s[rep.admit_iteration] >= arrivals - 1e-12)
     assert result.tbt_p50_ms <= result.tbt_p90_ms <= result.tbt_p99_ms
     assert set(result.to_dict()) >= DESIGN_JSON_KEYS
-    assert result.source == "modeled" and result.profile == "roofline"
+    assert result.source == "modeled" and result.profile == CALIBRATED
 
 
 def test_deterministic_for_a_seed():
@@ -195,7 +196,7 @@ def test_deterministic_for_a_seed():
 
 def test_lamina_timing_composition_by_hand():
     config = SystemConfig("lamina", LLAMA3_70B, parse_mix("2xH100"), parse_mix("4xH20"), pipeline_batches=1)
-    model = iteration_model(config)
+    model = iteration_model(config, operators="roofline")  # the hand-worked link below is roofline's
     c, a, L = model.compute, model.attention, 80
     b, s = 200.0, 200.0 * 1500
     t_m = c.dense_layer(LLAMA3_70B, "fp16", b, 2).time_s + 2 * c.allreduce(b * 8192 * 2, 2).time_s
@@ -205,7 +206,8 @@ def test_lamina_timing_composition_by_hand():
     head = c.head(LLAMA3_70B, "fp16", b, 2).time_s
     assert float(model.time_s(b, s)) == pytest.approx(L * (t_m + t_a + t_n) + head)
     # ping-pong: two micro-batches of 100; the compute pool is busy 2 x t_m(100) per layer
-    pp = iteration_model(SystemConfig("lamina", LLAMA3_70B, parse_mix("2xH100"), parse_mix("4xH20")))
+    pp_config = SystemConfig("lamina", LLAMA3_70B, parse_mix("2xH100"), parse_mix("4xH20"))
+    pp = iteration_model(pp_config, operators="roofline")
     t_m2 = c.dense_layer(LLAMA3_70B, "fp16", 100, 2).time_s + 2 * c.allreduce(100 * 8192 * 2, 2).time_s
     t_a2 = a.attention_layer(LLAMA3_70B, "fp16", 100, s / 2, 0.25).time_s
     t_n2 = 2 * 10e-6 + 100 * 36_864 / (2 * 400e9 / 8 * 0.9)
@@ -229,7 +231,7 @@ def test_paper_setups_have_equal_cost_and_table_renders():
         assert c.lamina.cost_usd_per_hour in (pytest.approx(20.32), pytest.approx(40.64))
     table = comparisons_markdown(rows)
     assert sum(line.startswith("| llama") for line in table.splitlines()) == 9
-    assert "| llama3-70b | kimi-conv | 4xH100 | 2xH100+4xH20 |" in table and "profile: roofline" in table
+    assert "| llama3-70b | kimi-conv | 4xH100 | 2xH100+4xH20 |" in table and f"profile: {CALIBRATED}" in table
 
 
 def test_reference_run_prediction_by_hand():
