@@ -109,9 +109,15 @@ class IterationModel:
     def _tp_layer(self, batch) -> np.ndarray:
         """Dense part of one layer incl. its two all-reduces (after attention-out and after the MLP)."""
         spec, e = self.model, DTYPE_BYTES[self.dtype]
-        dense = self.compute.dense_layer(spec, self.dtype, batch, self.tp).time_s
-        allreduce = self.compute.allreduce(batch * spec.hidden_size * e, self.tp).time_s
-        return dense + 2.0 * allreduce
+
+        def layer(b):
+            dense = self.compute.dense_layer(spec, self.dtype, b, self.tp).time_s
+            return dense + 2.0 * self.compute.allreduce(b * spec.hidden_size * e, self.tp).time_s
+
+        return per_distinct(layer, batch)
+
+    def _head(self, batch) -> np.ndarray:
+        return per_distinct(lambda b: self.compute.head(self.model, self.dtype, b, self.tp).time_s, batch)
 
     def breakdown(self, batch, sum_context) -> IterationBreakdown:
         """Iteration time and its parts for `batch` running requests reading `sum_context` tokens."""
@@ -127,7 +133,7 @@ class IterationModel:
         kv_share = max(1.0 / self.compute_count, 1.0 / spec.num_kv_heads)
         t_m = self._tp_layer(batch)
         t_a = self.compute.attention_layer(spec, self.dtype, batch, sum_context, kv_share).time_s
-        head = self.compute.head(spec, self.dtype, batch, self.tp).time_s
+        head = self._head(batch)
         dense, attn = L * t_m + head, L * t_a
         time = dense + attn + self.compute.iteration_overhead_s + self._step_cost_s(batch)
         return IterationBreakdown(time, dense, attn, np.zeros_like(time), time, time)
@@ -139,7 +145,7 @@ class IterationModel:
         b, s = batch / n, sum_context / n
         t_m = self._tp_layer(b)
         t_a = self.attention.attention_layer(spec, self.dtype, b, s, 1.0 / self.attention_count).time_s
-        head = self.compute.head(spec, self.dtype, b, self.tp).time_s
+        head = self._head(b)
         latency_s, bw_replica, bw_pool = self._nic
         round_trip_bytes = b * net_bytes_per_token_per_layer(spec, self.dtype)
         send_bytes = b * e * (spec.q_size + 2 * spec.kv_size)  # q, k, v out: the larger direction
@@ -169,6 +175,14 @@ class IterationModel:
     def profile(self) -> str:
         c, a = self.compute.profile_name, self.attention.profile_name
         return c if c == a else f"compute={c};attention={a}"
+
+
+def per_distinct(fn, x) -> np.ndarray:
+    """fn(x) evaluated once per distinct value of x (a replay repeats the same batch sizes), element-wise
+    equal to fn(x) for any fn that maps each element on its own."""
+    x = np.asarray(x, dtype=float)
+    values, inverse = np.unique(x, return_inverse=True)
+    return np.broadcast_to(fn(values), values.shape)[inverse.reshape(x.shape)]
 
 
 def iteration_model(

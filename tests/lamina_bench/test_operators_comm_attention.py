@@ -5,7 +5,13 @@ import numpy as np
 import pytest
 
 from lamina_bench.catalog.devices import get_device
-from lamina_bench.model.ops.attention import attention_bytes, attention_time_s, attention_waves, fa_splits
+from lamina_bench.model.ops.attention import (
+    _splits,
+    attention_bytes,
+    attention_time_s,
+    attention_waves,
+    fa_splits,
+)
 from lamina_bench.model.ops.collectives import (
     nccl_allreduce_s,
     p2p_time_s,
@@ -32,6 +38,14 @@ def test_split_kv_heuristic_like_flash_attention():
     assert fa_splits(100, 108, blocks=64) == 1
     # one item, 4 KV blocks: the best efficiency is 4 splits (4/108); the smallest within 85% of it is 4
     assert fa_splits(1, 108, blocks=4) == 4
+
+
+def test_vectorised_splits_equal_the_heuristic_per_item():
+    rng = np.random.default_rng(0)
+    for slots in (108, 132, 264):
+        work, blocks = rng.integers(1, 600, 3000), rng.integers(1, 400, 3000)
+        expected = [fa_splits(int(w), slots, int(b)) for w, b in zip(work, blocks, strict=True)]
+        assert _splits(work, blocks, slots).tolist() == expected
 
 
 def test_attention_ctas_waves_and_fill():

@@ -369,3 +369,18 @@ def test_attention_pool_cannot_exceed_the_kv_heads():
     SystemConfig("lamina", spec, parse_mix("2xH100"), parse_mix("8xH20"))
     with pytest.raises(UserInputError, match="at most 8 attention devices"):
         SystemConfig("lamina", spec, parse_mix("2xH100"), parse_mix("16xH20"))
+
+
+def test_iteration_times_of_a_whole_replay_equal_one_iteration_at_a_time():
+    # the dense part and the head are evaluated once per distinct batch size (iteration.per_distinct)
+    rng = np.random.default_rng(1)
+    batch = rng.integers(0, 400, 500).astype(float)
+    context = batch * rng.uniform(100, 3000, 500)
+    for config in (
+        SystemConfig("homogeneous", LLAMA3_70B, parse_mix("4xH100")),
+        SystemConfig("lamina", LLAMA3_70B, parse_mix("4xH100"), parse_mix("4xH20"), pipeline_batches=3),
+    ):
+        model = iteration_model(config)
+        whole = model.time_s(batch, context)
+        one_by_one = [float(model.time_s(b, s)) for b, s in zip(batch[:60], context[:60], strict=True)]
+        assert whole[:60].tolist() == pytest.approx(one_by_one, rel=1e-12)

@@ -67,6 +67,19 @@ def fa_splits(work: int, slots: int, blocks: int, max_splits: int = MAX_SPLITS) 
     return next(s for s, e in enumerate(eff, start=1) if e >= 0.85 * best)
 
 
+def _splits(work: np.ndarray, blocks: np.ndarray, slots: int) -> np.ndarray:
+    """fa_splits of every (work, blocks) pair: 1 where the work items nearly fill the slots, else one call
+    per distinct pair (a replay asks for the same few pairs many times)."""
+    splits = np.ones(work.shape)
+    small = work < 0.8 * slots
+    if small.any():
+        stride = int(blocks.max()) + 1  # one integer key per (work, blocks) pair
+        keys, inverse = np.unique(work[small] * stride + blocks[small], return_inverse=True)
+        per_pair = np.array([fa_splits(int(k // stride), slots, int(k % stride)) for k in keys], dtype=float)
+        splits[small] = per_pair[inverse.ravel()]
+    return splits
+
+
 def attention_waves(a: Mapping[str, float], hw: Hardware, batch, context, kv_heads):
     """(ctas, waves, fill) of the split-KV launch (module doc)."""
     batch, context = np.asarray(batch, dtype=float), np.asarray(context, dtype=float)
@@ -74,8 +87,9 @@ def attention_waves(a: Mapping[str, float], hw: Hardware, batch, context, kv_hea
     slots = int(hw.sms * a["ctas_per_sm"])
     blocks = np.maximum(np.ceil(context / a["chunk_tokens"]), 1.0)
     work, blocks = np.broadcast_arrays(seq_heads, blocks)
-    splits = np.array([fa_splits(int(w), slots, int(b)) for w, b in zip(work.ravel(), blocks.ravel(), strict=True)],
-                      dtype=float).reshape(work.shape)  # fmt: skip
+    splits = _splits(work.ravel().astype(np.int64), blocks.ravel().astype(np.int64), slots).reshape(
+        work.shape
+    )
     ctas = seq_heads * splits
     waves = np.ceil(ctas / slots)
     return ctas, waves, ctas / (waves * slots)
