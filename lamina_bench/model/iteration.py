@@ -8,6 +8,7 @@ Timing of one iteration with B running requests and S summed context tokens:
   t_n = link round trip. A layer's cycle is the slowest of: the compute replicas (n * t_m / R), the
   attention pool (n * t_a), one micro-batch's dependency chain (t_m + t_a + t_n) and the link's
   bandwidth (n * bytes / bandwidth); an iteration is L cycles plus the model head.
+Mixture-of-experts models (and AFD, which only they have) are timed by model/moe_iteration.py.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from lamina_bench.catalog.models import (
     net_bytes_per_token_per_layer,
     same_layer_shape,
 )
+from lamina_bench.catalog.moe import is_moe
 from lamina_bench.model.operators import DeviceModel, device_model
 from lamina_bench.model.profiles import Profile
 from lamina_bench.model.system import SystemConfig
@@ -179,8 +181,20 @@ def iteration_model(
     operators: str = "roofline",
 ) -> IterationModel:
     """The iteration-time model of `config`: stored profiles per device, else `derive_from`, else the
-    `operators` model ("roofline" or "calibrated", operators.device_model)."""
+    `operators` model ("roofline" or "calibrated", operators.device_model). A mixture-of-experts model
+    gets a moe_iteration.MoEIterationModel (same interface)."""
     cm = device_model(config.compute.device, backend, profile_dir, derive_from, operators)
+    if is_moe(config.model):
+        from lamina_bench.model.moe_iteration import MoEIterationModel  # imports this module
+
+        am = cm if config.attention is None else device_model(
+            config.attention.device, backend, profile_dir, derive_from, operators
+        )  # fmt: skip
+        attention_count = config.compute.count if config.attention is None else config.attention.count
+        return MoEIterationModel(
+            config.model, config.dtype, config.system, config.compute.count, attention_count, config.batches,
+            cm, am, config.routing_skew,
+        )  # fmt: skip
     if config.system == "homogeneous":
         return IterationModel(
             config.model, config.dtype, "homogeneous", config.compute.count, config.compute.count, 1, cm, cm

@@ -1,0 +1,88 @@
+"""Memory of the pools of a mixture-of-experts system: which weights each device holds, how many KV tokens fit.
+
+Placement (model/moe_iteration.py runs the same):
+  homogeneous, N devices   attention data parallel (every device holds the non-routed weights: attention,
+                           router, shared experts, dense layers, embeddings, head; and the KV of its own
+                           sequences), routed experts expert parallel (ceil(E / N) experts per MoE layer).
+  Lamina                   compute pool: per replica of N devices as above, without KV; attention pool: no
+                           weights, the KV split by KV head (GQA) or by sequence (MLA's shared latent).
+  AFD                      attention pool: every device the non-routed weights and its sequences' KV;
+                           expert pool: ceil(E / N) routed experts per MoE layer on each device.
+
+Every pool keeps the same workspace reserve as a dense one (reserve_fraction, roofline.py). An expert pool
+that cannot hold its experts, or more expert-parallel devices than experts, is a one-line UserInputError.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from lamina_bench.catalog.devices import DeviceMix
+from lamina_bench.catalog.models import ModelSpec, kv_bytes_per_token, weight_bytes
+from lamina_bench.catalog.moe import expert_bytes, moe_layers, routed_expert_bytes
+from lamina_bench.errors import UserInputError
+from lamina_bench.model.memory import PoolMemory
+
+if TYPE_CHECKING:
+    from lamina_bench.model.system import SystemConfig
+
+
+def non_routed_bytes(spec: ModelSpec, dtype: str) -> int:
+    """Bytes of every weight but the routed experts (attention, router, shared experts, dense layers,
+    embeddings, head): what a data-parallel attention device holds."""
+    return weight_bytes(spec, dtype) - routed_expert_bytes(spec, dtype)
+
+
+def experts_per_device(spec: ModelSpec, devices: int) -> int:
+    """Routed experts per MoE layer on each of `devices` expert-parallel devices: ceil(E / N)."""
+    return -(-spec.moe.num_experts // devices)
+
+
+def expert_device_bytes(spec: ModelSpec, dtype: str, devices: int) -> int:
+    """Routed-expert bytes one of `devices` expert-parallel devices holds: L_moe ceil(E / N) 3 d I_e e."""
+    return moe_layers(spec) * experts_per_device(spec, devices) * expert_bytes(spec, dtype)
+
+
+def check_expert_devices(spec: ModelSpec, mix: DeviceMix, what: str) -> None:
+    """UserInputError when `mix` has more devices than the model has routed experts."""
+    if mix.count > spec.moe.num_experts:
+        raise UserInputError(
+            f"{what} {mix} has more devices than {spec.name} has routed experts ({spec.moe.num_experts} per "
+            f"layer): use at most {spec.moe.num_experts} expert devices"
+        )
+
+
+def _pool(
+    spec: ModelSpec, mix: DeviceMix, dtype: str, weights: float, holds_kv: bool, reserve: float, what: str
+) -> PoolMemory:
+    device = mix.device
+    usable = device.memory_bytes * (1.0 - reserve)
+    if weights > usable:
+        raise UserInputError(
+            f"{what} {mix} cannot hold {spec.name}: each device needs {weights / 1e9:.1f} GB of weights ({dtype}), "
+            f"each {device.name} has {usable / 1e9:.1f} GB usable ({device.memory_bytes / 1e9:.0f} GB minus "
+            f"{reserve:.0%} workspace)"
+        )
+    kv = usable - weights if holds_kv else 0.0
+    tokens = int(mix.count * kv / kv_bytes_per_token(spec, dtype)) if holds_kv else 0
+    return PoolMemory(mix.count, float(device.memory_bytes), usable, float(weights), kv, tokens)
+
+
+def moe_pools(config: SystemConfig) -> tuple[PoolMemory, PoolMemory | None]:
+    """(compute or expert pool, attention pool or None) of a MoE system (module doc)."""
+    spec, dtype, reserve = config.model, config.dtype, config.reserve_fraction
+    shared = non_routed_bytes(spec, dtype)
+    if config.system == "homogeneous":
+        check_expert_devices(spec, config.compute, "the expert-parallel group")
+        w = shared + expert_device_bytes(spec, dtype, config.compute.count)
+        return _pool(spec, config.compute, dtype, w, True, reserve, "the mix"), None
+    if config.system == "lamina":
+        replica = DeviceMix(config.tp, config.compute.device)
+        check_expert_devices(spec, replica, "a compute replica")
+        w = shared + expert_device_bytes(spec, dtype, config.tp)
+        compute = _pool(spec, config.compute, dtype, w, False, reserve, "the compute pool")
+        return compute, _pool(spec, config.attention, dtype, 0.0, True, reserve, "the attention pool")
+    check_expert_devices(spec, config.compute, "the AFD expert pool")
+    experts = _pool(spec, config.compute, dtype, expert_device_bytes(spec, dtype, config.compute.count), False,
+                    reserve, "the AFD expert pool")  # fmt: skip
+    return experts, _pool(spec, config.attention, dtype, shared, True, reserve, "the AFD attention pool")
