@@ -264,7 +264,9 @@ def summarize(
         kv_bytes = float(kv_bytes_per_token(spec, config.dtype) * rep.sum_context.sum())
         flops_per_token = moe_flops_per_token(spec)
     else:
-        kv_bytes = float(attention_layer_bytes(spec, config.dtype, 0.0, rep.sum_context.sum())) * spec.num_layers
+        kv_bytes = (
+            float(attention_layer_bytes(spec, config.dtype, 0.0, rep.sum_context.sum())) * spec.num_layers
+        )
         flops_per_token = dense_flops_per_token(spec)
     sat_tput, sat_batch = phase_rates(rep, bd.time_s, phase_end(rep, arrival))
     mean_ms = {

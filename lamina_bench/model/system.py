@@ -64,7 +64,9 @@ class SystemConfig:
             if self.attention is not None:
                 raise UserInputError("a homogeneous system has no attention pool; drop --attention")
             if self.pipeline_batches not in (None, 1):
-                raise UserInputError("pipeline batches apply to Lamina and AFD only (homogeneous runs one batch)")
+                raise UserInputError(
+                    "pipeline batches apply to Lamina and AFD only (homogeneous runs one batch)"
+                )
         elif self.system == "lamina":
             if self.attention is None:
                 raise UserInputError("a Lamina system needs an attention pool, e.g. --attention 4xH20")
