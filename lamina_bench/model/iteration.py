@@ -26,21 +26,11 @@ from lamina_bench.catalog.models import (
     same_layer_shape,
 )
 from lamina_bench.catalog.moe import is_moe
+from lamina_bench.model.breakdown import IterationBreakdown
+from lamina_bench.model.moe_iteration import MoEIterationModel
 from lamina_bench.model.operators import DeviceModel, device_model
 from lamina_bench.model.profiles import Profile
 from lamina_bench.model.system import SystemConfig
-
-
-@dataclass(frozen=True, eq=False)
-class IterationBreakdown:
-    """Per-iteration arrays (shape of the inputs) for B running requests and S summed context tokens."""
-
-    time_s: np.ndarray  # wall time of one iteration; every running request gets one token
-    dense_s: np.ndarray  # MTIME of one micro-batch: dense part of all layers + head
-    attention_s: np.ndarray  # ATIME of one micro-batch: attention of all layers
-    network_s: np.ndarray  # link time of one micro-batch over all layers (0 for homogeneous)
-    compute_busy_s: np.ndarray  # time each compute device is busy during the iteration
-    attention_busy_s: np.ndarray  # time each attention device is busy (homogeneous: same devices)
 
 
 @dataclass(frozen=True)
@@ -185,8 +175,6 @@ def iteration_model(
     gets a moe_iteration.MoEIterationModel (same interface)."""
     cm = device_model(config.compute.device, backend, profile_dir, derive_from, operators)
     if is_moe(config.model):
-        from lamina_bench.model.moe_iteration import MoEIterationModel  # imports this module
-
         am = cm if config.attention is None else device_model(
             config.attention.device, backend, profile_dir, derive_from, operators
         )  # fmt: skip

@@ -33,7 +33,7 @@ import numpy as np
 
 from lamina_bench.catalog.models import DTYPE_BYTES, ModelSpec, net_bytes_per_token_per_layer
 from lamina_bench.catalog.moe import active_params, afd_bytes_per_token_per_layer, moe_layers
-from lamina_bench.model.iteration import IterationBreakdown
+from lamina_bench.model.breakdown import IterationBreakdown
 from lamina_bench.model.moe_memory import experts_per_device
 from lamina_bench.model.moe_ops import (
     all_to_all_s,
