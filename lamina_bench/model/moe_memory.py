@@ -15,16 +15,11 @@ that cannot hold its experts, or more expert-parallel devices than experts, is a
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from lamina_bench.catalog.devices import DeviceMix
 from lamina_bench.catalog.models import ModelSpec, kv_bytes_per_token, weight_bytes
 from lamina_bench.catalog.moe import expert_bytes, moe_layers, routed_expert_bytes
 from lamina_bench.errors import UserInputError
 from lamina_bench.model.memory import PoolMemory
-
-if TYPE_CHECKING:
-    from lamina_bench.model.system import SystemConfig
 
 
 def non_routed_bytes(spec: ModelSpec, dtype: str) -> int:
@@ -68,8 +63,8 @@ def _pool(
     return PoolMemory(mix.count, float(device.memory_bytes), usable, float(weights), kv, tokens)
 
 
-def moe_pools(config: SystemConfig) -> tuple[PoolMemory, PoolMemory | None]:
-    """(compute or expert pool, attention pool or None) of a MoE system (module doc)."""
+def moe_pools(config) -> tuple[PoolMemory, PoolMemory | None]:
+    """(compute or expert pool, attention pool or None) of a MoE system.SystemConfig (module doc)."""
     spec, dtype, reserve = config.model, config.dtype, config.reserve_fraction
     shared = non_routed_bytes(spec, dtype)
     if config.system == "homogeneous":
