@@ -21,6 +21,7 @@ from lamina_bench.model.roofline import WORKSPACE_RESERVE_FRACTION
 from lamina_bench.model.scheduler import RESERVE_ALL, Scheduler
 
 SYSTEMS = ("homogeneous", "lamina", "afd")
+DENSE_SYSTEMS = ("homogeneous", "lamina")  # what the reference runtime runs and the measured sweeps take
 DEFAULT_LAMINA_PIPELINE_BATCHES = 2  # ping-pong, the paper's setting for one compute replica
 DEFAULT_AFD_PIPELINE_BATCHES = 2  # ping-pong between the attention and expert pools (MegaScale-Infer)
 
