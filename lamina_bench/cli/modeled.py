@@ -79,7 +79,7 @@ def _run_hardware(args) -> int:
 def add_simulate(sub) -> None:
     p = sub.add_parser(
         "simulate",
-        help="modeled decode of a trace on a device mix (homogeneous TP or Lamina), or the paper's table",
+        help="modeled decode of a trace on a device mix (homogeneous, Lamina, AFD), or the paper's table",
         description="Trace-driven simulation from measured profiles (results/profiles/) or the roofline. "
         "--paper prints the paper's nine equal-cost comparisons as a markdown table.",
     )
@@ -247,7 +247,10 @@ def _workload(args):
 
 
 def add_search(sub) -> None:
-    p = sub.add_parser("search", help="best tokens per dollar (Lamina, homogeneous) under a TBT SLO, budget")
+    p = sub.add_parser(
+        "search",
+        help="best tokens per dollar (homogeneous, Lamina; AFD for MoE models) under a TBT SLO, budget",
+    )
     p.add_argument("--model", required=True, help="model slug, e.g. llama3-70b")
     p.add_argument("--trace", required=True, help="azure-conv | azure-code | kimi-conv")
     p.add_argument("--tbt-slo-ms", type=float, help="p99 time between tokens, ms")
