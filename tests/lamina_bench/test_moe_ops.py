@@ -102,3 +102,29 @@ def test_all_to_all_roofline():
     # 8 ranks, 1 MB each: 7/8 MB leave each rank over 450 GB/s NVLink at 80%, plus 7 steps of 2 us
     assert float(all_to_all_s(dm, 1e6, 8)) == pytest.approx(7 * 2e-6 + 0.875e6 / (450e9 * 0.8))
     assert float(all_to_all_s(dm, 1e6, 1)) == 0.0
+
+
+def test_attention_block_roofline_mixtral_on_h100():
+    from lamina_bench.model.moe_ops import attention_block_elementwise, attention_block_gemms
+
+    spec = get_model("mixtral-8x7b")  # d 4096, 32 q heads, 8 KV heads of 128, 8 experts
+    gemms = attention_block_gemms(spec, 4.0, dense_layer=False)
+    ew = attention_block_elementwise(spec, 4.0, False, 2)
+    # bytes, 4 tokens, bf16: qkv 2(4*4096 + 6144*4096 + 4*6144) = 50,413,568; o 33,619,968;
+    # router 2(4*4096 + 8*4096 + 4*8) = 98,368; two norms 147,456; residual add 98,304
+    nbytes = 50_413_568 + 33_619_968 + 98_368 + 147_456 + 98_304
+    assert nbytes == 84_377_664
+    t = block_time_s(DeviceModel(get_device("H100")), gemms, ew, "bf16")
+    flops = 2 * 4 * (6144 * 4096 + 4096 * 4096 + 8 * 4096)  # 335,806,464: far below the bandwidth term
+    assert float(t) == pytest.approx(20e-6 + max(nbytes / (3.35e12 * 0.8), flops / (989e12 * 0.7)))
+
+
+def test_link_bytes_per_token_by_hand():
+    from lamina_bench.model.moe_iteration import moe_link_bytes_per_token
+
+    ds = get_model("deepseek-v3")
+    # Lamina with MLA: latent query H (c + r), new latent c + r out, latent output H c back, bf16, 61 layers
+    assert moe_link_bytes_per_token(ds, "lamina", "bf16") == 2 * (128 * 576 + 576 + 128 * 512) * 61
+    # AFD: k = 8 copies of d = 7168 each way over the 58 MoE layers (the 3 dense layers move nothing)
+    assert moe_link_bytes_per_token(ds, "afd", "bf16") == 2 * 8 * 7168 * 2 * 58
+    assert moe_link_bytes_per_token(ds, "homogeneous", "bf16") == 0.0
