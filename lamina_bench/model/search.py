@@ -3,8 +3,8 @@
 Candidates: Lamina over compute-device type x memory-device type x counts (1, 2, 4, 8 each, so every
 ratio between them) x pipeline depth (1-4); homogeneous over device type x tensor-parallel count
 (1, 2, 4, 8); for mixture-of-experts models also AFD over attention-device type x expert-device type x
-counts (1, 2, 4, 8 each) x micro-batches (2, 3). Configurations whose weights do not fit, that exceed the budget or lack a spec the model
-needs are dropped with the reason.
+counts (1, 2, 4, 8 each) x micro-batches (2, 3). Configurations whose weights do not fit, that exceed the
+budget or lack a spec the model needs are dropped with the reason.
 
 Two stages keep it fast: every candidate is screened with a steady-state estimate (batch = KV capacity
 / mean request reserve, capped so one iteration meets the SLO; throughput = batch / iteration time);

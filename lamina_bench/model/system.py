@@ -55,6 +55,10 @@ class SystemConfig:
                 f"AFD splits attention from the routed experts: {self.model.name} is dense; "
                 "use a mixture-of-experts model (`lamina-bench models`) or --system homogeneous | lamina"
             )
+        elif self.routing_skew != 1.0:
+            raise UserInputError(
+                f"routing skew applies to mixture-of-experts models; {self.model.name} is dense"
+            )
         if self.dtype not in DTYPE_BYTES:
             raise UserInputError(f"unknown dtype {self.dtype!r}; valid: {', '.join(DTYPE_BYTES)}")
         if self.max_batch_size is not None and self.max_batch_size < 1:

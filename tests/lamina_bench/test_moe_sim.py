@@ -175,3 +175,8 @@ def test_sweep_block_with_afd_mixes():
     }
     assert skipped == 2  # the dense model's two AFD grid mixes
     assert afd[0].config.system_config().batches == 2
+
+
+def test_routing_skew_is_for_moe_models_only():
+    with pytest.raises(UserInputError, match="routing skew applies to mixture-of-experts"):
+        _config("homogeneous", "llama2-7b", "1xH100", routing_skew=1.2)
