@@ -156,6 +156,12 @@ def test_search_on_a_moe_model_compares_all_three_systems():
         v.afd.value("tokens_per_usd") / v.homogeneous.value("tokens_per_usd")
     )
     assert "AFD" in v.answer() and out["verdict"]["afd_tokens_per_usd_ratio"] == pytest.approx(v.afd_ratio)
+    # the report's verdict table: two AFD columns, the attention pool first, then the expert pool
+    from lamina_bench.report.verdict_section import _AFD_HEADERS, _HEADERS, _line
+
+    line = _line(v, afd=True)
+    assert len(line) == len(_HEADERS) + len(_AFD_HEADERS)
+    assert line[-2].startswith(f"{v.afd.attention} + {v.afd.compute} m=")
 
 
 def test_sweep_block_with_afd_mixes():
