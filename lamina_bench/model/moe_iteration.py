@@ -5,14 +5,18 @@ B running requests read S summed context tokens; L_moe layers have routed expert
 k experts per token of width d, e bytes per element; load(b, N) is the token copies the most loaded of N
 expert-parallel devices gets from b tokens (ops/moe.device_load, routing skew included).
 
-homogeneous, N devices (attention data parallel, experts expert parallel; DeepSeek-V3's decode layout,
-    vLLM --data-parallel-size N --enable-expert-parallel): each device runs b = B/N sequences;
-    MoE layer = attention block(b) + core(b) + dispatch + experts(load(B, N)) + combine, the dispatch
-    and combine each an all-to-all of b k d e bytes per rank; dense layer = attention block + core.
+homogeneous, N devices, experts expert parallel; the rest by moe_memory's placement:
+    tensor parallel (vLLM --tensor-parallel-size N --enable-expert-parallel): every device holds all B
+    tokens; MoE layer = attention block(B, 1/N of the heads) + core(B, 1/N of the KV heads) + all-reduce
+    + experts(load(B, N)) + all-reduce, each all-reduce of B d e bytes;
+    data parallel (DeepSeek-V3's decode layout, vLLM --data-parallel-size N --enable-expert-parallel):
+    each device runs b = B/N sequences; MoE layer = attention block(b) + core(b) + dispatch +
+    experts(load(B, N)) + combine, dispatch and combine each an all-to-all of b k d e bytes per rank.
+    A dense layer replaces experts and exchange by the dense FFN (and, tensor parallel, its all-reduce).
 Lamina, n micro-batches on R = max(1, n - 1) compute replicas of N_c / R devices (arXiv 2405.01814 v2):
-    the compute replica runs a dense layer as above without the core (data parallel over its devices,
-    experts expert parallel), the attention pool the core on its share of the KV; the cycle of each
-    layer is iteration.py's: max(n t_m / R, n t_a, t_m + t_a + t_n, n bytes / link).
+    the compute replica runs a layer as above without the core (tensor or data parallel by moe_memory's
+    placement, experts expert parallel), the attention pool the core on its share of the KV; the cycle of
+    each layer is iteration.py's: max(n t_m / R, n t_a, t_m + t_a + t_n, n bytes / link).
 AFD, m micro-batches (ping-pong for m = 2, MegaScale-Infer arXiv 2504.02263 Sec. 4): the attention pool
     (N_a devices, data parallel) runs attention block + core of b/N_a tokens each, b = B/m
     (t_a); the expert pool (N_e devices, expert parallel) the routed experts of load(b, N_e) copies (t_e);
@@ -34,7 +38,7 @@ import numpy as np
 from lamina_bench.catalog.models import DTYPE_BYTES, ModelSpec, net_bytes_per_token_per_layer
 from lamina_bench.catalog.moe import active_params, afd_bytes_per_token_per_layer, moe_layers
 from lamina_bench.model.breakdown import IterationBreakdown
-from lamina_bench.model.moe_memory import experts_per_device
+from lamina_bench.model.moe_memory import experts_per_device, homogeneous_attention_tp, replica_attention_tp
 from lamina_bench.model.moe_ops import (
     all_to_all_s,
     attention_block_elementwise,
@@ -85,12 +89,11 @@ class MoEIterationModel:
         dense = len(self.model.moe.dense_layers)
         return self.model.num_layers - dense, dense
 
-    def _attn_block(self, dm: DeviceModel, tokens, dense_layer: bool):
+    def _attn_block(self, dm: DeviceModel, tokens, dense_layer: bool, tp: int = 1):
         e = DTYPE_BYTES[self.dtype]
-        gemms = attention_block_gemms(self.model, tokens, dense_layer)
-        return block_time_s(
-            dm, gemms, attention_block_elementwise(self.model, tokens, dense_layer, e), self.dtype
-        )
+        gemms = attention_block_gemms(self.model, tokens, dense_layer, tp)
+        elementwise = attention_block_elementwise(self.model, tokens, dense_layer, e, tp)
+        return block_time_s(dm, gemms, elementwise, self.dtype)
 
     def expert_load(self, tokens, devices: int) -> np.ndarray:
         """Token copies of the most loaded of `devices` expert devices for `tokens` routed tokens."""
@@ -102,6 +105,13 @@ class MoEIterationModel:
         active = device_active_experts(copies, experts_per_device(self.model, devices))
         gemms, elementwise = expert_block(self.model, copies, active, DTYPE_BYTES[self.dtype])
         return np.where(np.asarray(tokens) > 0, block_time_s(dm, gemms, elementwise, self.dtype), 0.0)
+
+    def _tp_layer(self, dm: DeviceModel, tokens, devices: int):
+        """(MoE layer, dense layer) time on a tensor-parallel + expert-parallel group of `devices` for
+        `tokens` tokens on every device, without the attention core."""
+        allreduce = dm.allreduce(tokens * self.model.hidden_size * DTYPE_BYTES[self.dtype], devices).time_s
+        moe = self._attn_block(dm, tokens, False, devices) + self._experts(dm, tokens, devices)
+        return moe + 2.0 * allreduce, self._attn_block(dm, tokens, True, devices) + 2.0 * allreduce
 
     def _ep_layer(self, dm: DeviceModel, tokens, devices: int):
         """(MoE layer, dense layer) time on a data-parallel + expert-parallel group of `devices` for `tokens`
@@ -124,9 +134,14 @@ class MoEIterationModel:
     def _homogeneous(self, batch, sum_context) -> IterationBreakdown:
         spec, n, dm = self.model, self.compute_count, self.compute
         l_moe, l_dense = self._layers
-        t_moe, t_dense = self._ep_layer(dm, batch, n)
-        core = attention_core_s(dm, spec, self.dtype, batch / n, sum_context / n, 1.0)
-        head = dm.head(spec, self.dtype, batch / n, 1).time_s
+        if homogeneous_attention_tp(spec, n):
+            t_moe, t_dense = self._tp_layer(dm, batch, n)
+            core = attention_core_s(dm, spec, self.dtype, batch, sum_context, 1.0 / n)
+            head = dm.head(spec, self.dtype, batch, n).time_s
+        else:
+            t_moe, t_dense = self._ep_layer(dm, batch, n)
+            core = attention_core_s(dm, spec, self.dtype, batch / n, sum_context / n, 1.0)
+            head = dm.head(spec, self.dtype, batch / n, 1).time_s
         dense = l_moe * t_moe + l_dense * t_dense + head
         attn = spec.num_layers * core
         time = dense + attn + dm.iteration_overhead_s
@@ -141,9 +156,13 @@ class MoEIterationModel:
         n, r, na = self.pipeline_batches, self.replicas, self.attention_count
         l_moe, l_dense = self._layers
         b, s = batch / n, sum_context / n
-        t_moe, t_dense = self._ep_layer(self.compute, b, self.tp)
+        if replica_attention_tp(spec, self.tp):
+            t_moe, t_dense = self._tp_layer(self.compute, b, self.tp)
+            head = self.compute.head(spec, self.dtype, b, self.tp).time_s
+        else:
+            t_moe, t_dense = self._ep_layer(self.compute, b, self.tp)
+            head = self.compute.head(spec, self.dtype, b / self.tp, 1).time_s
         t_a = attention_core_s(self.attention, spec, self.dtype, b, s, 1.0 / na)
-        head = self.compute.head(spec, self.dtype, b / self.tp, 1).time_s
         (lat_c, bw_c), (lat_a, bw_a) = self._nic(self.compute), self._nic(self.attention)
         latency = max(lat_c, lat_a)
         bw_replica, bw_pool = min(self.tp * bw_c, na * bw_a), min(self.compute_count * bw_c, na * bw_a)

@@ -1,15 +1,20 @@
 """Memory of the pools of a mixture-of-experts system: which weights each device holds, how many KV tokens fit.
 
 Placement (model/moe_iteration.py runs the same):
-  homogeneous, N devices   attention data parallel (every device holds the non-routed weights: attention,
-                           router, shared experts, dense layers, embeddings, head; and the KV of its own
-                           sequences), routed experts expert parallel (ceil(E / N) experts per MoE layer).
-  Lamina                   compute pool: per replica of N devices as above, without KV; attention pool: no
-                           weights, the KV split by KV head (GQA) or by sequence (MLA's shared latent).
+  homogeneous, N devices   routed experts expert parallel (ceil(E / N) experts per MoE layer); the rest
+                           (attention, router, shared experts, dense layers, embeddings, head: the
+                           non-routed weights) tensor parallel when the KV heads split evenly over the
+                           N devices (GQA, KV by head as for a dense model), else data parallel (every
+                           device the whole non-routed weights and the KV of its own sequences: MLA, whose
+                           one latent per token TP would copy to every device, or more devices than KV heads).
+  Lamina                   compute pool: per replica of N devices as above, without KV, tensor parallel
+                           whenever the query heads split evenly; attention pool: no weights, the KV split
+                           by KV head (GQA) or by sequence (MLA's shared latent).
   AFD                      attention pool: every device the non-routed weights and its sequences' KV;
                            expert pool: ceil(E / N) routed experts per MoE layer on each device.
 
-Every pool keeps the same workspace reserve as a dense one (reserve_fraction, roofline.py). An expert pool
+Tensor parallel counts 1/N of every non-routed weight per device (the router, norms and MLA's down-projections,
+which vLLM keeps whole on every device, are under 6% of them). Every pool keeps the same workspace reserve as a dense one (reserve_fraction, roofline.py). An expert pool
 that cannot hold its experts, or more expert-parallel devices than experts, is a one-line UserInputError.
 """
 
@@ -26,6 +31,16 @@ def non_routed_bytes(spec: ModelSpec, dtype: str) -> int:
     """Bytes of every weight but the routed experts (attention, router, shared experts, dense layers,
     embeddings, head): what a data-parallel attention device holds."""
     return weight_bytes(spec, dtype) - routed_expert_bytes(spec, dtype)
+
+
+def homogeneous_attention_tp(spec: ModelSpec, devices: int) -> bool:
+    """Whether a homogeneous group runs the non-routed part tensor parallel (module doc)."""
+    return devices > 1 and spec.mla is None and spec.num_kv_heads % devices == 0
+
+
+def replica_attention_tp(spec: ModelSpec, devices: int) -> bool:
+    """Whether a Lamina compute replica (no KV) runs the non-routed part tensor parallel (module doc)."""
+    return devices > 1 and spec.num_heads % devices == 0
 
 
 def experts_per_device(spec: ModelSpec, devices: int) -> int:
@@ -68,13 +83,15 @@ def moe_pools(config) -> tuple[PoolMemory, PoolMemory | None]:
     spec, dtype, reserve = config.model, config.dtype, config.reserve_fraction
     shared = non_routed_bytes(spec, dtype)
     if config.system == "homogeneous":
+        n = config.compute.count
         check_expert_devices(spec, config.compute, "the expert-parallel group")
-        w = shared + expert_device_bytes(spec, dtype, config.compute.count)
+        w = shared / (n if homogeneous_attention_tp(spec, n) else 1) + expert_device_bytes(spec, dtype, n)
         return _pool(spec, config.compute, dtype, w, True, reserve, "the mix"), None
     if config.system == "lamina":
         replica = DeviceMix(config.tp, config.compute.device)
         check_expert_devices(spec, replica, "a compute replica")
-        w = shared + expert_device_bytes(spec, dtype, config.tp)
+        w = shared / (config.tp if replica_attention_tp(spec, config.tp) else 1)
+        w += expert_device_bytes(spec, dtype, config.tp)
         compute = _pool(spec, config.compute, dtype, w, False, reserve, "the compute pool")
         return compute, _pool(spec, config.attention, dtype, 0.0, True, reserve, "the attention pool")
     check_expert_devices(spec, config.compute, "the AFD expert pool")

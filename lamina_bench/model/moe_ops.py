@@ -52,34 +52,39 @@ Gemm = tuple  # (groups, m, n, k): `groups` GEMMs of m x k by k x n in one kerne
 Elementwise = tuple  # (kind, width, bytes), kinds of gemm.ELEMENTWISE_OPS
 
 
-def attention_block_gemms(spec: ModelSpec, tokens, dense_layer: bool) -> list[Gemm]:
-    """GEMMs of one layer's attention block for `tokens` on one device holding all its weights (module doc)."""
+def attention_block_gemms(spec: ModelSpec, tokens, dense_layer: bool, tp: int = 1) -> list[Gemm]:
+    """GEMMs of one layer's attention block for `tokens` on one of `tp` tensor-parallel devices (module doc):
+    heads, the shared experts' and the dense FFN's width split `tp` ways (Megatron-style column / row
+    parallel); the router and MLA's down-projections (q_a, kv_a) whole on every device, as vLLM runs them."""
     t = np.asarray(tokens, dtype=float)
-    d, h, m = spec.hidden_size, spec.num_heads, spec.mla
+    d, h, m = spec.hidden_size, spec.num_heads / tp, spec.mla
     if m is None:
-        out = [(1.0, t, (h + 2 * spec.num_kv_heads) * spec.head_dim, d), (1.0, t, d, h * spec.head_dim)]
+        out = [(1.0, t, (h + 2 * spec.num_kv_heads / tp) * spec.head_dim, d), (1.0, t, d, h * spec.head_dim)]
     else:
         qk = m.qk_nope_head_dim + m.qk_rope_head_dim
         q = [(1.0, t, h * qk, d)] if m.q_lora_rank is None else [(1.0, t, m.q_lora_rank, d), (1.0, t, h * qk, m.q_lora_rank)]  # fmt: skip
         out = q + [
             (1.0, t, m.cache_width, d),  # kv_a: latent + RoPE key
-            (float(h), t, m.kv_lora_rank, m.qk_nope_head_dim),  # W_UK absorbed into the query, per head
-            (float(h), t, m.v_head_dim, m.kv_lora_rank),  # W_UV applied to the latent output, per head
+            (h, t, m.kv_lora_rank, m.qk_nope_head_dim),  # W_UK absorbed into the query, per head
+            (h, t, m.v_head_dim, m.kv_lora_rank),  # W_UV applied to the latent output, per head
             (1.0, t, d, h * m.v_head_dim),  # o
         ]
     moe = spec.moe
     if dense_layer:
-        i = spec.intermediate_size
+        i = spec.intermediate_size / tp
         return out + [(1.0, t, 2 * i, d), (1.0, t, d, i)]
     out.append((1.0, t, moe.num_experts, d))  # router
     if moe.num_shared_experts:
-        s = moe.num_shared_experts * moe.expert_intermediate_size
+        s = moe.num_shared_experts * moe.expert_intermediate_size / tp
         out += [(1.0, t, 2 * s, d), (1.0, t, d, s)]
     return out
 
 
-def attention_block_elementwise(spec: ModelSpec, tokens, dense_layer: bool, e: float) -> list[Elementwise]:
-    """Two RMSNorms and the residual add of width d; the SiLU-and-mul of the dense FFN or shared experts."""
+def attention_block_elementwise(
+    spec: ModelSpec, tokens, dense_layer: bool, e: float, tp: int = 1
+) -> list[Elementwise]:
+    """Two RMSNorms and the residual add of width d; the SiLU-and-mul of the dense FFN or shared experts
+    (split `tp` ways)."""
     t, d = np.asarray(tokens, dtype=float), spec.hidden_size
     out = [("norm", d, e * (2 * t * d + d)), ("norm", d, e * (2 * t * d + d)), ("add", d, e * 3 * t * d)]
     width = (
@@ -88,7 +93,7 @@ def attention_block_elementwise(spec: ModelSpec, tokens, dense_layer: bool, e: f
         else spec.moe.num_shared_experts * spec.moe.expert_intermediate_size
     )
     if width:
-        out.append(("act", width, e * 3 * t * width))
+        out.append(("act", width / tp, e * 3 * t * width / tp))
     return out
 
 

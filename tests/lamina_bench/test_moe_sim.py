@@ -89,12 +89,32 @@ def test_routing_skew_slows_the_experts():
     assert skewed > base
 
 
-def test_homogeneous_expert_parallel_weights_by_hand():
-    # Mixtral-8x7B on 4 devices: each holds 2 of the 8 experts of all 32 layers plus every other weight
+def test_homogeneous_weights_by_hand():
+    # Mixtral-8x7B on 4 devices: 8 KV heads split evenly, so the non-routed weights are tensor parallel
+    # (1/4 each); each device holds 2 of the 8 experts of all 32 layers
     spec = get_model("mixtral-8x7b")
     plan = memory_plan(_config("homogeneous", "mixtral-8x7b", "4xH100"))
     experts = 32 * 2 * 3 * 4096 * 14336 * 2
-    assert plan.compute.weight_bytes_per_device == non_routed_bytes(spec, "fp16") + experts
+    assert plan.compute.weight_bytes_per_device == non_routed_bytes(spec, "fp16") / 4 + experts
+    # Qwen3-30B-A3B on 8 devices: 4 KV heads do not split 8 ways, so attention is data parallel (every device
+    # the whole non-routed weights) and each device holds 16 of the 128 experts of all 48 layers
+    qwen = get_model("qwen3-30b-a3b")
+    plan = memory_plan(_config("homogeneous", "qwen3-30b-a3b", "8xH100"))
+    assert (
+        plan.compute.weight_bytes_per_device == non_routed_bytes(qwen, "fp16") + 48 * 16 * 3 * 2048 * 768 * 2
+    )
+    # KV: every device keeps its own sequences, 80 GB x 0.9 less the weights, 2 x 48 x 4 x 128 x 2 bytes a token
+    free = 72e9 - plan.compute.weight_bytes_per_device
+    assert plan.kv_capacity_tokens == int(8 * free / (2 * 48 * 4 * 128 * 2))
+
+
+def test_tensor_parallel_attention_block_splits_the_heads():
+    from lamina_bench.model.moe_ops import attention_block_gemms
+
+    spec = get_model("mixtral-8x7b")  # 32 q heads, 8 KV heads of 128
+    qkv, o, router = attention_block_gemms(spec, 4.0, False, tp=2)
+    assert qkv[2] == (16 + 2 * 4) * 128 and o[3] == 16 * 128  # n of fused qkv, k of o: half the heads
+    assert router[2] == 8  # the router stays whole
 
 
 @pytest.mark.parametrize(
