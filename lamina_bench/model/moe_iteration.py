@@ -17,7 +17,7 @@ Lamina, n micro-batches on R = max(1, n - 1) compute replicas of N_c / R devices
     the compute replica runs a layer as above without the core (tensor or data parallel by moe_memory's
     placement, experts expert parallel), the attention pool the core on its share of the KV; the cycle of
     each layer is iteration.py's: max(n t_m / R, n t_a, t_m + t_a + t_n, n bytes / link).
-AFD, m micro-batches (ping-pong for m = 2, MegaScale-Infer arXiv 2504.02263 Sec. 4): the attention pool
+AFD, m micro-batches (ping-pong for m = 2, as MegaScale-Infer, arXiv 2504.02263): the attention pool
     (N_a devices, data parallel) runs attention block + core of b/N_a tokens each, b = B/m
     (t_a); the expert pool (N_e devices, expert parallel) the routed experts of load(b, N_e) copies (t_e);
     between them the M2N dispatch and N2M combine, each t_c = latency + the larger of an attention
