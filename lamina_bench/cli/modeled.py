@@ -79,15 +79,21 @@ def _run_hardware(args) -> int:
 def add_simulate(sub) -> None:
     p = sub.add_parser(
         "simulate",
-        help="modeled decode of a trace on a device mix (homogeneous TP or Lamina), or the paper's table",
+        help="modeled decode of a trace on a device mix (homogeneous, Lamina, AFD), or the paper's table",
         description="Trace-driven simulation from measured profiles (results/profiles/) or the roofline. "
         "--paper prints the paper's nine equal-cost comparisons as a markdown table.",
     )
     p.add_argument("--paper", action="store_true", help="the nine comparisons (3 models x 3 traces)")
     p.add_argument("--model", help="model slug, e.g. llama3-70b (see `lamina-bench models`)")
-    p.add_argument("--system", help="homogeneous | lamina")
+    p.add_argument("--system", help="homogeneous | lamina | afd (mixture-of-experts models)")
     p.add_argument("--compute", help="compute mix NxDEVICE, e.g. 2xH100 (homogeneous: the TP group)")
-    p.add_argument("--attention", help="Lamina attention mix NxDEVICE, e.g. 4xH20")
+    p.add_argument("--attention", help="Lamina or AFD attention mix NxDEVICE, e.g. 4xH20")
+    p.add_argument(
+        "--experts", help="AFD expert mix NxDEVICE, e.g. 8xH100 (the expert pool; instead of --compute)"
+    )
+    p.add_argument(
+        "--routing-skew", type=float, help="MoE: load of the busiest expert device / its mean (default 1)"
+    )
     p.add_argument("--trace", help="azure-conv | azure-code | kimi-conv")
     p.add_argument("--input-len", type=int, help="instead of --trace: every request has this prompt length")
     p.add_argument(
@@ -131,6 +137,7 @@ def add_simulate(sub) -> None:
 # Options of one simulation that --paper (nine fixed setups) would silently ignore.
 _SINGLE_RUN_OPTIONS = ("model", "system", "compute", "attention", "trace", "arrival", "rate", "seed")
 _SINGLE_RUN_OPTIONS += ("pipeline_batches", "max_batch", "concurrency", "input_len", "output_len")
+_SINGLE_RUN_OPTIONS += ("experts", "routing_skew")
 
 
 def _run_simulate(args) -> int:
@@ -169,6 +176,7 @@ def _run_simulate(args) -> int:
         else:
             print(comparisons_markdown(rows))
         return 0
+    _expert_pool(args)
     missing = [o for o in ("model", "system", "compute") if getattr(args, o) is None]
     if missing:
         raise UserInputError(f"simulate needs --{', --'.join(missing)} (or --paper)")
@@ -179,8 +187,9 @@ def _run_simulate(args) -> int:
         parse_mix(args.compute, catalog),
         parse_mix(args.attention, catalog) if args.attention else None,
         scheduler=scheduler,
-        **given(args, dtype="dtype", pipeline_batches="pipeline_batches", max_batch_size="max_batch"),
-    )
+        **given(args, dtype="dtype", pipeline_batches="pipeline_batches", max_batch_size="max_batch",
+                routing_skew="routing_skew"),
+    )  # fmt: skip
     memory_plan(config)  # a mix the weights do not fit: one-line error before anything else
     require_prices(args.prices or DEFAULT_PRICE_SET, config.compute, config.attention)
     if (args.rate is not None or args.seed is not None) and args.arrival != "poisson":
@@ -195,6 +204,17 @@ def _run_simulate(args) -> int:
     )  # fmt: skip
     print(result.to_json() if args.json else result_table(result))
     return 0
+
+
+def _expert_pool(args) -> None:
+    """--experts names AFD's expert pool, which the simulator holds as the compute mix."""
+    if args.experts is None:
+        return
+    if args.system != "afd":
+        raise UserInputError("--experts names the expert pool of --system afd; other systems take --compute")
+    if args.compute is not None:
+        raise UserInputError("give the AFD expert pool once: --experts or --compute, not both")
+    args.compute = args.experts
 
 
 _VLLM_KNOBS = {
@@ -227,7 +247,10 @@ def _workload(args):
 
 
 def add_search(sub) -> None:
-    p = sub.add_parser("search", help="best tokens per dollar (Lamina, homogeneous) under a TBT SLO, budget")
+    p = sub.add_parser(
+        "search",
+        help="best tokens per dollar (homogeneous, Lamina; AFD for MoE models) under a TBT SLO, budget",
+    )
     p.add_argument("--model", required=True, help="model slug, e.g. llama3-70b")
     p.add_argument("--trace", required=True, help="azure-conv | azure-code | kimi-conv")
     p.add_argument("--tbt-slo-ms", type=float, help="p99 time between tokens, ms")

@@ -8,6 +8,7 @@ Timing of one iteration with B running requests and S summed context tokens:
   t_n = link round trip. A layer's cycle is the slowest of: the compute replicas (n * t_m / R), the
   attention pool (n * t_a), one micro-batch's dependency chain (t_m + t_a + t_n) and the link's
   bandwidth (n * bytes / bandwidth); an iteration is L cycles plus the model head.
+Mixture-of-experts models (and AFD, which only they have) are timed by model/moe_iteration.py.
 """
 
 from __future__ import annotations
@@ -24,21 +25,12 @@ from lamina_bench.catalog.models import (
     net_bytes_per_token_per_layer,
     same_layer_shape,
 )
+from lamina_bench.catalog.moe import is_moe
+from lamina_bench.model.breakdown import IterationBreakdown
+from lamina_bench.model.moe_iteration import MoEIterationModel
 from lamina_bench.model.operators import DeviceModel, device_model
 from lamina_bench.model.profiles import Profile
 from lamina_bench.model.system import SystemConfig
-
-
-@dataclass(frozen=True, eq=False)
-class IterationBreakdown:
-    """Per-iteration arrays (shape of the inputs) for B running requests and S summed context tokens."""
-
-    time_s: np.ndarray  # wall time of one iteration; every running request gets one token
-    dense_s: np.ndarray  # MTIME of one micro-batch: dense part of all layers + head
-    attention_s: np.ndarray  # ATIME of one micro-batch: attention of all layers
-    network_s: np.ndarray  # link time of one micro-batch over all layers (0 for homogeneous)
-    compute_busy_s: np.ndarray  # time each compute device is busy during the iteration
-    attention_busy_s: np.ndarray  # time each attention device is busy (homogeneous: same devices)
 
 
 @dataclass(frozen=True)
@@ -193,8 +185,18 @@ def iteration_model(
     operators: str = "calibrated",
 ) -> IterationModel:
     """The iteration-time model of `config`: stored profiles per device, else `derive_from`, else the
-    `operators` model ("roofline" or "calibrated", operators.device_model)."""
+    `operators` model ("roofline" or "calibrated", operators.device_model). A mixture-of-experts model
+    gets a moe_iteration.MoEIterationModel (same interface)."""
     cm = device_model(config.compute.device, backend, profile_dir, derive_from, operators)
+    if is_moe(config.model):
+        am = cm if config.attention is None else device_model(
+            config.attention.device, backend, profile_dir, derive_from, operators
+        )  # fmt: skip
+        attention_count = config.compute.count if config.attention is None else config.attention.count
+        return MoEIterationModel(
+            config.model, config.dtype, config.system, config.compute.count, attention_count, config.batches,
+            cm, am, config.routing_skew,
+        )  # fmt: skip
     if config.system == "homogeneous":
         return IterationModel(
             config.model, config.dtype, "homogeneous", config.compute.count, config.compute.count, 1, cm, cm

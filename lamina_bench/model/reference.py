@@ -16,7 +16,7 @@ from lamina_bench.errors import UserInputError
 from lamina_bench.model.iteration import IterationModel
 from lamina_bench.model.operators import DeviceModel
 from lamina_bench.model.profiles import Profile
-from lamina_bench.model.system import SYSTEMS
+from lamina_bench.model.system import DENSE_SYSTEMS
 
 
 @dataclass(frozen=True)
@@ -35,8 +35,8 @@ class ReferenceRun:
 
     def __post_init__(self) -> None:
         require_dense(self.model, "the prediction of reference runs")
-        if self.system not in SYSTEMS:
-            raise UserInputError(f"unknown system {self.system!r}; valid: {', '.join(SYSTEMS)}")
+        if self.system not in DENSE_SYSTEMS:
+            raise UserInputError(f"unknown system {self.system!r}; valid: {', '.join(DENSE_SYSTEMS)}")
         for name in (
             "batch_size",
             "context_len",

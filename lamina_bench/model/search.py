@@ -2,8 +2,9 @@
 
 Candidates: Lamina over compute-device type x memory-device type x counts (1, 2, 4, 8 each, so every
 ratio between them) x pipeline depth (1-4); homogeneous over device type x tensor-parallel count
-(1, 2, 4, 8). Configurations whose weights do not fit, that exceed the budget or lack a spec the model
-needs are dropped with the reason.
+(1, 2, 4, 8); for mixture-of-experts models also AFD over attention-device type x expert-device type x
+counts (1, 2, 4, 8 each) x micro-batches (2, 3). Configurations whose weights do not fit, that exceed the
+budget or lack a spec the model needs are dropped with the reason.
 
 Two stages keep it fast: every candidate is screened with a steady-state estimate (batch = KV capacity
 / mean request reserve, capped so one iteration meets the SLO; throughput = batch / iteration time);
@@ -24,7 +25,7 @@ import numpy as np
 from lamina_bench.catalog.device_spec import DeviceSpec
 from lamina_bench.catalog.devices import DeviceMix, get_device, load_catalog
 from lamina_bench.catalog.models import ModelSpec
-from lamina_bench.catalog.moe import require_dense
+from lamina_bench.catalog.moe import is_moe
 from lamina_bench.catalog.prices import DEFAULT_PRICE_SET
 from lamina_bench.catalog.workloads import Trace, check_request_count
 from lamina_bench.errors import UserInputError
@@ -37,6 +38,8 @@ from lamina_bench.results.row import CONFIG_FIELDS, PointRow, point_id
 
 POOL_COUNTS = (1, 2, 4, 8)
 PIPELINE_DEPTHS = (1, 2, 3, 4)
+AFD_PIPELINE_DEPTHS = (2, 3)  # ping-pong and one more micro-batch in flight (MegaScale-Infer)
+SEARCH_SYSTEMS = ("homogeneous", "lamina", "afd")
 DEFAULT_SEARCH_REQUESTS = 4000
 DEFAULT_SIMULATE_TOP = 12
 SLO_RETRIES = 4  # batch-cap reductions (10% each) when the replayed p99 still misses the SLO
@@ -98,6 +101,7 @@ class SearchResult:
     ranked: tuple[Candidate, ...]  # replayed and meeting the SLO, best tokens/$ first
     best_homogeneous: Candidate | None
     best_lamina: Candidate | None
+    best_afd: Candidate | None = None  # mixture-of-experts models only
 
     def rows(self) -> list[PointRow]:
         return [candidate_row(c, self.requests_used, self.price_set) for c in self.ranked]
@@ -118,7 +122,11 @@ class SearchResult:
     def frontier(self) -> dict[str, list[PointRow]]:
         """Each system's replayed rows on the frontier of tokens per USD against TBT p99."""
         rows = self.rows()
-        return {s: frontier([r for r in rows if r.system == s]) for s in ("homogeneous", "lamina")}
+        return {
+            s: frontier([r for r in rows if r.system == s])
+            for s in SEARCH_SYSTEMS
+            if s != "afd" or self.best_afd
+        }
 
     def to_dict(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -126,11 +134,12 @@ class SearchResult:
         out["dropped"] = list(self.dropped[:50])  # the first 50 reasons; the count below
         out["dropped_count"] = len(self.dropped)
         out["devices"] = list(self.devices)
-        for key in ("best_homogeneous", "best_lamina"):
+        for key in ("best_homogeneous", "best_lamina", "best_afd"):
             out[key] = None if getattr(self, key) is None else getattr(self, key).to_dict()
         v = self.verdict()
         out["verdict"] = None if v is None else {
-            "answer": v.answer(), "tokens_per_usd_ratio": v.ratio, "why": v.why,
+            "answer": v.answer(), "tokens_per_usd_ratio": v.ratio, "afd_tokens_per_usd_ratio": v.afd_ratio,
+            "why": v.why,
             "break_even": None if v.break_even is None else {"device": v.break_even[0], "usd_per_hour": v.break_even[1]},
             "link_peak_gbps": v.link_gbps, "ratio_sensitivity": [list(x) for x in v.sensitivity],
         }  # fmt: skip
@@ -163,6 +172,24 @@ def _candidate_configs(spec: ModelSpec, devices: Sequence[DeviceSpec]) -> list[S
                         except UserInputError:
                             continue
                         configs.append(cfg)
+    return configs + (_afd_configs(spec, devices) if is_moe(spec) else [])
+
+
+def _afd_configs(spec: ModelSpec, devices: Sequence[DeviceSpec]) -> list[SystemConfig]:
+    """AFD configurations of the grid (attention pool x expert pool x micro-batches) that are valid."""
+    configs = []
+    for adev in devices:
+        for edev in devices:
+            for na in POOL_COUNTS:
+                for ne in POOL_COUNTS:
+                    for depth in AFD_PIPELINE_DEPTHS:
+                        try:
+                            attention, experts = DeviceMix(na, adev), DeviceMix(ne, edev)
+                            configs.append(
+                                SystemConfig("afd", spec, experts, attention, pipeline_batches=depth)
+                            )
+                        except UserInputError:
+                            continue
     return configs
 
 
@@ -275,7 +302,6 @@ def search(
 ) -> SearchResult:
     """Best tokens per dollar for `model` on `trace` (module doc). Devices default to every catalog
     device with a bf16 peak, a memory bandwidth and a price in `price_set` (which priced `catalog`)."""
-    require_dense(model, "the search")
     if tbt_slo_ms is not None and not 0 < tbt_slo_ms < math.inf:
         raise UserInputError(f"TBT SLO must be a positive finite number of ms, got {tbt_slo_ms}")
     if budget_usd_per_hour is not None and not 0 < budget_usd_per_hour < math.inf:
@@ -291,6 +317,7 @@ def search(
     ranked = _replay_best(scored, subset, tbt_slo_ms, simulate_top, dropped)
     best_h = next((c for c in ranked if c.config.system == "homogeneous"), None)
     best_l = next((c for c in ranked if c.config.system == "lamina"), None)
+    best_a = next((c for c in ranked if c.config.system == "afd"), None)
     return SearchResult(
         model.name,
         trace.name,
@@ -304,6 +331,7 @@ def search(
         tuple(ranked),
         best_h,
         best_l,
+        best_a,
     )
 
 
@@ -327,7 +355,7 @@ def _search_devices(
 def _replay_best(scored, trace: Trace, slo_ms: float | None, top: int, dropped: list[str]) -> list[Candidate]:
     """Replay the `top` best-estimated configurations of each system; best saturated tokens/$ first."""
     ranked = []
-    for system in ("homogeneous", "lamina"):
+    for system in SEARCH_SYSTEMS:
         best = sorted((s for s in scored if s[2].system == system), key=lambda s: -s[0])[:top]
         for score, cap, cfg in best:
             result = _replay_under_slo(cfg, trace, cap, slo_ms)

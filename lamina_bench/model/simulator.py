@@ -29,10 +29,12 @@ from lamina_bench.catalog.models import (
     kv_bytes_per_token,
     net_bytes_per_token_per_layer,
 )
+from lamina_bench.catalog.moe import is_moe
 from lamina_bench.catalog.workloads import Trace, check_request_count, poisson_arrivals
 from lamina_bench.errors import UserInputError
 from lamina_bench.model.cost import mixes_cost_usd_per_hour, price_set_label, tokens_per_usd, usd_per_mtok
 from lamina_bench.model.iteration import IterationBreakdown, IterationModel, iteration_model
+from lamina_bench.model.moe_iteration import moe_flops_per_token, moe_link_bytes_per_token
 from lamina_bench.model.paged_replay import ServingReplay, paged_replay
 from lamina_bench.model.prefill import ServingIterationModel
 from lamina_bench.model.replay import Replay, replay
@@ -156,11 +158,11 @@ class SimulationResult:
             )
         pools = self.pools_ms()
         compute, attention = pools["compute"], pools.get("attention", {})
-        lamina = self.system == "lamina"
+        pooled = self.system != "homogeneous"  # Lamina, AFD: a link between two pools
         values.update(
             dense_ms=compute["dense_ms"],
             attention_ms=attention.get("attention_ms", compute.get("attention_ms")),
-            network_ms=self.network_mean_ms * self.pipeline_batches if lamina else None,
+            network_ms=self.network_mean_ms * self.pipeline_batches if pooled else None,
             idle_ms=compute["idle_ms"],
         )
         return {
@@ -244,10 +246,12 @@ def summarize(
     if decode_tokens:
         mean_ms = float(np.sum(bd.time_s * rep.batch) / decode_tokens * 1e3)
         tbt = [mean_ms] + [v * 1e3 for v in weighted_percentiles(bd.time_s, rep.batch, (50, 90, 99))]
-    lamina = config.system == "lamina"
+    lamina, pooled = config.system == "lamina", config.system != "homogeneous"
     net_per_token = (
         float(net_bytes_per_token_per_layer(spec, config.dtype) * spec.num_layers) if lamina else 0.0
     )
+    if is_moe(spec):  # per-token traffic and flops of a mixture-of-experts model (model/moe_iteration.py)
+        net_per_token = moe_link_bytes_per_token(spec, config.system, config.dtype)
     kv_per_token = float(kv_bytes_per_token(spec, config.dtype)) if lamina else 0.0  # prefill KV to the pool
     link_bytes = rep.batch * net_per_token + rep.prefill_tokens * kv_per_token
     rate_gbps = link_bytes * 8 / np.maximum(bd.time_s, 1e-30) / 1e9
@@ -256,7 +260,14 @@ def summarize(
     kv_pool = config.attention or config.compute
     peak_flops = config.compute.device.bf16_flops_per_s
     peak_bw = kv_pool.device.mem_bandwidth_bytes_per_s
-    kv_bytes = float(attention_layer_bytes(spec, config.dtype, 0.0, rep.sum_context.sum())) * spec.num_layers
+    if is_moe(spec):
+        kv_bytes = float(kv_bytes_per_token(spec, config.dtype) * rep.sum_context.sum())
+        flops_per_token = moe_flops_per_token(spec)
+    else:
+        kv_bytes = (
+            float(attention_layer_bytes(spec, config.dtype, 0.0, rep.sum_context.sum())) * spec.num_layers
+        )
+        flops_per_token = dense_flops_per_token(spec)
     sat_tput, sat_batch = phase_rates(rep, bd.time_s, phase_end(rep, arrival))
     mean_ms = {
         k: float(getattr(bd, k).mean()) * 1e3 if rep.iterations else None
@@ -269,7 +280,7 @@ def summarize(
         model=spec.name,
         trace=trace_name,
         compute=str(config.compute),
-        attention=str(config.attention) if lamina else None,
+        attention=str(config.attention) if pooled else None,
         dtype=config.dtype,
         pipeline_batches=config.batches,
         arrival=arrival,
@@ -296,10 +307,10 @@ def summarize(
         usd_per_mtok=usd_per_mtok(throughput, cost),
         saturated_tokens_per_usd=None if sat_tput is None else tokens_per_usd(sat_tput, cost),
         net_bytes_per_token=net_per_token,
-        net_peak_gbps=float(rate_gbps.max()) if lamina and rep.iterations else 0.0,
+        net_peak_gbps=float(rate_gbps.max()) if pooled and rep.iterations else 0.0,
         net_mean_gbps=float(link_bytes.sum()) * 8 / makespan / 1e9 if makespan > 0 else 0.0,
         compute_busy_fraction=ratio(float(bd.compute_busy_s.sum()), makespan),
-        attention_busy_fraction=ratio(float(bd.attention_busy_s.sum()), makespan) if lamina else None,
+        attention_busy_fraction=ratio(float(bd.attention_busy_s.sum()), makespan) if pooled else None,
         iteration_mean_ms=mean_ms["time_s"],
         dense_mean_ms=mean_ms["dense_s"],
         attention_mean_ms=mean_ms["attention_s"],
@@ -309,7 +320,7 @@ def summarize(
         compute_flops_utilization=None
         if peak_flops is None
         else ratio(
-            dense_flops_per_token(spec) * (decode_tokens + prefill_tokens),
+            flops_per_token * (decode_tokens + prefill_tokens),
             makespan * config.compute.count * peak_flops,
         ),
         kv_bandwidth_utilization=None

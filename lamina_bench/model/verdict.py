@@ -5,8 +5,10 @@ trace, the requests replayed, arrival and price set (rows of different workloads
 compared). For each workload and TBT p99 target, the best Lamina configuration and the best homogeneous one
 meeting it, by tokens per USD; the ratio; why (which pool bounds Lamina's iteration, the batch its memory
 pool buys); the break-even price of the memory device (the price at which Lamina stops paying); the best
-tokens per USD per compute:memory ratio of that device pair; and the link rate the winner needs. Every
-figure is derived from the rows.
+tokens per USD per compute:memory ratio of that device pair; and the link rate the winner needs. For a
+mixture-of-experts model whose rows include attention-FFN disaggregation (system "afd"), the best AFD
+configuration meeting the target is set beside them with its own ratio to the same homogeneous baseline.
+Every figure is derived from the rows.
 
 Default targets: MLPerf Inference v5.0's Llama-2-70B TPOT limits, 200 ms (server) and 40 ms (interactive,
 "5x shorter TPOT"; mlcommons.org/2025/04/llm-inference-v5), and 100 ms between them.
@@ -145,6 +147,15 @@ class Verdict:
     why: str
     break_even: tuple[str, float] | None  # (memory device, USD per device-hour)
     sensitivity: tuple[tuple[str, float], ...]  # (mix, tokens per USD), best first
+    afd: PointRow | None = None  # best AFD row meeting the target (MoE workloads with AFD rows)
+    has_afd: bool = False  # the workload has AFD rows at all
+
+    @property
+    def afd_ratio(self) -> float | None:
+        """AFD / homogeneous tokens per USD (derived)."""
+        if self.afd is None or self.homogeneous is None:
+            return None
+        return self.afd.value("tokens_per_usd") / self.homogeneous.value("tokens_per_usd")
 
     @property
     def ratio(self) -> float | None:
@@ -158,18 +169,26 @@ class Verdict:
         return None if self.lamina is None else self.lamina.value("net_peak_gbps")
 
     def answer(self) -> str:
-        """The one-line answer: pays / does not pay, by how much, or what is missing."""
+        """The one-line answer: pays / does not pay, by how much, or what is missing (and AFD's, if any)."""
         if self.lamina is None or self.homogeneous is None:
             missing = "Lamina" if self.lamina is None else "homogeneous"
-            return f"no {missing} configuration meets the target"
-        pays = "pays" if self.ratio > 1 else "does not pay"
-        return f"Lamina {pays}: {self.ratio:.2f}x tokens per USD"
+            out = f"no {missing} configuration meets the target"
+        else:
+            pays = "pays" if self.ratio > 1 else "does not pay"
+            out = f"Lamina {pays}: {self.ratio:.2f}x tokens per USD"
+        if not self.has_afd or self.homogeneous is None:
+            return out
+        if self.afd is None:
+            return f"{out}; no AFD configuration meets the target"
+        pays = "pays" if self.afd_ratio > 1 else "does not pay"
+        return f"{out}; AFD {pays}: {self.afd_ratio:.2f}x"
 
 
 def verdicts(rows: Sequence[PointRow], slos_ms: Sequence[float | None] = DEFAULT_SLOS_MS) -> list[Verdict]:
     """One verdict per workload and TBT target (module doc)."""
     out = []
     for workload, group in comparable(rows).items():
+        has_afd = any(r.system == "afd" for r in group)
         for slo in slos_ms:
             lamina, homog = best(group, "lamina", slo), best(group, "homogeneous", slo)
             both = lamina is not None and homog is not None
@@ -178,5 +197,6 @@ def verdicts(rows: Sequence[PointRow], slos_ms: Sequence[float | None] = DEFAULT
                 why(lamina, homog) if both else "",
                 break_even(lamina, homog) if both else None,
                 tuple(ratio_sensitivity(group, lamina, slo)) if lamina is not None else (),
+                best(group, "afd", slo), has_afd,
             ))  # fmt: skip
     return out

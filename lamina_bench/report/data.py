@@ -123,6 +123,11 @@ def failed_rows(rows: Iterable[PointRow]) -> list[PointRow]:
 def mix_label(row: PointRow) -> str:
     """Device mix: "1xH100+2xH20 n=2" for Lamina (n = pipelined batches), "2xH100" for the baseline."""
     compute = row.compute or "?"
+    if row.system == "afd":  # attention-FFN disaggregation: the expert pool is held as the compute mix
+        depth = row.pipeline_batches
+        return f"{row.attention or '?'} attn + {compute} experts" + (
+            f" m={depth}" if depth is not None else ""
+        )
     if row.system != "lamina":
         return compute
     depth = row.pipeline_batches

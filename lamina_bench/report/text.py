@@ -163,6 +163,11 @@ def _verdict_lines(result: SearchResult) -> list[str]:
             f"  best Lamina {v.lamina.compute}+{v.lamina.attention} vs best homogeneous {v.homogeneous.compute}"
         )
         lines.append(f"  why: {v.why}")
+    if v.afd is not None:  # AFD rows hold the expert pool as `compute`
+        afd = v.afd
+        lines.append(
+            f"  best AFD: attention {afd.attention} + experts {afd.compute}, m={afd.pipeline_batches}"
+        )
     if v.break_even is not None:
         device, price = v.break_even
         listed = result.catalog_price(device)

@@ -3,7 +3,9 @@
 One table per model and workload (one price set each): a line per TBT p99 target with the best Lamina
 and the best homogeneous configuration meeting it, their tokens per USD, throughput, TBT, mean batch and
 ratio, why, the break-even price of the memory device and the link rate Lamina needs; under it the best
-tokens per USD per compute:memory ratio of the winning device pair.
+tokens per USD per compute:memory ratio of the winning device pair. A mixture-of-experts workload with
+attention-FFN disaggregation rows gets two more columns: the best AFD configuration and its tokens per USD
+against the same homogeneous baseline.
 """
 
 from __future__ import annotations
@@ -71,13 +73,25 @@ def _answer(v: Verdict) -> str:
     return f"<span class='{css}'>{esc(v.answer())}</span>"
 
 
-def _line(v: Verdict) -> list[str]:
+_AFD_HEADERS = ["best AFD (attention + experts)", "tokens per USD (AFD / H)"]
+
+
+def _afd_mix(row: PointRow | None) -> str:
+    if row is None:
+        return "none meets it"
+    cap = row.settings.get("max_batch")
+    text = f"{row.attention} + {row.compute} m={row.pipeline_batches}" + (f", batch cap {cap}" if cap else "")
+    return esc(text)
+
+
+def _line(v: Verdict, afd: bool = False) -> list[str]:
     link = v.link_gbps
+    extra = [_afd_mix(v.afd), _pair(v.afd, v.homogeneous, "tokens_per_usd")] if afd else []
     return [
         "none" if v.slo_ms is None else fmt_num(v.slo_ms), _answer(v), _mix(v.lamina), _mix(v.homogeneous),
         _pair(v.lamina, v.homogeneous, "tokens_per_usd"), _pair(v.lamina, v.homogeneous, "throughput_tok_per_s"),
         f"{_tbt(v.lamina)} | {_tbt(v.homogeneous)}", _pair(v.lamina, v.homogeneous, "mean_batch_size"),
-        esc(v.why) or "n/a", _break_even(v), "n/a" if link is None else f"{link:,.0f} Gb/s peak",
+        esc(v.why) or "n/a", _break_even(v), "n/a" if link is None else f"{link:,.0f} Gb/s peak", *extra,
     ]  # fmt: skip
 
 
@@ -117,9 +131,11 @@ def verdict_section(runs: Sequence[RunData], doc: Document) -> Section:
     used = []
     for workload, group in by_workload.items():
         html.append(f"<h3>{esc(workload.label())}</h3>")
+        afd = any(v.has_afd for v in group)
+        headers = _HEADERS + (_AFD_HEADERS if afd else [])
         html.append(
-            table(_HEADERS, [_line(v) for v in group], numeric=[True] + [False] * (len(_HEADERS) - 1))
+            table(headers, [_line(v, afd) for v in group], numeric=[True] + [False] * (len(headers) - 1))
         )
         html.append(_sensitivity(group))
-        used += [r for v in group for r in (v.lamina, v.homogeneous) if r is not None]
+        used += [r for v in group for r in (v.lamina, v.homogeneous, v.afd) if r is not None]
     return Section("verdict", title, f"{source_label(used)}; ratios derived", "".join(html))

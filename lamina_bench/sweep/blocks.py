@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from lamina_bench.errors import UserInputError
-from lamina_bench.model.system import SYSTEMS
+from lamina_bench.model.system import DENSE_SYSTEMS, SYSTEMS
 
 
 def check_keys(table: Mapping[str, Any], valid: Iterable[str], where: str) -> None:
@@ -50,10 +50,12 @@ def with_defaults(
     return out
 
 
-def check_systems(systems: list, where: str) -> None:
+def check_systems(systems: list, where: str, measured: bool = False) -> None:
+    """UserInputError naming the valid systems: every modeled one, or those the reference runtime runs."""
+    valid = DENSE_SYSTEMS if measured else SYSTEMS
     for s in systems:
-        if s not in SYSTEMS:
-            raise UserInputError(f"{where}: unknown system {s!r}; valid: {', '.join(SYSTEMS)}")
+        if s not in valid:
+            raise UserInputError(f"{where}: unknown system {s!r}; valid: {', '.join(valid)}")
 
 
 def positive_ints(values: list, key: str, where: str, zero_ok: bool = False) -> None:

@@ -21,6 +21,10 @@ degree — is skipped and counted):
     slo_ms = [40, 100, 200]                       # TBT p99 targets the report's verdict is drawn at
     scheduler = "reserve-all"                     # or "vllm" (model/scheduler.py, vLLM's default knobs)
 
+Mixture-of-experts models take AFD too (`systems = [..., "afd"]`): explicit `afd = [{attention = "4xH20",
+experts = "8xH100", pipeline_batches = 2}]` and the grid `afd_attention` x `afd_experts` devices x
+`attention_counts` x `expert_counts` x `afd_pipeline_batches` (a dense model skips the AFD grid).
+
 Every device of every mix must have a price in the block's price set (an explicit ask for an unpriced
 device is an error naming the devices the set prices).
 """
@@ -32,7 +36,6 @@ from dataclasses import dataclass
 
 from lamina_bench.catalog.devices import DeviceMix, get_device, load_catalog, parse_mix
 from lamina_bench.catalog.models import get_model, list_models
-from lamina_bench.catalog.moe import require_dense
 from lamina_bench.catalog.prices import DEFAULT_PRICE_SET, get_price_set
 from lamina_bench.catalog.workloads import TRACES, load_trace
 from lamina_bench.errors import UserInputError
@@ -63,6 +66,11 @@ MODELED_KEYS: dict[str, tuple[type, object]] = {
     "compute_counts": (list, [1, 2, 4]),
     "attention_counts": (list, [1, 2, 4, 8]),
     "lamina_pipeline_batches": (list, [2]),
+    "afd": (list, []),
+    "afd_attention": (list, []),
+    "afd_experts": (list, []),
+    "expert_counts": (list, [1, 2, 4, 8]),
+    "afd_pipeline_batches": (list, [2]),
     "batch_caps": (list, [0]),
     "slo_ms": (list, []),
     "requests": (int, 0),  # 0 = the whole trace
@@ -78,10 +86,15 @@ MAY_BE_EMPTY = (
     "lamina_compute",
     "lamina_attention",
     "slo_ms",
+    "afd",
+    "afd_attention",
+    "afd_experts",
 )
 _LAMINA_MIX_KEYS = ("compute", "attention", "pipeline_batches")
-_DEVICE_KEYS = ("homogeneous_devices", "lamina_compute", "lamina_attention")
-_COUNT_KEYS = ("tp", "compute_counts", "attention_counts", "lamina_pipeline_batches")
+_AFD_MIX_KEYS = ("attention", "experts", "pipeline_batches")
+_DEVICE_KEYS = ("homogeneous_devices", "lamina_compute", "lamina_attention", "afd_attention", "afd_experts")
+_COUNT_KEYS = ("tp", "compute_counts", "attention_counts", "lamina_pipeline_batches", "expert_counts")
+_COUNT_KEYS += ("afd_pipeline_batches",)
 
 
 def modeled_block(block: dict, where: str) -> dict:
@@ -116,7 +129,7 @@ class _Mix:
 def _check_block(b: dict, where: str) -> None:
     check_systems(b["systems"], where)
     for m in b["models"]:
-        require_dense(get_model(m), f"modeled sweeps ({where})")  # unknown names: the valid models
+        get_model(m)  # unknown names: the valid models
     for t in b["traces"]:
         if t not in TRACES:
             raise UserInputError(f"{where}: unknown trace {t!r}; valid: {', '.join(TRACES)}")
@@ -136,7 +149,7 @@ def _check_block(b: dict, where: str) -> None:
                 f"{where}: requests = {b['requests']} but trace {t} has {available}; "
                 f"give at most {available}, or 0 for the whole trace"
             )
-    for key in ("tp", "compute_counts", "attention_counts", "lamina_pipeline_batches"):
+    for key in _COUNT_KEYS:
         positive_ints(b[key], key, where)
     positive_ints(b["batch_caps"], "batch_caps", where, zero_ok=True)
     positive_numbers(b["slo_ms"], "slo_ms", where)
@@ -146,6 +159,8 @@ def _explicit_mixes(b: dict, catalog, where: str) -> list[_Mix]:
     mixes = []
     if "homogeneous" in b["systems"]:
         mixes += [_Mix("homogeneous", parse_mix(m, catalog), None, 1, True) for m in b["homogeneous"]]
+    if "afd" in b["systems"]:
+        mixes += _explicit_afd(b, catalog, where)
     if "lamina" not in b["systems"]:
         return mixes
     for mix in b["lamina"]:
@@ -161,6 +176,22 @@ def _explicit_mixes(b: dict, catalog, where: str) -> list[_Mix]:
     return mixes
 
 
+def _explicit_afd(b: dict, catalog, where: str) -> list[_Mix]:
+    """`afd = [{attention, experts, pipeline_batches}]`: the expert pool is held as the compute mix."""
+    mixes = []
+    for mix in b["afd"]:
+        if not isinstance(mix, dict):
+            raise UserInputError(f"{where}: 'afd' entries must be tables, got {mix!r}")
+        check_keys(mix, _AFD_MIX_KEYS, f"{where}: afd mix")
+        if "attention" not in mix or "experts" not in mix:
+            raise UserInputError(f"{where}: an afd mix needs 'attention' and 'experts', got {mix!r}")
+        depth = mix.get("pipeline_batches", 2)
+        positive_ints([depth], "pipeline_batches", where)
+        experts, attention = parse_mix(mix["experts"], catalog), parse_mix(mix["attention"], catalog)
+        mixes.append(_Mix("afd", experts, attention, depth, True))
+    return mixes
+
+
 def _grid_mixes(b: dict, catalog) -> list[_Mix]:
     mixes = []
     if "homogeneous" in b["systems"]:
@@ -172,6 +203,12 @@ def _grid_mixes(b: dict, catalog) -> list[_Mix]:
         for c, a, nc, na, depth in grid:
             compute, attention = DeviceMix(nc, get_device(c, catalog)), DeviceMix(na, get_device(a, catalog))
             mixes.append(_Mix("lamina", compute, attention, depth, False))
+    if "afd" in b["systems"]:
+        grid = itertools.product(b["afd_attention"], b["afd_experts"], b["attention_counts"],
+                                 b["expert_counts"], b["afd_pipeline_batches"])  # fmt: skip
+        for a, e, na, ne, depth in grid:
+            experts, attention = DeviceMix(ne, get_device(e, catalog)), DeviceMix(na, get_device(a, catalog))
+            mixes.append(_Mix("afd", experts, attention, depth, False))
     return mixes
 
 
@@ -179,7 +216,7 @@ def _runnable(model: str, mix: _Mix, dtype: str, where: str, scheduler: str) -> 
     """Whether `mix` can run `model`; an explicit mix that cannot is an error, a grid one is skipped."""
     try:
         config = SystemConfig(mix.system, get_model(model), mix.compute, mix.attention, dtype,
-                              pipeline_batches=mix.depth if mix.system == "lamina" else None,
+                              pipeline_batches=mix.depth if mix.system != "homogeneous" else None,
                               scheduler=Scheduler(scheduler))  # fmt: skip
         memory_plan(config)
     except UserInputError as exc:
@@ -197,8 +234,8 @@ def modeled_points(b: dict) -> tuple[list[Point], int]:
     mixes = _explicit_mixes(b, catalog, where) + _grid_mixes(b, catalog)
     if not mixes:
         raise UserInputError(
-            f"{where}: no device mixes; give 'homogeneous' / 'lamina' lists or the grids "
-            "'homogeneous_devices' / 'lamina_compute' + 'lamina_attention'"
+            f"{where}: no device mixes; give 'homogeneous' / 'lamina' / 'afd' lists or the grids "
+            "'homogeneous_devices' / 'lamina_compute' + 'lamina_attention' / 'afd_attention' + 'afd_experts'"
         )
     try:
         for mix in mixes:

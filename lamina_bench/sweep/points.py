@@ -30,10 +30,10 @@ class ModeledConfig:
     """One simulated configuration: a system on a device mix replaying a trace."""
 
     model: str  # catalog slug
-    system: str  # homogeneous | lamina
+    system: str  # homogeneous | lamina | afd
     trace: str
-    compute: str  # device mix, normalised ("2xH100")
-    attention: str | None  # Lamina's attention mix
+    compute: str  # device mix, normalised ("2xH100"); AFD: the expert pool
+    attention: str | None  # Lamina's or AFD's attention mix
     pipeline_batches: int  # 1 for homogeneous
     requests: int  # first N requests of the trace; 0 = all
     arrival: str  # saturate | trace | poisson
@@ -46,14 +46,14 @@ class ModeledConfig:
     def system_config(self) -> SystemConfig:
         """The simulator's SystemConfig of this configuration, its devices priced from `prices`."""
         catalog = _catalog(self.prices)
-        lamina = self.system == "lamina"
+        pooled = self.system != "homogeneous"  # Lamina, AFD: pipelined micro-batches
         return SystemConfig(
             system=self.system,
             model=get_model(self.model),
             compute=parse_mix(self.compute, catalog),
             attention=parse_mix(self.attention, catalog) if self.attention else None,
             dtype=self.dtype,
-            pipeline_batches=self.pipeline_batches if lamina else None,
+            pipeline_batches=self.pipeline_batches if pooled else None,
             max_batch_size=self.max_batch or None,
             scheduler=Scheduler(self.scheduler),
         )
@@ -150,6 +150,6 @@ class Point:
             knobs.append(c.trace)
         else:
             knobs += [f"B={c.batch_size}", f"ctx={c.context_len}"]
-        if c.system == "lamina":
+        if c.system in ("lamina", "afd"):
             knobs.append(f"n={c.pipeline_batches}")
         return f"{self.source}:" + " ".join(str(k) for k in knobs if k)

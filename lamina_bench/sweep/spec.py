@@ -126,7 +126,7 @@ def _blocks(raw: Mapping[str, Any], key: str, origin: str) -> list[Mapping[str, 
 
 def _measured_points(b: dict) -> list[Point]:
     where = b["_where"]
-    check_systems(b["systems"], where)
+    check_systems(b["systems"], where, measured=True)
     for key in ("batch_sizes", "context_lens", "pipeline_batches"):
         positive_ints(b[key], key, where)
     for key in ("new_tokens", "tp", "compute_workers", "attention_workers"):

@@ -210,8 +210,7 @@ def _one_line_error(capsys, argv: list[str]) -> str:
     "argv, path",
     [
         (["simulate", "--model", "mixtral-8x7b", "--system", "homogeneous", "--compute", "4xH100",
-          "--trace", "azure-conv"], "the simulator"),
-        (["search", "--model", "deepseek-v3", "--trace", "azure-conv"], "the search"),
+          "--trace", "azure-conv", "--scheduler", "vllm"], "models dense models only"),
         (["profile", "--model", "qwen3-30b-a3b", "--out", "unused"], "dense models only"),
     ],
 )  # fmt: skip
@@ -223,11 +222,15 @@ def test_model_paths_refuse_moe_models():
     from lamina_bench.catalog.devices import DeviceMix, get_device
     from lamina_bench.model import memory, roofline
     from lamina_bench.model.ops.layer import LayerShape
+    from lamina_bench.model.scheduler import Scheduler
     from lamina_bench.model.system import SystemConfig
 
     spec, h100 = get_model("qwen3-235b-a22b"), get_device("H100")
     calls = [
-        (lambda: SystemConfig("homogeneous", spec, DeviceMix(8, h100)), "the simulator"),
+        (
+            lambda: SystemConfig("homogeneous", spec, DeviceMix(8, h100), scheduler=Scheduler("vllm")),
+            "scheduler",
+        ),
         (lambda: memory.pool_memory(spec, h100, 8, "fp16", 8), "the memory plan"),
         (lambda: roofline.attention_layer_bytes(spec, "fp16", 8, 1000), "the roofline"),
         (lambda: roofline.dense_layer_bytes(spec, "fp16", 8), "dense models only"),
