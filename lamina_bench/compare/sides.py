@@ -55,13 +55,16 @@ def load_side(path: str | Path) -> Side:
 
 def point_label(row: PointRow) -> str:
     """Human label of a row: model system mix trace knobs (source)."""
-    mix = (row.compute or "") + (f"+{row.attention}" if row.attention else "")
+    if row.system == "afd":  # the expert pool is held as the compute mix
+        mix = f"{row.attention or '?'} attn + {row.compute or '?'} experts"
+    else:
+        mix = (row.compute or "") + (f"+{row.attention}" if row.attention else "")
     knobs = [row.model, row.system, mix, row.trace]
     for value, short in ((row.batch_size, "B"), (row.context_len, "ctx"), (row.repeat, "r")):
         if value is not None:
             knobs.append(f"{short}={value}")
-    if row.system == "lamina" and row.pipeline_batches is not None:
-        knobs.append(f"n={row.pipeline_batches}")
+    if row.system in ("lamina", "afd") and row.pipeline_batches is not None:
+        knobs.append(f"{'m' if row.system == 'afd' else 'n'}={row.pipeline_batches}")
     return " ".join(str(k) for k in knobs if k) + f" ({row.source})"
 
 

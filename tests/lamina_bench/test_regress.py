@@ -295,3 +295,10 @@ def test_not_a_run_exits_2(tmp_path, regressed, capsys):
     bench.write_text('{"machine_info": {}}')
     code, _, err = cli(capsys, "compare", str(bench), str(bench))
     assert code == 2 and "no 'benchmarks' list" in err
+
+
+def test_point_labels_name_each_pool():
+    lamina = make_row(1, pipeline_batches=2, attention="2xH20")
+    afd = make_row(2, system="afd", compute="8xH100", attention="4xH20", pipeline_batches=3)
+    assert point_label(lamina) == "llama-33b lamina 1xH100+2xH20 azure-conv B=1 n=2 (modeled)"
+    assert point_label(afd) == "llama-33b afd 4xH20 attn + 8xH100 experts azure-conv B=2 m=3 (modeled)"
