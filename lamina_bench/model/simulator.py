@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,10 +36,13 @@ from lamina_bench.model.cost import mixes_cost_usd_per_hour, price_set_label, to
 from lamina_bench.model.iteration import IterationBreakdown, IterationModel, iteration_model
 from lamina_bench.model.paged_replay import ServingReplay, paged_replay
 from lamina_bench.model.prefill import ServingIterationModel
+from lamina_bench.model.prefill_pool import PrefillPool, PrefillSchedule, link_bytes_in_windows, prefill_pool
 from lamina_bench.model.replay import Replay, replay
 from lamina_bench.model.roofline import attention_layer_bytes
 from lamina_bench.model.summary import (
     closed_loop_arrivals,
+    good_requests,
+    latency_fields,
     latency_stats,
     phase_end,
     phase_rates,
@@ -111,16 +115,38 @@ class SimulationResult:
     throughput_basis: str = "whole trace"  # what the headline throughput covers (model/summary.py)
     preemptions: int = 0  # preemptions by recompute (vllm)
     prefill_tokens: int = 0  # prompt and recompute tokens computed (vllm; reserve-all excludes prefill)
-    # per-request latencies over the served requests, ms (model/summary.py); reserve-all: prefill excluded
-    ttft_mean_ms: float | None = None
-    ttft_p50_ms: float | None = None
-    ttft_p99_ms: float | None = None
-    tpot_mean_ms: float | None = None
-    tpot_p50_ms: float | None = None
-    tpot_p99_ms: float | None = None
-    e2el_mean_ms: float | None = None
-    e2el_p50_ms: float | None = None
-    e2el_p99_ms: float | None = None
+    # per-request latencies over the served requests, vLLM's names, ms (model/summary.py); reserve-all:
+    # decode only, so TTFT and E2EL are None and TPOT, ITL and the queueing delay exclude prefill
+    mean_ttft_ms: float | None = None
+    median_ttft_ms: float | None = None
+    p90_ttft_ms: float | None = None
+    p99_ttft_ms: float | None = None
+    mean_tpot_ms: float | None = None
+    median_tpot_ms: float | None = None
+    p90_tpot_ms: float | None = None
+    p99_tpot_ms: float | None = None
+    mean_itl_ms: float | None = None
+    median_itl_ms: float | None = None
+    p90_itl_ms: float | None = None
+    p99_itl_ms: float | None = None
+    mean_e2el_ms: float | None = None
+    median_e2el_ms: float | None = None
+    p90_e2el_ms: float | None = None
+    p99_e2el_ms: float | None = None
+    mean_queueing_delay_ms: float | None = None
+    median_queueing_delay_ms: float | None = None
+    p99_queueing_delay_ms: float | None = None
+    # whole-run rates (vLLM's benchmark duration = makespan), model/summary.py
+    request_throughput: float | None = None  # served requests / s
+    output_throughput: float | None = None  # generated tokens / s
+    total_token_throughput: float | None = None  # (prompt + generated tokens) / s
+    request_goodput: float | None = None  # requests / s meeting the SLOs below (None without an SLO)
+    ttft_slo_ms: float | None = None
+    tpot_slo_ms: float | None = None
+    # prefill pool (model/prefill_pool.py): its mix (part of cost_usd_per_hour), busy share, KV it sent
+    prefill_pool: str | None = None
+    prefill_pool_busy_fraction: float | None = None
+    prefill_kv_bytes: float = 0.0  # KV moved from where prompts were prefilled to the KV side, bytes
 
     def to_dict(self) -> dict:
         """Every field, with the headline figures (throughput, mean batch, tokens per USD, USD per Mtok) on
@@ -209,6 +235,11 @@ _ROW_METRICS = (
     "usd_per_mtok",
     "net_bytes_per_token",
     "net_peak_gbps",
+    *latency_fields(),
+    "request_throughput",
+    "output_throughput",
+    "total_token_throughput",
+    "request_goodput",
 )
 _SATURATED_METRICS = ("throughput_tok_per_s", "mean_batch_size", "tokens_per_usd", "usd_per_mtok")
 
@@ -232,8 +263,13 @@ def summarize(
     output_len: np.ndarray,
     arrival_s: np.ndarray,
     concurrency: int | None = None,
+    prompt_len: np.ndarray | None = None,
+    pool: tuple[PrefillPool, PrefillSchedule] | None = None,
+    slo_ms: tuple[float | None, float | None] = (None, None),
 ) -> SimulationResult:
-    """Metrics of a replay and its per-iteration breakdown `bd` (see SimulationResult, model/summary.py)."""
+    """Metrics of a replay and its per-iteration breakdown `bd` (see SimulationResult, model/summary.py);
+    `pool`: the prefill pool and when it prefilled each request; `slo_ms`: (TTFT, TPOT) SLOs of the
+    goodput."""
     spec = config.model
     decode_tokens = int(rep.batch.sum())
     prefill_tokens = int(rep.prefill_tokens.sum())
@@ -250,8 +286,16 @@ def summarize(
     )
     kv_per_token = float(kv_bytes_per_token(spec, config.dtype)) if lamina else 0.0  # prefill KV to the pool
     link_bytes = rep.batch * net_per_token + rep.prefill_tokens * kv_per_token
+    end_s = rep.start_s + rep.time_s
+    pool_mix = None if pool is None else pool[0].mix
+    if pool is not None:  # the pool's KV, as it streams during each iteration's window (model/prefill_pool.py)
+        sched = pool[1]
+        got = rep.admit_iteration >= 0
+        link_bytes = link_bytes + link_bytes_in_windows(
+            sched.kv_bytes[got], sched.start_s[got], sched.ready_s[got], rep.start_s, end_s
+        )
     rate_gbps = link_bytes * 8 / np.maximum(bd.time_s, 1e-30) / 1e9
-    cost = mixes_cost_usd_per_hour(config.compute, config.attention)
+    cost = mixes_cost_usd_per_hour(config.compute, config.attention, pool_mix)
     throughput = tokens / makespan if makespan > 0 else 0.0
     kv_pool = config.attention or config.compute
     peak_flops = config.compute.device.bf16_flops_per_s
@@ -262,8 +306,18 @@ def summarize(
         k: float(getattr(bd, k).mean()) * 1e3 if rep.iterations else None
         for k in ("time_s", "dense_s", "attention_s", "network_s", "compute_busy_s", "attention_busy_s")
     }
-    end_s = rep.start_s + rep.time_s
-    latencies = latency_stats(rep, output_len, arrival_s, end_s)
+    first_s = scheduled_s = None
+    pool_prompts = 0
+    if pool is not None:
+        first_s, scheduled_s = pool[1].token_s, pool[1].start_s
+        pool_prompts = int(np.asarray(prompt_len)[rep.admit_iteration >= 0].sum())
+    latencies = latency_stats(
+        rep, output_len, arrival_s, end_s, first_s, scheduled_s, decode_only=not config.scheduler.paged
+    )
+    served_prompt = int(np.asarray(prompt_len)[rep.finish_iteration >= 0].sum()) if prompt_len is not None else 0
+    goodput = None
+    if config.scheduler.paged and any(v is not None for v in slo_ms):
+        goodput = ratio(good_requests(rep, output_len, arrival_s, end_s, first_s, *slo_ms), makespan)
     return SimulationResult(
         system=config.system,
         model=spec.name,
@@ -291,12 +345,12 @@ def summarize(
         kv_capacity_tokens=kv_capacity_tokens,
         kv_peak_tokens=int(rep.kv_used_tokens.max()) if rep.iterations else 0,
         cost_usd_per_hour=cost,
-        price_set=price_set_label(config.compute, config.attention),
+        price_set=price_set_label(config.compute, config.attention, pool_mix),
         tokens_per_usd=tokens_per_usd(throughput, cost),
         usd_per_mtok=usd_per_mtok(throughput, cost),
         saturated_tokens_per_usd=None if sat_tput is None else tokens_per_usd(sat_tput, cost),
         net_bytes_per_token=net_per_token,
-        net_peak_gbps=float(rate_gbps.max()) if lamina and rep.iterations else 0.0,
+        net_peak_gbps=float(rate_gbps.max()) if (lamina or pool) and rep.iterations else 0.0,
         net_mean_gbps=float(link_bytes.sum()) * 8 / makespan / 1e9 if makespan > 0 else 0.0,
         compute_busy_fraction=ratio(float(bd.compute_busy_s.sum()), makespan),
         attention_busy_fraction=ratio(float(bd.attention_busy_s.sum()), makespan) if lamina else None,
@@ -321,8 +375,18 @@ def summarize(
         concurrency=concurrency,
         throughput_basis=BASIS[arrival] if sat_tput is not None else "whole trace",
         preemptions=int(rep.preemptions.sum()),
-        prefill_tokens=prefill_tokens,
+        prefill_tokens=prefill_tokens + pool_prompts,
         **latencies,
+        request_throughput=ratio(served, makespan),
+        output_throughput=ratio(tokens, makespan),
+        total_token_throughput=ratio(tokens + served_prompt, makespan),
+        request_goodput=goodput,
+        ttft_slo_ms=slo_ms[0],
+        tpot_slo_ms=slo_ms[1],
+        prefill_pool=None if pool is None else str(pool_mix),
+        prefill_pool_busy_fraction=None if pool is None else ratio(pool[1].busy_s, makespan),
+        prefill_kv_bytes=float(prefill_tokens * kv_per_token)
+        + (0.0 if pool is None else float(pool[1].kv_bytes[rep.admit_iteration >= 0].sum())),
     )
 
 
@@ -352,8 +416,9 @@ def _reserve_all(
 
 def _paged(
     config: SystemConfig, trace: Trace, arrival_s, capacity: int, model: IterationModel, arrival: str,
-    concurrency: int | None,
+    concurrency: int | None, prefilled: bool = False,
 ) -> tuple[ServingReplay, IterationBreakdown]:  # fmt: skip
+    """vLLM replay; `prefilled`: requests arrive at `arrival_s` with their prompt prefilled elsewhere."""
     serving = ServingIterationModel(model, config.scheduler)
     last: list[IterationBreakdown] = []
 
@@ -361,10 +426,10 @@ def _paged(
         last[:] = [serving.breakdown(*work)]  # covers every iteration
         return last[0].time_s
 
-    follow = arrival in ("trace", "poisson")
+    follow = arrival in ("trace", "poisson") or prefilled
     rep = paged_replay(
         trace.prompt_len, trace.output_len, arrival_s, capacity, time_fn, config.scheduler,
-        config.max_batch_size, follow_arrivals=follow, concurrency=concurrency,
+        config.max_batch_size, follow_arrivals=follow, concurrency=concurrency, prefilled=prefilled,
     )  # fmt: skip
     if follow or not last:
         last[:] = [serving.breakdown(rep.batch, rep.sum_context, rep.prefill_tokens, rep.prefill_pairs,
@@ -381,13 +446,18 @@ def simulate(
     requests: int | None = None,
     model: IterationModel | None = None,
     concurrency: int | None = None,
+    ttft_slo_ms: float | None = None,
+    tpot_slo_ms: float | None = None,
+    prefill_model: IterationModel | None = None,
 ) -> SimulationResult:
     """Replay `trace` (its first `requests`) on `config` under its scheduler; deterministic for a seed.
 
     arrival: "saturate" (all queued at t=0), "trace" (the trace's timestamps), "poisson" (at `rate_per_s`,
     seeded) or "concurrency" (closed loop of `concurrency` clients). `model` defaults to
-    `iteration_model(config)` (stored profiles or roofline).
+    `iteration_model(config)` (stored profiles or roofline); `prefill_model` is the prefill pool's (if the
+    scheduler names one; model/prefill_pool.py). The SLOs (ms) give `request_goodput` (vllm only).
     """
+    check_slos(ttft_slo_ms, tpot_slo_ms)
     if arrival not in ARRIVALS:
         raise UserInputError(f"unknown arrival mode {arrival!r}; valid: {', '.join(ARRIVALS)}")
     if requests is not None:
@@ -406,15 +476,30 @@ def simulate(
         arrival_s = poisson_arrivals(len(trace), rate_per_s, seed)
     else:
         arrival_s = trace.arrival_s
+    if arrival == "saturate":
+        arrival_s = np.zeros(len(trace))
     plan = memory_plan(config)
     model = model or iteration_model(config)
-    run = _paged if config.scheduler.paged else _reserve_all
-    rep, bd = run(config, trace, arrival_s, plan.kv_capacity_tokens, model, arrival, concurrency)
+    pool = prefill_pool(config, model, prefill_model)
+    if pool is not None:
+        if arrival == "concurrency":
+            raise UserInputError("a prefill pool is modelled for open-loop arrivals only (saturate, trace, poisson)")
+        schedule = pool.schedule(trace.prompt_len, arrival_s)
+        ready = np.maximum.accumulate(schedule.ready_s)  # FIFO hand-over to the decode side
+        rep, bd = _paged(config, trace, ready, plan.kv_capacity_tokens, model, arrival, None, prefilled=True)
+    else:
+        run = _paged if config.scheduler.paged else _reserve_all
+        rep, bd = run(config, trace, arrival_s, plan.kv_capacity_tokens, model, arrival, concurrency)
     if arrival == "concurrency":
         arrival_s = closed_loop_arrivals(rep, rep.start_s + rep.time_s)
-    elif arrival == "saturate":
-        arrival_s = np.zeros(len(trace))
     return summarize(
         config, model, trace.name, arrival, rep, bd, plan.kv_capacity_tokens, trace.output_len, arrival_s,
-        concurrency,
+        concurrency, trace.prompt_len, None if pool is None else (pool, schedule), (ttft_slo_ms, tpot_slo_ms),
     )  # fmt: skip
+
+
+def check_slos(ttft_slo_ms: float | None, tpot_slo_ms: float | None) -> None:
+    """UserInputError unless each SLO given is a positive finite number of ms."""
+    for name, value in (("--ttft-slo-ms", ttft_slo_ms), ("--tpot-slo-ms", tpot_slo_ms)):
+        if value is not None and not 0 < value < math.inf:
+            raise UserInputError(f"{name} must be a positive finite number of ms, got {value}")
