@@ -93,11 +93,11 @@ class PrefillPool:
 
 
 def prefill_pool(
-    config: SystemConfig, kv_model: IterationModel, model: IterationModel | None = None
+    config: SystemConfig, kv_model: IterationModel, model: IterationModel | None = None, profile_dir=None
 ) -> PrefillPool | None:
     """The prefill pool of `config` (None if its scheduler has none); UserInputError when the pool's
     devices cannot hold the weights or split the heads. `kv_model` is the system's iteration model (its KV
-    side's link); `model` the pool's, by default from the stored profiles."""
+    side's link); `model` the pool's, by default from the profiles in `profile_dir` (or the stored ones)."""
     mix = config.scheduler.prefill_pool
     if mix is None:
         return None
@@ -109,7 +109,7 @@ def prefill_pool(
                          sched.gpu_memory_utilization, sched.max_num_batched_tokens, sched.block_size, label)  # fmt: skip
     except UserInputError as exc:
         raise UserInputError(f"{label}: {exc}") from None
-    base = model or iteration_model(pool)
+    base = model or iteration_model(pool, profile_dir=profile_dir)
     lat_p, bw_p, _ = base.compute.nic()
     lat_k, bw_k, _ = kv_model.attention.nic()  # the KV side: the attention pool, or the decode devices
     return PrefillPool(

@@ -120,7 +120,9 @@ class Scheduler:
     def label(self) -> str:
         if not self.paged:
             return self.name
-        prefill = f"{self.prefill} prefill" if self.prefill_pool is None else f"prefill pool {self.prefill_pool}"
+        prefill = (
+            f"{self.prefill} prefill" if self.prefill_pool is None else f"prefill pool {self.prefill_pool}"
+        )
         return (
             f"vllm (block {self.block_size}, gpu util {self.gpu_memory_utilization:g}, max_num_seqs "
             f"{self.max_num_seqs}, max_num_batched_tokens {self.max_num_batched_tokens}, {prefill})"

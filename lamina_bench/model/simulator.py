@@ -39,6 +39,7 @@ from lamina_bench.model.prefill import ServingIterationModel
 from lamina_bench.model.prefill_pool import PrefillPool, PrefillSchedule, link_bytes_in_windows, prefill_pool
 from lamina_bench.model.replay import Replay, replay
 from lamina_bench.model.roofline import attention_layer_bytes
+from lamina_bench.model.serving_time import ServingTimeTable, serving_time_table
 from lamina_bench.model.summary import (
     closed_loop_arrivals,
     good_requests,
@@ -288,7 +289,9 @@ def summarize(
     link_bytes = rep.batch * net_per_token + rep.prefill_tokens * kv_per_token
     end_s = rep.start_s + rep.time_s
     pool_mix = None if pool is None else pool[0].mix
-    if pool is not None:  # the pool's KV, as it streams during each iteration's window (model/prefill_pool.py)
+    if (
+        pool is not None
+    ):  # the pool's KV, as it streams during each iteration's window (model/prefill_pool.py)
         sched = pool[1]
         got = rep.admit_iteration >= 0
         link_bytes = link_bytes + link_bytes_in_windows(
@@ -314,7 +317,9 @@ def summarize(
     latencies = latency_stats(
         rep, output_len, arrival_s, end_s, first_s, scheduled_s, decode_only=not config.scheduler.paged
     )
-    served_prompt = int(np.asarray(prompt_len)[rep.finish_iteration >= 0].sum()) if prompt_len is not None else 0
+    served_prompt = (
+        int(np.asarray(prompt_len)[rep.finish_iteration >= 0].sum()) if prompt_len is not None else 0
+    )
     goodput = None
     if config.scheduler.paged and any(v is not None for v in slo_ms):
         goodput = ratio(good_requests(rep, output_len, arrival_s, end_s, first_s, *slo_ms), makespan)
@@ -427,6 +432,8 @@ def _paged(
         return last[0].time_s
 
     follow = arrival in ("trace", "poisson") or prefilled
+    if follow:  # times as the replay goes: the tabulated model (model/serving_time.py)
+        time_fn = _time_table(model, config, capacity)
     rep = paged_replay(
         trace.prompt_len, trace.output_len, arrival_s, capacity, time_fn, config.scheduler,
         config.max_batch_size, follow_arrivals=follow, concurrency=concurrency, prefilled=prefilled,
@@ -435,6 +442,18 @@ def _paged(
         last[:] = [serving.breakdown(rep.batch, rep.sum_context, rep.prefill_tokens, rep.prefill_pairs,
                                      rep.prefill_seqs, rep.first_tokens)]  # fmt: skip
     return rep, last[0]
+
+
+def _time_table(model: IterationModel, config: SystemConfig, capacity: int) -> ServingTimeTable:
+    """The tabulated serving time of `model`, shared by replays of the same configuration when it hashes."""
+    policy = config.scheduler
+    rows = (
+        min(policy.max_num_seqs, config.max_batch_size or policy.max_num_seqs) + policy.max_num_batched_tokens
+    )
+    try:
+        return serving_time_table(model, policy, rows, capacity)
+    except TypeError:  # a model holding unhashable parts: a table for this replay only
+        return ServingTimeTable(ServingIterationModel(model, policy), rows, capacity)
 
 
 def simulate(
@@ -483,7 +502,9 @@ def simulate(
     pool = prefill_pool(config, model, prefill_model)
     if pool is not None:
         if arrival == "concurrency":
-            raise UserInputError("a prefill pool is modelled for open-loop arrivals only (saturate, trace, poisson)")
+            raise UserInputError(
+                "a prefill pool is modelled for open-loop arrivals only (saturate, trace, poisson)"
+            )
         schedule = pool.schedule(trace.prompt_len, arrival_s)
         ready = np.maximum.accumulate(schedule.ready_s)  # FIFO hand-over to the decode side
         rep, bd = _paged(config, trace, ready, plan.kv_capacity_tokens, model, arrival, None, prefilled=True)

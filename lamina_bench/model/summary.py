@@ -106,11 +106,19 @@ def _stats(values: np.ndarray, names, weights: np.ndarray | None = None) -> dict
         mean, pct = float(values.mean()), {s: float(np.percentile(values, _PERCENT[s])) for s in names[1:]}
     else:
         mean = float(np.sum(values * weights) / total)
-        pct = dict(zip(names[1:], weighted_percentiles(values, weights, tuple(_PERCENT[s] for s in names[1:]))))
+        pct = dict(
+            zip(
+                names[1:],
+                weighted_percentiles(values, weights, tuple(_PERCENT[s] for s in names[1:])),
+                strict=True,
+            )
+        )
     return {"mean": mean * 1e3, **{s: v * 1e3 for s, v in pct.items()}}
 
 
-def itl_gaps(rep: ServingReplay, end_s: np.ndarray, first_s: np.ndarray, served: np.ndarray, multi: np.ndarray):
+def itl_gaps(
+    rep: ServingReplay, end_s: np.ndarray, first_s: np.ndarray, served: np.ndarray, multi: np.ndarray
+):
     """(gaps s, weights) of every pair of consecutive tokens (module doc): decode iterations' gaps weighted by
     their decodes, less each request's first gap, which is added on its own."""
     decoding = np.flatnonzero(rep.batch > 0)
