@@ -105,10 +105,10 @@ def prefill_pool(
     label = f"prefill pool {mix}"
     try:
         pool = SystemConfig("homogeneous", spec, mix, dtype=config.dtype, scheduler=sched)
-        vllm_pool_memory(spec, mix.device, mix.count, config.dtype, mix.count, False,
-                         sched.gpu_memory_utilization, sched.max_num_batched_tokens, sched.block_size, label)  # fmt: skip
     except UserInputError as exc:
         raise UserInputError(f"{label}: {exc}") from None
+    vllm_pool_memory(spec, mix.device, mix.count, config.dtype, mix.count, False,
+                     sched.gpu_memory_utilization, sched.max_num_batched_tokens, sched.block_size, label)  # fmt: skip
     base = model or iteration_model(pool, profile_dir=profile_dir)
     lat_p, bw_p, _ = base.compute.nic()
     lat_k, bw_k, _ = kv_model.attention.nic()  # the KV side: the attention pool, or the decode devices

@@ -288,16 +288,16 @@ def summarize(
     kv_per_token = float(kv_bytes_per_token(spec, config.dtype)) if lamina else 0.0  # prefill KV to the pool
     link_bytes = rep.batch * net_per_token + rep.prefill_tokens * kv_per_token
     end_s = rep.start_s + rep.time_s
-    pool_mix = None if pool is None else pool[0].mix
-    if (
-        pool is not None
-    ):  # the pool's KV, as it streams during each iteration's window (model/prefill_pool.py)
-        sched = pool[1]
-        got = rep.admit_iteration >= 0
-        link_bytes = link_bytes + link_bytes_in_windows(
-            sched.kv_bytes[got], sched.start_s[got], sched.ready_s[got], rep.start_s, end_s
-        )
     rate_gbps = link_bytes * 8 / np.maximum(bd.time_s, 1e-30) / 1e9
+    pool_mix = None if pool is None else pool[0].mix
+    if pool is not None and rep.iterations:  # the pool's KV as it streams, in windows that tile the run:
+        sched, got = pool[1], rep.admit_iteration >= 0  # each iteration's and the idle time before it
+        window_start = np.concatenate([[0.0], end_s[:-1]])
+        streamed = link_bytes_in_windows(
+            sched.kv_bytes[got], sched.start_s[got], sched.ready_s[got], window_start, end_s
+        )
+        link_bytes = link_bytes + streamed
+        rate_gbps = rate_gbps + streamed * 8 / np.maximum(end_s - window_start, 1e-30) / 1e9
     cost = mixes_cost_usd_per_hour(config.compute, config.attention, pool_mix)
     throughput = tokens / makespan if makespan > 0 else 0.0
     kv_pool = config.attention or config.compute
