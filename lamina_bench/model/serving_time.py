@@ -1,20 +1,24 @@
 """A tabulated copy of `ServingIterationModel`'s iteration time, for replays that compute times as they go.
 
 A replay that follows arrivals (trace, Poisson, a prefill pool) asks for the time of one iteration, or of
-one run of decode iterations, tens of thousands of times; the operator composition costs about a
-millisecond per call whatever the size of its arrays. This table answers in microseconds:
+one run of decode iterations, tens of thousands of times; the operator composition costs 0.3-4 ms per
+call whatever the size of its arrays. This table answers in microseconds, equal to the exact model up to
+float rounding:
 
   decode part (B decodes reading S keys): for each B met, the exact time at S = B x c over a geometric grid
-      of mean contexts c from 1 to the KV capacity (`GRID_POINTS` points), linear in c between them. The
-      time is piecewise linear in S for a given B on the roofline and on profile fits (attention bytes and
-      flops are linear in S; the Lamina cycle is a max of such terms), so the only error is at a kink
-      between two grid points; tests/lamina_bench/test_serving_time.py bounds it against the exact model.
+      of mean contexts c from 1 to the KV capacity (`GRID_POINTS` points) and at the middle of every grid
+      interval. On the roofline and on profile fits the time is convex and piecewise linear in S for a
+      given B (attention bytes and flops are linear in S; every composition is a sum or a max of such
+      terms), and a convex function that meets its chord at the middle of an interval is linear on it:
+      there the table interpolates (exact); in an interval whose middle is off the chord (by more than
+      `LINEAR_RTOL`: a kink inside) the exact model is called. The calibrated operator model (steps in
+      the context, L2 residency) is not piecewise linear: with it every call goes to the exact model.
   prefill part (T prompt tokens, `pairs` attention pairs, n first tokens, q requests with a chunk): exact,
       from tables over integer rows of one layer's dense part with its all-reduces and of the head, and one
       prefill-attention call, composed as model/prefill.py does (homogeneous: the rows join the decode
       GEMMs; Lamina: one compute replica, its KV streamed to the attention pool layer by layer).
 
-The exact model stays the reference: the replay's per-iteration breakdown is recomputed from it.
+The replay's per-iteration breakdown is still recomputed from the exact model once, at the end.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ from lamina_bench.model.iteration import IterationModel
 from lamina_bench.model.prefill import ServingIterationModel, prefill_attention_layer_s
 from lamina_bench.model.scheduler import Scheduler
 
-GRID_POINTS = 2048  # mean-context points per batch size (geometric from 1 to the KV capacity)
+GRID_POINTS = 1024  # mean-context points per batch size (geometric from 1 to the KV capacity)
+LINEAR_RTOL = 1e-12  # a grid interval is linear when its middle is this close to the chord (float noise)
 
 
 class ServingTimeTable:
@@ -47,6 +52,9 @@ class ServingTimeTable:
         self.grid_list = self.grid.tolist()
         self.rows: dict[int, np.ndarray] = {}
         self.rows_list: dict[int, list[float]] = {}
+        self.kinked: dict[int, np.ndarray] = {}
+        self.kinked_list: dict[int, list[bool]] = {}
+        self.exact_only = any(dm.ops is not None and dm.profile is None for dm in (b.compute, b.attention))
         self.cpu_s, self.cpu_per_request_s = (
             serving.policy.cpu_overhead_s,
             serving.policy.cpu_overhead_per_request_s,
@@ -59,38 +67,56 @@ class ServingTimeTable:
             )
             self.latency_s = max(lat_c, lat_a)
 
-    def _row(self, batch: int) -> np.ndarray:
-        """Exact decode-iteration times (CPU overhead of `batch` requests included) at S = batch x grid."""
+    def _row(self, batch: int) -> list[float]:
+        """Exact decode-iteration times (CPU overhead of `batch` requests included) at S = batch x grid; the
+        intervals whose middle is off the chord are recorded in `self.kinked[batch]`."""
         row = self.rows.get(batch)
         if row is None:
-            s = self.serving
-            ctx = self.grid * max(batch, 1) if batch else np.zeros(1)
-            row = s.time_s(batch, ctx, 0, 0.0, 0, 0)
-            self.rows[batch], self.rows_list[batch] = row, row.tolist()
-        return row
+            s, grid = self.serving, self.grid
+            if batch == 0:
+                row = s.time_s(0, np.zeros(len(grid)), 0, 0.0, 0, 0)
+                kinked = np.zeros(len(grid) - 1, dtype=bool)
+            else:
+                mid = 0.5 * (grid[:-1] + grid[1:])
+                both = s.time_s(batch, batch * np.concatenate([grid, mid]), 0, 0.0, 0, 0)
+                row, at_mid = both[: len(grid)], both[len(grid) :]
+                chord = 0.5 * (row[:-1] + row[1:])
+                kinked = np.abs(at_mid - chord) > LINEAR_RTOL * np.abs(at_mid)
+            self.rows[batch], self.rows_list[batch], self.kinked[batch] = row, row.tolist(), kinked
+            self.kinked_list[batch] = kinked.tolist()
+        return self.rows_list[batch]
+
+    def _exact_decode(self, batch, sum_context):
+        return self.serving.time_s(batch, sum_context, 0, 0.0, 0, 0)
 
     def decode_s(self, batch: int, sum_context: float) -> float:
-        """Time of one decode iteration (no prefill), from the table."""
+        """Time of one decode iteration (no prefill)."""
+        if self.exact_only:
+            return float(self._exact_decode(batch, sum_context))
+        row, grid = self._row(batch), self.grid_list
         if not batch:
-            return self._row(0)[0]
-        self._row(batch)
-        row, grid = self.rows_list[batch], self.grid_list
+            return row[0]
         c = sum_context / batch
         j = bisect.bisect_right(grid, c)
-        if j <= 0:
-            return row[0]
-        if j >= len(grid):
-            return row[-1] + (row[-1] - row[-2]) / (grid[-1] - grid[-2]) * (c - grid[-1])
-        g0, g1 = grid[j - 1], grid[j]
-        return row[j - 1] + (row[j] - row[j - 1]) * (c - g0) / (g1 - g0)
+        if j <= 0 or j >= len(grid) or self.kinked_list[batch][j - 1]:
+            return float(self._exact_decode(batch, sum_context))
+        g0 = grid[j - 1]
+        return row[j - 1] + (row[j] - row[j - 1]) * (c - g0) / (grid[j] - g0)
 
     def decode_run_s(self, batch: int, sum_context: np.ndarray) -> np.ndarray:
         """Times of decode iterations of `batch` decodes reading `sum_context` keys each (vector)."""
-        if not batch:
-            return np.full(len(sum_context), self._row(0)[0])
-        row = self._row(batch)
-        c = np.asarray(sum_context, dtype=float) / batch
-        return np.interp(c, self.grid, row)
+        sum_context = np.asarray(sum_context, dtype=float)
+        if self.exact_only or not batch:
+            return np.broadcast_to(self._exact_decode(batch, sum_context), sum_context.shape).astype(float)
+        self._row(batch)
+        c = sum_context / batch
+        out = np.interp(c, self.grid, self.rows[batch])
+        j = np.searchsorted(self.grid, c, side="right")
+        off = (j <= 0) | (j >= len(self.grid))
+        off |= self.kinked[batch][np.clip(j - 1, 0, len(self.grid) - 2)]
+        if off.any():
+            out[off] = self._exact_decode(batch, sum_context[off])
+        return out
 
     def _prefill_extra_s(self, batch: int, tokens: int, pairs: float, first: int) -> float:
         b, L = self.serving.base, self.L
@@ -107,6 +133,10 @@ class ServingTimeTable:
         return max(compute, transfer) + transfer / L + self.latency_s
 
     def __call__(self, batch, sum_context, prefill_tokens, prefill_pairs, prefill_seqs, first_tokens):
+        if self.exact_only:
+            return self.serving.time_s(
+                batch, sum_context, prefill_tokens, prefill_pairs, prefill_seqs, first_tokens
+            )
         if np.ndim(sum_context):  # a run of decode iterations (the replay gives no prefill with one)
             return self.decode_run_s(int(batch), sum_context)
         batch, tokens = int(batch), int(prefill_tokens)
