@@ -170,7 +170,8 @@ class SimulationResult:
         Saturate and concurrency modes report their steady phase (`throughput_basis`, model/summary.py),
         not the drain after it, and keep the whole-trace figures beside it.
         """
-        values = {k: getattr(self, k) for k in _ROW_METRICS}
+        serving = _SERVING_METRICS if self.scheduler.startswith("vllm") else ()
+        values = {k: getattr(self, k) for k in (*_ROW_METRICS, *serving)}
         notes: dict[str, Any] = {"throughput_basis": self.throughput_basis}
         if self.saturated_throughput_tok_per_s is not None:
             whole = {k: values[k] for k in _SATURATED_METRICS}
@@ -236,6 +237,10 @@ _ROW_METRICS = (
     "usd_per_mtok",
     "net_bytes_per_token",
     "net_peak_gbps",
+)
+# Per-request serving metrics (model/summary.py), stored in rows of the vllm scheduler only: reserve-all is
+# decode only (no TTFT; its TPOT and queueing delay exclude prefill), so its rows stay as they were.
+_SERVING_METRICS = (
     *latency_fields(),
     "request_throughput",
     "output_throughput",

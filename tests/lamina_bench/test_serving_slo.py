@@ -235,3 +235,11 @@ def test_a_pool_too_small_for_the_weights_is_refused():
         prefill_pool(config, iteration_model(config))
     with pytest.raises(UserInputError, match="prefill pool"):
         simulate(config, synthetic_trace(2, 10, 2))
+
+
+def test_reserve_all_rows_carry_no_serving_metrics():
+    """Decode-only rows stay as they were (the committed baseline reproduces)."""
+    config = SystemConfig("homogeneous", LLAMA3_70B, parse_mix("4xH100"))
+    metrics = simulate(config, synthetic_trace(20, 500, 10)).row_fields()["metrics"]
+    assert not set(metrics) & {*latency_fields(), "request_throughput", "request_goodput"}
+    assert "tbt_p99_ms" in metrics
