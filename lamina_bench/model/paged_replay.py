@@ -44,7 +44,9 @@ import numpy as np
 
 from lamina_bench.model.scheduler import Scheduler
 
-# time_fn(batch, sum_context, prefill_tokens, prefill_pairs, prefill_seqs, first_tokens) -> seconds
+# time_fn(batch, sum_context, prefill_tokens, prefill_pairs, prefill_seqs, first_tokens) -> seconds; a
+# time_fn with a `decode_run(batch, sum_context, steps, t, stop)` method gives a run's times itself, cut
+# after the first iteration that ends at or after `stop` (model/serving_time.py)
 ServingTimeFn = Callable[..., np.ndarray]
 _FIELDS = ("steps", "batch", "sum_context", "prefill_tokens", "prefill_pairs", "prefill_seqs", "first", "kv")
 
@@ -373,7 +375,14 @@ class _Paged:
         if steps <= 0:
             return False
         times = None
-        if self.time_fn is not None:
+        until = getattr(self.time_fn, "decode_run", None)
+        if until is not None:  # the time model cuts the run itself (model/serving_time.py)
+            stop = None
+            if self.follow and not self.waiting and self.next_req < self.m and self.a[self.next_req] > self.t:
+                stop = self.a[self.next_req]
+            times = until(b, self.S, steps, self.t, stop)
+            steps = len(times)
+        elif self.time_fn is not None:
             times = self.time_fn(b, self.S + b * np.arange(steps), 0, 0.0, 0, 0)
             times = np.broadcast_to(np.asarray(times, dtype=float), (steps,))
             if self.follow and not self.waiting and self.next_req < self.m and self.a[self.next_req] > self.t:
@@ -397,12 +406,11 @@ class _Paged:
     def _time(self, batch, context, tokens, pairs, seqs, first, times) -> None:
         """Times of the run just recorded, when following arrivals (the clock must advance)."""
         if times is None:
-            times = np.atleast_1d(self.time_fn(batch, context, tokens, float(pairs), seqs, first)).astype(
-                float
-            )
+            times = self.time_fn(batch, context, tokens, float(pairs), seqs, first)
+            times = [times] if isinstance(times, float) else np.atleast_1d(times).astype(float)
         self.t0.append(self.t)
         self.times.append(times)
-        self.t += float(times.sum())
+        self.t += float(sum(times)) if isinstance(times, list) else float(times.sum())
 
     # ---- the loop -------------------------------------------------------------------------------------
 

@@ -34,6 +34,7 @@ from lamina_bench.model.prefill import ServingIterationModel, prefill_attention_
 from lamina_bench.model.scheduler import Scheduler
 
 GRID_POINTS = 1024  # mean-context points per batch size (geometric from 1 to the KV capacity)
+RUN_VECTOR_STEPS = 48  # decode runs longer than this are timed with numpy, shorter ones in Python
 LINEAR_RTOL = 1e-12  # a grid interval is linear when its middle is this close to the chord (float noise)
 
 
@@ -118,6 +119,34 @@ class ServingTimeTable:
             out[off] = self._exact_decode(batch, sum_context[off])
         return out
 
+    def decode_run(self, batch: int, sum_context: float, steps: int, t: float, stop: float | None):
+        """Times (a list) of up to `steps` decode iterations of `batch` decodes, the first reading
+        `sum_context` keys and each the next `batch` more, ending with the first that ends at or after
+        `stop` (clock `t` at the start; None: no stop). Short runs in Python, long ones vectorised."""
+        if steps > RUN_VECTOR_STEPS or self.exact_only or not batch:
+            times = self.decode_run_s(batch, sum_context + batch * np.arange(steps))
+            if stop is not None:
+                times = times[: int(np.searchsorted(t + np.cumsum(times), stop, side="left")) + 1]
+            return times.tolist()
+        row, grid, kinked = self._row(batch), self.grid_list, self.kinked_list[batch]
+        n, out = len(grid), []
+        j = bisect.bisect_right(grid, sum_context / batch)
+        for i in range(steps):
+            s = sum_context + batch * i
+            c = s / batch
+            while j < n and grid[j] <= c:
+                j += 1
+            if 0 < j < n and not kinked[j - 1]:
+                g0 = grid[j - 1]
+                x = row[j - 1] + (row[j] - row[j - 1]) * (c - g0) / (grid[j] - g0)
+            else:
+                x = float(self._exact_decode(batch, s))
+            out.append(x)
+            t += x
+            if stop is not None and t >= stop:
+                break
+        return out
+
     def _prefill_extra_s(self, batch: int, tokens: int, pairs: float, first: int) -> float:
         b, L = self.serving.base, self.L
         attn = L * float(prefill_attention_layer_s(b.compute, b.model, b.dtype, tokens, pairs, b.tp))
@@ -137,8 +166,14 @@ class ServingTimeTable:
             return self.serving.time_s(
                 batch, sum_context, prefill_tokens, prefill_pairs, prefill_seqs, first_tokens
             )
-        if np.ndim(sum_context):  # a run of decode iterations (the replay gives no prefill with one)
-            return self.decode_run_s(int(batch), sum_context)
+        if any(isinstance(x, np.ndarray) and x.ndim for x in (batch, sum_context, prefill_tokens)):
+            if np.ndim(batch) or np.any(prefill_tokens):  # arrays with prefill: the exact model
+                return self.serving.time_s(
+                    batch, sum_context, prefill_tokens, prefill_pairs, prefill_seqs, first_tokens
+                )
+            return self.decode_run_s(int(batch), sum_context) + self.cpu_per_request_s * np.asarray(
+                prefill_seqs
+            )
         batch, tokens = int(batch), int(prefill_tokens)
         t = self.decode_s(batch, float(sum_context))
         if tokens:

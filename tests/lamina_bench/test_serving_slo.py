@@ -178,7 +178,10 @@ def test_link_bytes_in_windows_match_a_loop():
     edges = np.sort(rng.uniform(-1, 7, 40))
     ws, we = edges[:-1], edges[1:]
     ref = [
-        sum(b * max(0.0, min(e, w1) - max(s, w0)) / (e - s) for b, s, e in zip(nbytes, start, end, strict=True))
+        sum(
+            b * max(0.0, min(e, w1) - max(s, w0)) / (e - s)
+            for b, s, e in zip(nbytes, start, end, strict=True)
+        )
         for w0, w1 in zip(ws, we, strict=True)
     ]
     assert np.allclose(link_bytes_in_windows(nbytes, start, end, ws, we), ref, rtol=1e-9, atol=1e-3)
@@ -202,7 +205,13 @@ def test_pool_devices_are_part_of_the_cost():
 def test_latency_names_are_vllms_and_registered():
     names = latency_fields()
     assert "median_ttft_ms" in names and "p99_itl_ms" in names and "p90_e2el_ms" in names
-    for name in (*names, "request_throughput", "output_throughput", "total_token_throughput", "request_goodput"):
+    for name in (
+        *names,
+        "request_throughput",
+        "output_throughput",
+        "total_token_throughput",
+        "request_goodput",
+    ):
         assert name in METRICS
     trace = synthetic_trace(30, (100, 800), (2, 30), rate_per_s=3.0, seed=1)
     r = simulate(_config("lamina"), trace, arrival="trace", ttft_slo_ms=1e4, tpot_slo_ms=1e3)
