@@ -349,6 +349,13 @@ def add_search(sub) -> None:
     p.add_argument("--devices", help="comma-separated catalog devices (default: all with specs and a price)")
     p.add_argument("--requests", type=int, help="replay the first N requests of the trace")
     p.add_argument("--top", type=int, default=15, help="rows of the ranked table to print")
+    p.add_argument(
+        "--rank-by",
+        help="tokens_per_usd (default) | capacity: USD per M output tokens at the capacity under "
+        "--ttft-slo-ms and --tpot-slo-ms (vllm scheduler; model/capacity.py)",
+    )
+    p.add_argument("--ttft-slo-ms", type=float, help="--rank-by capacity: p99 TTFT SLO, ms")
+    p.add_argument("--tpot-slo-ms", type=float, help="--rank-by capacity: p99 TPOT SLO, ms")
     add_catalog_arguments(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_run_search)
@@ -363,8 +370,9 @@ def _run_search(args) -> int:
         if not devices:
             raise UserInputError(f"--devices names no device, got {args.devices!r}; e.g. --devices H100,H20")
     limits = given(
-        args, tbt_slo_ms="tbt_slo_ms", budget_usd_per_hour="budget_usd_per_hour", requests="requests"
-    )
+        args, tbt_slo_ms="tbt_slo_ms", budget_usd_per_hour="budget_usd_per_hour", requests="requests",
+        rank_by="rank_by", ttft_slo_ms="ttft_slo_ms", tpot_slo_ms="tpot_slo_ms",
+    )  # fmt: skip
     result = search(
         get_model(args.model),
         load_trace(args.trace),

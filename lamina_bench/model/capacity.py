@@ -19,7 +19,8 @@ request) x 1e6, the rate at which a deployment at r produces tokens in steady st
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -27,6 +28,7 @@ from lamina_bench.catalog.workloads import Trace, check_request_count
 from lamina_bench.errors import UserInputError
 from lamina_bench.model.cost import mixes_cost_usd_per_hour
 from lamina_bench.model.iteration import IterationModel, iteration_model
+from lamina_bench.model.scheduler import Scheduler
 from lamina_bench.model.simulator import SimulationResult, check_slos, simulate
 from lamina_bench.model.system import SystemConfig
 
@@ -161,3 +163,25 @@ def _bracket(probe, guess: float) -> tuple[float | None, float | None]:
             return high / 2, high
         high /= 2
     return None, high
+
+
+RANK_REQUESTS = 500  # requests per capacity search when ranking a search's candidates
+
+
+def rank_by_capacity(candidates, trace: Trace, ttft_slo_ms: float, tpot_slo_ms: float) -> list:
+    """Search candidates (model/search.py) with their capacity under the vLLM scheduler (default knobs,
+    colocated chunked prefill, no batch cap), cheapest USD per M output tokens at capacity first; those
+    without a capacity last."""
+    out = []
+    for cand in candidates:
+        config = replace(cand.config, scheduler=Scheduler("vllm"), max_batch_size=None)
+        try:
+            found = capacity(config, trace, ttft_slo_ms, tpot_slo_ms, requests=min(RANK_REQUESTS, len(trace)))
+        except UserInputError:  # e.g. the weights fit the reserve-all budget but not vLLM's
+            found = None
+        out.append(replace(cand, capacity=found))
+
+    def cost(c) -> float:
+        return math.inf if c.capacity is None or c.capacity.usd_per_mtok is None else c.capacity.usd_per_mtok
+
+    return sorted(out, key=cost)
