@@ -252,3 +252,60 @@ def test_reserve_all_rows_carry_no_serving_metrics():
     metrics = simulate(config, synthetic_trace(20, 500, 10)).row_fields()["metrics"]
     assert not set(metrics) & {*latency_fields(), "request_throughput", "request_goodput"}
     assert "tbt_p99_ms" in metrics
+
+
+# ---- the modeled sweep ---------------------------------------------------------------------------------
+
+_SWEEP = """
+[[modeled]]
+models = ["llama3.1-8b"]
+traces = ["azure-conv"]
+requests = 40
+homogeneous = ["1xH100"]
+systems = ["homogeneous"]
+scheduler = "vllm"
+arrival = "poisson"
+rate_per_s = 2.0
+"""
+
+
+def test_sweep_points_carry_goodput_and_capacity():
+    import tomllib
+
+    from lamina_bench.results.row import PointRow
+    from lamina_bench.sweep.run import _simulated
+    from lamina_bench.sweep.spec import parse_spec
+
+    plain = parse_spec(tomllib.loads(_SWEEP)).points[0]
+    served = parse_spec(
+        tomllib.loads(
+            _SWEEP + 'prefill_pool = "1xH100"\nttft_slo_ms = 2000\ntpot_slo_ms = 100\ncapacity = true\n'
+        )
+    ).points[0]
+    assert plain.point_id != served.point_id and "capacity" not in plain.identity()
+    row = _simulated(PointRow(point_id=served.point_id, source="modeled"), served.config)
+    assert {"request_goodput", "capacity_req_per_s", "capacity_usd_per_mtok", "p99_ttft_ms"} <= set(
+        row.metrics
+    )
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ('ttft_slo_ms = 100\nscheduler = "reserve-all"\n', "need scheduler"),
+        ("ttft_slo_ms = -1\n", "must be a positive number"),
+        ("capacity = true\nttft_slo_ms = 100\n", "needs ttft_slo_ms and tpot_slo_ms"),
+        ('prefill_pool = "1xH100"\n', "does not fit on prefill pool 1xH100"),
+    ],
+)
+def test_sweep_serving_keys_refuse_bad_input(extra, message):
+    import tomllib
+
+    from lamina_bench.errors import UserInputError
+    from lamina_bench.sweep.spec import parse_spec
+
+    block = _SWEEP.replace('scheduler = "vllm"\n', "") if "scheduler" in extra else _SWEEP
+    with pytest.raises(UserInputError, match=message):
+        parse_spec(
+            tomllib.loads(block.replace("llama3.1-8b", "llama3-70b").replace("1xH100", "4xH100") + extra)
+        )
