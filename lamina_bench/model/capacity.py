@@ -87,13 +87,14 @@ def capacity(
     trace: Trace,
     ttft_slo_ms: float,
     tpot_slo_ms: float,
-    requests: int | None = DEFAULT_CAPACITY_REQUESTS,
+    requests: int | None = None,
     seed: int = 0,
     rel_tol: float = DEFAULT_REL_TOL,
     model: IterationModel | None = None,
     prefill_model: IterationModel | None = None,
 ) -> CapacityResult:
-    """The capacity of `config` on `trace`'s first `requests` requests (all if None) at the SLOs (module doc)."""
+    """The capacity of `config` on `trace`'s first `requests` requests (None: the first
+    `DEFAULT_CAPACITY_REQUESTS`, or all of a shorter trace) at the SLOs (module doc)."""
     if ttft_slo_ms is None or tpot_slo_ms is None:
         raise UserInputError("capacity needs both --ttft-slo-ms and --tpot-slo-ms")
     check_slos(ttft_slo_ms, tpot_slo_ms)
@@ -103,7 +104,9 @@ def capacity(
         )
     if not 0 < rel_tol < 1:
         raise UserInputError(f"relative tolerance must be in (0, 1), got {rel_tol}")
-    if requests is not None:
+    if requests is None:
+        trace = trace.head(min(DEFAULT_CAPACITY_REQUESTS, len(trace)))
+    else:
         if requests < 1:
             raise UserInputError(f"--requests must be >= 1, got {requests}")
         check_request_count(requests, trace)
