@@ -181,7 +181,7 @@ class ServingTimeTable:
         return t + self.cpu_per_request_s * int(prefill_seqs)
 
 
-@lru_cache(maxsize=8)
+@lru_cache(maxsize=4)
 def serving_time_table(
     base: IterationModel, policy: Scheduler, max_rows: int, max_context: int
 ) -> ServingTimeTable:
