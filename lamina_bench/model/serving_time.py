@@ -30,7 +30,11 @@ import numpy as np
 
 from lamina_bench.catalog.models import kv_bytes_per_token
 from lamina_bench.model.iteration import IterationModel
-from lamina_bench.model.prefill import ServingIterationModel, prefill_attention_layer_s
+from lamina_bench.model.prefill import (
+    ServingIterationModel,
+    prefill_attention_layer_s,
+    prefill_attention_scalar,
+)
 from lamina_bench.model.scheduler import Scheduler
 
 GRID_POINTS = 1024  # mean-context points per batch size (geometric from 1 to the KV capacity)
@@ -55,6 +59,7 @@ class ServingTimeTable:
         self.rows_list: dict[int, list[float]] = {}
         self.kinked: dict[int, np.ndarray] = {}
         self.kinked_list: dict[int, list[bool]] = {}
+        self.prefill_attention = prefill_attention_scalar(b.compute, b.model, b.dtype, b.tp)
         self.exact_only = any(dm.ops is not None and dm.profile is None for dm in (b.compute, b.attention))
         self.cpu_s, self.cpu_per_request_s = (
             serving.policy.cpu_overhead_s,
@@ -149,7 +154,10 @@ class ServingTimeTable:
 
     def _prefill_extra_s(self, batch: int, tokens: int, pairs: float, first: int) -> float:
         b, L = self.serving.base, self.L
-        attn = L * float(prefill_attention_layer_s(b.compute, b.model, b.dtype, tokens, pairs, b.tp))
+        if self.prefill_attention is not None:
+            attn = L * self.prefill_attention(float(tokens), pairs)
+        else:
+            attn = L * float(prefill_attention_layer_s(b.compute, b.model, b.dtype, tokens, pairs, b.tp))
         if not self.lamina:
             dense = (
                 L * (self.layer[batch + tokens] - self.layer[batch])
@@ -166,7 +174,7 @@ class ServingTimeTable:
             return self.serving.time_s(
                 batch, sum_context, prefill_tokens, prefill_pairs, prefill_seqs, first_tokens
             )
-        if any(isinstance(x, np.ndarray) and x.ndim for x in (batch, sum_context, prefill_tokens)):
+        if np.ndarray in (type(batch), type(sum_context), type(prefill_tokens)):
             if np.ndim(batch) or np.any(prefill_tokens):  # arrays with prefill: the exact model
                 return self.serving.time_s(
                     batch, sum_context, prefill_tokens, prefill_pairs, prefill_seqs, first_tokens
