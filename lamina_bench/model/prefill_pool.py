@@ -138,3 +138,16 @@ def link_bytes_in_windows(
         return ramp(start_s, t) - ramp(end_s, t)
 
     return np.maximum(cumulative(win_end) - cumulative(win_start), 0.0)
+
+
+def streamed_kv(
+    schedule: PrefillSchedule, sent: np.ndarray, end_s: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(bytes, Gb/s) of the pool's KV (requests `sent`) on the link during each iteration of a replay
+    ending at `end_s`: windows that tile the run (each iteration and the idle time before it), the rate
+    over the window."""
+    start = np.concatenate([[0.0], end_s[:-1]])
+    streamed = link_bytes_in_windows(
+        schedule.kv_bytes[sent], schedule.start_s[sent], schedule.ready_s[sent], start, end_s
+    )
+    return streamed, streamed * 8 / np.maximum(end_s - start, 1e-30) / 1e9

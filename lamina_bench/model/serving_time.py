@@ -196,3 +196,15 @@ def serving_time_table(
     """The table of `base` under `policy`, kept for the next replay of the same configuration (a capacity
     search replays one configuration at many rates)."""
     return ServingTimeTable(ServingIterationModel(base, policy), max_rows, max_context)
+
+
+def time_table(
+    base: IterationModel, policy: Scheduler, max_seqs: int, capacity_tokens: int
+) -> ServingTimeTable:
+    """The table for replays of `base` under `policy` with at most `max_seqs` running requests and
+    `capacity_tokens` of KV, shared between replays of the same configuration when `base` hashes."""
+    rows = max_seqs + policy.max_num_batched_tokens
+    try:
+        return serving_time_table(base, policy, rows, capacity_tokens)
+    except TypeError:  # a model holding unhashable parts: a table for this replay only
+        return ServingTimeTable(ServingIterationModel(base, policy), rows, capacity_tokens)

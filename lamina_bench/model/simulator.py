@@ -5,7 +5,11 @@ The scheduler is the system's (`SystemConfig.scheduler`, model/scheduler.py):
       is excluded; each generated token costs one decode iteration whose attention reads the request's
       current context (prompt + tokens generated so far). Replay: `model/replay.py`.
   vllm: vLLM V1's paged scheduler with prefill, preemption by recompute and CPU overhead
-      (`model/paged_replay.py`, iteration time with prefill `model/prefill.py`).
+      (`model/paged_replay.py`, iteration time with prefill `model/prefill.py`); prefill colocated
+      (chunked or separate iterations) or on a prefill pool of its own (`model/prefill_pool.py`: FIFO on
+      its devices, KV streamed layer by layer to the KV side over the link, counted in the link's bytes
+      and rates; the pool's devices count in the cost). Replays that follow arrivals time iterations
+      with the tabulated model (`model/serving_time.py`).
 Decode iteration time: `model/iteration.py`.
 
 Arrival modes: saturate (every request queued at t = 0), trace (the trace's timestamps), poisson (at a
@@ -13,13 +17,14 @@ rate, seeded), concurrency (a closed loop of N clients, each sending its next re
 soon as its previous one finished; the trace's timestamps are ignored, its lengths kept). Throughput has
 one definition per mode (model/summary.py): saturate the saturated phase, concurrency the closed-loop
 phase, trace and poisson the whole trace; `throughput_basis` names it in `to_dict()` and in the rows.
+Per-request latencies, queueing delay, request / output / total token throughput and goodput at a TTFT and
+TPOT SLO carry vLLM's benchmark names (model/summary.py); reserve-all leaves TTFT, E2EL and goodput empty.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,18 +41,18 @@ from lamina_bench.model.cost import mixes_cost_usd_per_hour, price_set_label, to
 from lamina_bench.model.iteration import IterationBreakdown, IterationModel, iteration_model
 from lamina_bench.model.paged_replay import ServingReplay, paged_replay
 from lamina_bench.model.prefill import ServingIterationModel
-from lamina_bench.model.prefill_pool import PrefillPool, PrefillSchedule, link_bytes_in_windows, prefill_pool
+from lamina_bench.model.prefill_pool import PrefillPool, PrefillSchedule, prefill_pool, streamed_kv
 from lamina_bench.model.replay import Replay, replay
 from lamina_bench.model.roofline import attention_layer_bytes
-from lamina_bench.model.serving_time import ServingTimeTable, serving_time_table
+from lamina_bench.model.serving_time import ServingTimeTable, time_table
 from lamina_bench.model.summary import (
+    check_slos,
     closed_loop_arrivals,
-    good_requests,
     latency_fields,
-    latency_stats,
     phase_end,
     phase_rates,
     release_by_finish_order,
+    serving_metrics,
     weighted_percentiles,
 )
 from lamina_bench.model.system import SystemConfig, memory_plan
@@ -295,14 +300,9 @@ def summarize(
     end_s = rep.start_s + rep.time_s
     rate_gbps = link_bytes * 8 / np.maximum(bd.time_s, 1e-30) / 1e9
     pool_mix = None if pool is None else pool[0].mix
-    if pool is not None and rep.iterations:  # the pool's KV as it streams, in windows that tile the run:
-        sched, got = pool[1], rep.admit_iteration >= 0  # each iteration's and the idle time before it
-        window_start = np.concatenate([[0.0], end_s[:-1]])
-        streamed = link_bytes_in_windows(
-            sched.kv_bytes[got], sched.start_s[got], sched.ready_s[got], window_start, end_s
-        )
-        link_bytes = link_bytes + streamed
-        rate_gbps = rate_gbps + streamed * 8 / np.maximum(end_s - window_start, 1e-30) / 1e9
+    if pool is not None and rep.iterations:  # the pool's KV as it streams (model/prefill_pool.py)
+        streamed, streamed_gbps = streamed_kv(pool[1], rep.admit_iteration >= 0, end_s)
+        link_bytes, rate_gbps = link_bytes + streamed, rate_gbps + streamed_gbps
     cost = mixes_cost_usd_per_hour(config.compute, config.attention, pool_mix)
     throughput = tokens / makespan if makespan > 0 else 0.0
     kv_pool = config.attention or config.compute
@@ -314,20 +314,11 @@ def summarize(
         k: float(getattr(bd, k).mean()) * 1e3 if rep.iterations else None
         for k in ("time_s", "dense_s", "attention_s", "network_s", "compute_busy_s", "attention_busy_s")
     }
-    first_s = scheduled_s = None
-    pool_prompts = 0
-    if pool is not None:
-        first_s, scheduled_s = pool[1].token_s, pool[1].start_s
-        pool_prompts = int(np.asarray(prompt_len)[rep.admit_iteration >= 0].sum())
-    latencies = latency_stats(
-        rep, output_len, arrival_s, end_s, first_s, scheduled_s, decode_only=not config.scheduler.paged
+    schedule = None if pool is None else pool[1]
+    pool_prompts = 0 if pool is None else int(np.asarray(prompt_len)[rep.admit_iteration >= 0].sum())
+    serving = serving_metrics(
+        rep, end_s, output_len, prompt_len, arrival_s, config.scheduler.paged, schedule, slo_ms
     )
-    served_prompt = (
-        int(np.asarray(prompt_len)[rep.finish_iteration >= 0].sum()) if prompt_len is not None else 0
-    )
-    goodput = None
-    if config.scheduler.paged and any(v is not None for v in slo_ms):
-        goodput = ratio(good_requests(rep, output_len, arrival_s, end_s, first_s, *slo_ms), makespan)
     return SimulationResult(
         system=config.system,
         model=spec.name,
@@ -386,13 +377,7 @@ def summarize(
         throughput_basis=BASIS[arrival] if sat_tput is not None else "whole trace",
         preemptions=int(rep.preemptions.sum()),
         prefill_tokens=prefill_tokens + pool_prompts,
-        **latencies,
-        request_throughput=ratio(served, makespan),
-        output_throughput=ratio(tokens, makespan),
-        total_token_throughput=ratio(tokens + served_prompt, makespan),
-        request_goodput=goodput,
-        ttft_slo_ms=slo_ms[0],
-        tpot_slo_ms=slo_ms[1],
+        **serving,
         prefill_pool=None if pool is None else str(pool_mix),
         prefill_pool_busy_fraction=None if pool is None else ratio(pool[1].busy_s, makespan),
         prefill_kv_bytes=float(prefill_tokens * kv_per_token)
@@ -450,15 +435,9 @@ def _paged(
 
 
 def _time_table(model: IterationModel, config: SystemConfig, capacity: int) -> ServingTimeTable:
-    """The tabulated serving time of `model`, shared by replays of the same configuration when it hashes."""
     policy = config.scheduler
-    rows = (
-        min(policy.max_num_seqs, config.max_batch_size or policy.max_num_seqs) + policy.max_num_batched_tokens
-    )
-    try:
-        return serving_time_table(model, policy, rows, capacity)
-    except TypeError:  # a model holding unhashable parts: a table for this replay only
-        return ServingTimeTable(ServingIterationModel(model, policy), rows, capacity)
+    max_seqs = min(policy.max_num_seqs, config.max_batch_size or policy.max_num_seqs)
+    return time_table(model, policy, max_seqs, capacity)
 
 
 def simulate(
@@ -522,10 +501,3 @@ def simulate(
         config, model, trace.name, arrival, rep, bd, plan.kv_capacity_tokens, trace.output_len, arrival_s,
         concurrency, trace.prompt_len, None if pool is None else (pool, schedule), (ttft_slo_ms, tpot_slo_ms),
     )  # fmt: skip
-
-
-def check_slos(ttft_slo_ms: float | None, tpot_slo_ms: float | None) -> None:
-    """UserInputError unless each SLO given is a positive finite number of ms."""
-    for name, value in (("--ttft-slo-ms", ttft_slo_ms), ("--tpot-slo-ms", tpot_slo_ms)):
-        if value is not None and not 0 < value < math.inf:
-            raise UserInputError(f"{name} must be a positive finite number of ms, got {value}")

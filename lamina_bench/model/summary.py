@@ -33,8 +33,11 @@ request meets any TPOT SLO, as in vLLM) / duration.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
+from lamina_bench.errors import UserInputError
 from lamina_bench.model.paged_replay import ServingReplay
 
 
@@ -185,3 +188,39 @@ def good_requests(
         tpot = (last - first) / np.maximum(tokens - 1, 1)
         ok &= (tokens <= 1) | (tpot * 1e3 <= tpot_slo_ms)
     return int(ok.sum())
+
+
+def check_slos(ttft_slo_ms: float | None, tpot_slo_ms: float | None) -> None:
+    """UserInputError unless each SLO given is a positive finite number of ms."""
+    for name, value in (("--ttft-slo-ms", ttft_slo_ms), ("--tpot-slo-ms", tpot_slo_ms)):
+        if value is not None and not 0 < value < math.inf:
+            raise UserInputError(f"{name} must be a positive finite number of ms, got {value}")
+
+
+def serving_metrics(
+    rep, end_s, output_len, prompt_len, arrival_s, paged: bool, pool=None, slo_ms=(None, None)
+):
+    """Latencies (`latency_fields()`), the whole-run rates and the goodput at `slo_ms` = (TTFT, TPOT) of a
+    replay (module doc); `pool`: the prefill pool's `PrefillSchedule` when prompts were prefilled there;
+    `paged` False (reserve-all): decode only."""
+    first_s, scheduled_s = (None, None) if pool is None else (pool.token_s, pool.start_s)
+    out = latency_stats(rep, output_len, arrival_s, end_s, first_s, scheduled_s, decode_only=not paged)
+    makespan, tokens = rep.end_s, int(rep.generated.sum())
+    served = rep.finish_iteration >= 0
+    prompt = int(np.asarray(prompt_len)[served].sum()) if prompt_len is not None else 0
+    good = None
+    if paged and any(v is not None for v in slo_ms):
+        good = good_requests(rep, output_len, arrival_s, end_s, first_s, *slo_ms)
+
+    def rate(x):
+        return None if x is None or makespan <= 0 else x / makespan
+
+    return {
+        **out,
+        "request_throughput": rate(int(served.sum())),
+        "output_throughput": rate(tokens),
+        "total_token_throughput": rate(tokens + prompt),
+        "request_goodput": rate(good),
+        "ttft_slo_ms": slo_ms[0],
+        "tpot_slo_ms": slo_ms[1],
+    }

@@ -25,7 +25,7 @@ def _config(system: str, pool: str | None) -> SystemConfig:
     return SystemConfig("homogeneous", spec, parse_mix("4xH100"), scheduler=sched)
 
 
-@pytest.mark.xfail(reason="the replay's Python event loop takes about 2 s for the full trace", strict=False)
+@pytest.mark.xfail(reason="the replay's Python event loop: 0.4-1.0 s of CPU for the full trace", strict=False)
 @pytest.mark.parametrize("pool", [None, "2xH100"])
 @pytest.mark.parametrize("system", ["homogeneous", "lamina"])
 def test_bench_full_azure_conv_with_prefill_and_timestamps(benchmark, system, pool):
