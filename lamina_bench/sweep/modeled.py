@@ -24,7 +24,7 @@ degree — is skipped and counted):
     ttft_slo_ms = 2000                            # vllm: SLOs of request_goodput (0 = none)
     tpot_slo_ms = 100
     capacity = true                               # vllm: also the capacity at the SLOs (model/capacity.py;
-                                                  # over `requests`, or 1000 when the block takes them all)
+                                                  # over `requests`, or the first 1000 when 0)
 
 Every device of every mix must have a price in the block's price set (an explicit ask for an unpriced
 device is an error naming the devices the set prices).
