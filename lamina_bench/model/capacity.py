@@ -28,6 +28,7 @@ from lamina_bench.catalog.workloads import Trace, check_request_count
 from lamina_bench.errors import UserInputError
 from lamina_bench.model.cost import mixes_cost_usd_per_hour
 from lamina_bench.model.iteration import IterationModel, iteration_model
+from lamina_bench.model.prefill_pool import prefill_pool
 from lamina_bench.model.scheduler import Scheduler
 from lamina_bench.model.simulator import SimulationResult, check_slos, simulate
 from lamina_bench.model.system import SystemConfig
@@ -112,6 +113,8 @@ def capacity(
         check_request_count(requests, trace)
         trace = trace.head(requests)
     model = model or iteration_model(config)
+    if prefill_model is None and config.scheduler.prefill_pool is not None:  # built once for every probe
+        prefill_model = prefill_pool(config, model).serving.base
     probes: dict[float, tuple[Probe, SimulationResult]] = {}
 
     def probe(rate: float) -> bool:
