@@ -187,7 +187,9 @@ def test_vllm_invariants_on_a_real_trace_shape():
             assert r.requests == 300 and r.generated_tokens == int(trace.output_len.sum())
             assert r.kv_peak_tokens <= r.kv_capacity_tokens and r.max_batch_size <= VLLM.max_num_seqs
             assert r.prefill_tokens >= int(trace.prompt_len.sum())  # recomputes add to the prompts
-            assert r.median_ttft_ms <= r.p99_ttft_ms and r.mean_tpot_ms > 0 and r.mean_e2el_ms > r.mean_ttft_ms
+            assert (
+                r.median_ttft_ms <= r.p99_ttft_ms and r.mean_tpot_ms > 0 and r.mean_e2el_ms > r.mean_ttft_ms
+            )
             assert r.scheduler.startswith("vllm")
 
 
