@@ -61,10 +61,7 @@ class ServingTimeTable:
         self.kinked_list: dict[int, list[bool]] = {}
         self.prefill_attention = prefill_attention_scalar(b.compute, b.model, b.dtype, b.tp)
         self.exact_only = any(dm.ops is not None and dm.profile is None for dm in (b.compute, b.attention))
-        self.cpu_s, self.cpu_per_request_s = (
-            serving.policy.cpu_overhead_s,
-            serving.policy.cpu_overhead_per_request_s,
-        )
+        self.cpu_per_request_s = serving.policy.cpu_overhead_per_request_s  # the fixed part is in the rows
         if self.lamina:
             lat_c, bw_c, _ = b.compute.nic()
             lat_a, bw_a, _ = b.attention.nic()
