@@ -21,6 +21,7 @@ COMMANDS = (
     modeled.add_models,
     modeled.add_hardware,
     modeled.add_simulate,
+    modeled.add_capacity,
     modeled.add_search,
     local.add_run,
     local.add_profile,

@@ -1,4 +1,4 @@
-"""Commands on the catalogs and the performance model: models, hardware, simulate, search."""
+"""Commands on the catalogs and the performance model: models, hardware, simulate, capacity, search."""
 
 from __future__ import annotations
 
@@ -13,9 +13,11 @@ from lamina_bench.catalog.prices import DEFAULT_PRICE_SET, PAPER_PRICE_SET, get_
 from lamina_bench.catalog.workloads import load_trace, synthetic_trace
 from lamina_bench.cli.common import add_catalog_arguments, catalog_of, given
 from lamina_bench.errors import UserInputError
+from lamina_bench.model.capacity import DEFAULT_CAPACITY_REQUESTS, DEFAULT_REL_TOL, capacity
 from lamina_bench.model.cost import require_prices
 from lamina_bench.model.iteration import iteration_model
 from lamina_bench.model.paper import paper_comparisons
+from lamina_bench.model.prefill_pool import prefill_pool
 from lamina_bench.model.scheduler import PREFILL_MODES, SCHEDULERS, Scheduler, scheduler_named
 from lamina_bench.model.search import search
 from lamina_bench.model.simulator import simulate
@@ -125,6 +127,7 @@ def add_simulate(sub) -> None:
     )
     p.add_argument("--block-size", type=int, help=f"vllm: tokens per KV block (default {d.block_size})")
     p.add_argument("--prefill", help=f"vllm: {' | '.join(PREFILL_MODES)} (default {d.prefill})")
+    _add_serving_arguments(p)
     p.add_argument("--pipeline-batches", type=int, help="Lamina: 1 none, 2 ping-pong (default), >2 rotate")
     p.add_argument("--max-batch", type=int, help="cap on running requests")
     p.add_argument("--dtype", help="fp16 (default) | bf16")
@@ -138,6 +141,17 @@ def add_simulate(sub) -> None:
 _SINGLE_RUN_OPTIONS = ("model", "system", "compute", "attention", "trace", "arrival", "rate", "seed")
 _SINGLE_RUN_OPTIONS += ("pipeline_batches", "max_batch", "concurrency", "input_len", "output_len")
 _SINGLE_RUN_OPTIONS += ("experts", "routing_skew")
+_SINGLE_RUN_OPTIONS += ("prefill_pool", "ttft_slo_ms", "tpot_slo_ms")  # --paper is decode only
+
+
+def _add_serving_arguments(p) -> None:
+    """The prefill pool and the SLOs (simulate and capacity)."""
+    p.add_argument(
+        "--prefill-pool",
+        help="vllm: prefill on its own NxDEVICE pool, KV sent to the decode side (model/prefill_pool.py)",
+    )
+    p.add_argument("--ttft-slo-ms", type=float, help="time-to-first-token SLO, ms (goodput; capacity: p99)")
+    p.add_argument("--tpot-slo-ms", type=float, help="time-per-output-token SLO, ms (goodput; capacity: p99)")
 
 
 def _run_simulate(args) -> int:
@@ -146,7 +160,6 @@ def _run_simulate(args) -> int:
         raise UserInputError(
             f"--profile-dir {args.profile_dir} is not a folder (it holds <device>-<backend>.json)"
         )
-    scheduler = _scheduler(args)
     if args.paper:
         if args.dtype not in (None, "fp16"):
             raise UserInputError("--paper reproduces the paper's fp16 setting; drop --dtype")
@@ -157,7 +170,7 @@ def _run_simulate(args) -> int:
                 "(with --paper only --requests, --devices-file, --profile-dir, --json and the --scheduler options apply)"
             )
         rows = paper_comparisons(
-            requests=args.requests, catalog=catalog, profile_dir=args.profile_dir, scheduler=scheduler
+            requests=args.requests, catalog=catalog, profile_dir=args.profile_dir, scheduler=_scheduler(args)
         )
         if args.json:
             print(
@@ -176,34 +189,46 @@ def _run_simulate(args) -> int:
         else:
             print(comparisons_markdown(rows))
         return 0
+    config, model, prefill_model = _configured(args, catalog, "simulate")
+    trace = _workload(args)
+    if (args.rate is not None or args.seed is not None) and args.arrival != "poisson":
+        raise UserInputError("--rate and --seed apply to --arrival poisson only")
+    result = simulate(
+        config,
+        trace,
+        model=model,
+        prefill_model=prefill_model,
+        **given(args, arrival="arrival", rate_per_s="rate", seed="seed", requests="requests",
+                concurrency="concurrency", ttft_slo_ms="ttft_slo_ms", tpot_slo_ms="tpot_slo_ms"),
+    )  # fmt: skip
+    print(result.to_json() if args.json else result_table(result))
+    return 0
+
+
+def _configured(args, catalog, command: str):
+    """(SystemConfig, its iteration model, the prefill pool's model or None) of the options; every check
+    (fit, prices, the pool) before anything runs."""
     _expert_pool(args)
     missing = [o for o in ("model", "system", "compute") if getattr(args, o) is None]
     if missing:
-        raise UserInputError(f"simulate needs --{', --'.join(missing)} (or --paper)")
-    trace = _workload(args)
+        raise UserInputError(
+            f"{command} needs --{', --'.join(missing)}" + (" (or --paper)" if command == "simulate" else "")
+        )
     config = SystemConfig(
         args.system,
         get_model(args.model),
         parse_mix(args.compute, catalog),
         parse_mix(args.attention, catalog) if args.attention else None,
-        scheduler=scheduler,
+        scheduler=_scheduler(args, catalog),
         **given(args, dtype="dtype", pipeline_batches="pipeline_batches", max_batch_size="max_batch",
                 routing_skew="routing_skew"),
     )  # fmt: skip
     memory_plan(config)  # a mix the weights do not fit: one-line error before anything else
-    require_prices(args.prices or DEFAULT_PRICE_SET, config.compute, config.attention)
-    if (args.rate is not None or args.seed is not None) and args.arrival != "poisson":
-        raise UserInputError("--rate and --seed apply to --arrival poisson only")
+    pool = config.scheduler.prefill_pool
+    require_prices(args.prices or DEFAULT_PRICE_SET, config.compute, config.attention, pool)
     model = iteration_model(config, profile_dir=args.profile_dir)
-    result = simulate(
-        config,
-        trace,
-        model=model,
-        **given(args, arrival="arrival", rate_per_s="rate", seed="seed", requests="requests",
-                concurrency="concurrency"),
-    )  # fmt: skip
-    print(result.to_json() if args.json else result_table(result))
-    return 0
+    pool_model = prefill_pool(config, model, profile_dir=args.profile_dir)  # checks that its weights fit
+    return config, model, None if pool_model is None else pool_model.serving.base
 
 
 def _expert_pool(args) -> None:
@@ -226,9 +251,13 @@ _VLLM_KNOBS = {
 }
 
 
-def _scheduler(args):
-    """The scheduler of --scheduler with the vLLM knobs given (an error for reserve-all)."""
-    return scheduler_named(args.scheduler or "reserve-all", **given(args, **_VLLM_KNOBS))
+def _scheduler(args, catalog=None):
+    """The scheduler of --scheduler with the vLLM knobs and the prefill pool given (an error for
+    reserve-all)."""
+    knobs = given(args, **_VLLM_KNOBS)
+    if getattr(args, "prefill_pool", None) is not None:
+        knobs["prefill_pool"] = parse_mix(args.prefill_pool, catalog)
+    return scheduler_named(args.scheduler or "reserve-all", **knobs)
 
 
 def _workload(args):
@@ -246,6 +275,91 @@ def _workload(args):
     return synthetic_trace(args.requests, args.input_len, args.output_len)
 
 
+def add_capacity(sub) -> None:
+    p = sub.add_parser(
+        "capacity",
+        help="highest Poisson request rate whose p99 TTFT and p99 TPOT meet an SLO, and USD per M tokens there",
+        description="Bracketing and bisection over the Poisson rate with a fixed seed (model/capacity.py); "
+        "scheduler vllm, prefill colocated or on --prefill-pool. Modeled.",
+    )
+    p.add_argument("--model", help="model slug, e.g. llama3-70b")
+    p.add_argument("--system", help="homogeneous | lamina")
+    p.add_argument("--compute", help="compute mix NxDEVICE")
+    p.add_argument("--attention", help="Lamina attention mix NxDEVICE")
+    p.add_argument("--trace", required=True, help="request lengths: azure-conv | azure-code | kimi-conv")
+    p.add_argument(
+        "--requests", type=int, help=f"first N requests of the trace (default {DEFAULT_CAPACITY_REQUESTS})"
+    )
+    p.add_argument("--seed", type=int, help="seed of the Poisson arrivals (default 0)")
+    p.add_argument(
+        "--tolerance", type=float, help=f"relative width the search stops at (default {DEFAULT_REL_TOL:g})"
+    )
+    _add_serving_arguments(p)
+    d = Scheduler("vllm")
+    p.add_argument("--max-num-seqs", type=int, help=f"most running requests (default {d.max_num_seqs})")
+    p.add_argument(
+        "--max-num-batched-tokens",
+        type=int,
+        help=f"most tokens per iteration (default {d.max_num_batched_tokens})",
+    )
+    p.add_argument(
+        "--gpu-memory-utilization",
+        type=float,
+        help=f"share of memory for weights + KV (default {d.gpu_memory_utilization:g})",
+    )
+    p.add_argument("--block-size", type=int, help=f"tokens per KV block (default {d.block_size})")
+    p.add_argument("--prefill", help=f"colocated prefill: {' | '.join(PREFILL_MODES)} (default {d.prefill})")
+    p.add_argument("--pipeline-batches", type=int, help="Lamina: 1 none, 2 ping-pong (default), >2 rotate")
+    p.add_argument("--max-batch", type=int, help="cap on running requests")
+    p.add_argument("--dtype", help="fp16 (default) | bf16")
+    add_catalog_arguments(p)
+    p.add_argument("--profile-dir", help="folder of <device>-<backend>.json profiles (results/profiles)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_run_capacity, scheduler="vllm", experts=None, routing_skew=None)  # no MoE: vllm only
+
+
+def _run_capacity(args) -> int:
+    catalog = catalog_of(args)
+    if args.profile_dir is not None and (args.profile_dir == "" or not Path(args.profile_dir).is_dir()):
+        raise UserInputError(
+            f"--profile-dir {args.profile_dir} is not a folder (it holds <device>-<backend>.json)"
+        )
+    config, model, prefill_model = _configured(args, catalog, "capacity")
+    result = capacity(
+        config, load_trace(args.trace), args.ttft_slo_ms, args.tpot_slo_ms, model=model, prefill_model=prefill_model,
+        **given(args, requests="requests", seed="seed", rel_tol="tolerance"),
+    )  # fmt: skip
+    print(json.dumps(result.to_dict()) if args.json else _capacity_text(result))
+    return 0
+
+
+def _capacity_text(r) -> str:
+    """The capacity, its cost, the replay at that rate and every probe of the search."""
+
+    def num(v, fmt=",.4g"):
+        return "n/a" if v is None else format(v, fmt)
+
+    head = f"capacity of {r.config}, {r.model} on {r.trace} (first {r.requests} requests, Poisson, seed {r.seed}), "
+    head += f"SLO p99 TTFT <= {r.ttft_slo_ms:g} ms and p99 TPOT <= {r.tpot_slo_ms:g} ms ({r.source})"
+    if r.rate_per_s is None:
+        return (
+            head
+            + "\n\nno rate tried meets the SLO (lowest tried: "
+            + num(min(p.rate_per_s for p in r.probes))
+            + " req/s)"
+        )
+    bound = "" if r.bounded else " (every rate tried met the SLO: at least this)"
+    a = r.at_capacity
+    lines = [head, "",
+             f"capacity_req_per_s     {num(r.rate_per_s)}{bound} (within {r.rel_tol:.0%} of the first rate that misses)",
+             f"capacity_usd_per_mtok  {num(r.usd_per_mtok)} (at {num(r.cost_usd_per_hour)} USD/h)",
+             f"p99 TTFT / TPOT ms     {num(a.p99_ttft_ms)} / {num(a.p99_tpot_ms)}",
+             f"output_throughput      {num(a.output_throughput)} tok/s", "", "probes (rate req/s, p99 TTFT ms, p99 TPOT ms, meets):"]  # fmt: skip
+    lines += [f"  {num(p.rate_per_s)}  {num(p.p99_ttft_ms)}  {num(p.p99_tpot_ms)}  {'yes' if p.feasible else 'no'}"
+              for p in sorted(r.probes, key=lambda p: p.rate_per_s)]  # fmt: skip
+    return "\n".join(lines)
+
+
 def add_search(sub) -> None:
     p = sub.add_parser(
         "search",
@@ -258,6 +372,13 @@ def add_search(sub) -> None:
     p.add_argument("--devices", help="comma-separated catalog devices (default: all with specs and a price)")
     p.add_argument("--requests", type=int, help="replay the first N requests of the trace")
     p.add_argument("--top", type=int, default=15, help="rows of the ranked table to print")
+    p.add_argument(
+        "--rank-by",
+        help="tokens_per_usd (default) | capacity: USD per M output tokens at the capacity under "
+        "--ttft-slo-ms and --tpot-slo-ms (vllm scheduler; model/capacity.py)",
+    )
+    p.add_argument("--ttft-slo-ms", type=float, help="--rank-by capacity: p99 TTFT SLO, ms")
+    p.add_argument("--tpot-slo-ms", type=float, help="--rank-by capacity: p99 TPOT SLO, ms")
     add_catalog_arguments(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_run_search)
@@ -272,8 +393,9 @@ def _run_search(args) -> int:
         if not devices:
             raise UserInputError(f"--devices names no device, got {args.devices!r}; e.g. --devices H100,H20")
     limits = given(
-        args, tbt_slo_ms="tbt_slo_ms", budget_usd_per_hour="budget_usd_per_hour", requests="requests"
-    )
+        args, tbt_slo_ms="tbt_slo_ms", budget_usd_per_hour="budget_usd_per_hour", requests="requests",
+        rank_by="rank_by", ttft_slo_ms="ttft_slo_ms", tpot_slo_ms="tpot_slo_ms",
+    )  # fmt: skip
     result = search(
         get_model(args.model),
         load_trace(args.trace),

@@ -14,6 +14,10 @@ then the waiting queue, within a token budget of max_num_batched_tokens):
      only when the blocks of its whole prompt are free and takes them at once (vLLM V0 allocates the whole
      prompt; SGLang admits a request only if its whole input fits), so a prompt computed over several
      prefill iterations never runs out of blocks midway (it would preempt itself forever).
+  prefilled elsewhere (`prefilled`, a prefill pool, model/prefill_pool.py): a request arrives with its
+     prompt's KV and first token; it is admitted (FIFO, within max_num_seqs) when the blocks of its prompt
+     are free, computes no prefill token and takes no budget, and decodes from the next iteration. The
+     prefill mode must be chunked: only a preempted request's recompute runs here.
   A prefill that completes samples the request's next token: its first, or, after a preemption, the one
   after those it had (the recompute prefills prompt + generated tokens). A request is done when it has
   all its output tokens; one whose prompt + output exceeds the whole KV capacity can never run and is
@@ -40,7 +44,9 @@ import numpy as np
 
 from lamina_bench.model.scheduler import Scheduler
 
-# time_fn(batch, sum_context, prefill_tokens, prefill_pairs, prefill_seqs, first_tokens) -> seconds
+# time_fn(batch, sum_context, prefill_tokens, prefill_pairs, prefill_seqs, first_tokens) -> seconds; a
+# time_fn with a `decode_run(batch, sum_context, steps, t, stop)` method gives a run's times itself, cut
+# after the first iteration that ends at or after `stop` (model/serving_time.py)
 ServingTimeFn = Callable[..., np.ndarray]
 _FIELDS = ("steps", "batch", "sum_context", "prefill_tokens", "prefill_pairs", "prefill_seqs", "first", "kv")
 
@@ -88,10 +94,12 @@ def paged_replay(
     max_batch_size: int | None = None,
     follow_arrivals: bool = False,
     concurrency: int | None = None,
+    prefilled: bool = False,
 ) -> ServingReplay:
     """Replay under `policy` (module doc). `follow_arrivals`: admit a request once it has arrived (times
     are then computed as the replay goes); `concurrency`: closed loop of that many clients, each sending
-    its next request when the previous one finished (arrival times are ignored)."""
+    its next request when the previous one finished (arrival times are ignored); `prefilled`: requests arrive
+    prefilled (module doc)."""
     prompt = np.asarray(prompt_len, dtype=np.int64)
     output = np.asarray(output_len, dtype=np.int64)
     bs = policy.block_size
@@ -99,7 +107,7 @@ def paged_replay(
     runnable = np.flatnonzero(prompt + output <= capacity_blocks * bs)
     state = _Paged(
         prompt[runnable].tolist(), output[runnable].tolist(), np.asarray(arrival_s, dtype=float)[runnable].tolist(),
-        capacity_blocks, policy, max_batch_size, time_fn if follow_arrivals else None, concurrency,
+        capacity_blocks, policy, max_batch_size, time_fn if follow_arrivals else None, concurrency, prefilled,
     )  # fmt: skip
     state.run()
     return _assemble(state, runnable, len(prompt), time_fn)
@@ -108,7 +116,7 @@ def paged_replay(
 class _Paged:
     """State of one replay (module doc). Requests are indexed 0..m-1 in trace order."""
 
-    def __init__(self, p, o, a, capacity_blocks, policy, max_batch, time_fn, concurrency):
+    def __init__(self, p, o, a, capacity_blocks, policy, max_batch, time_fn, concurrency, prefilled=False):
         self.p, self.o, self.a, self.m = p, o, a, len(p)
         self.bs, self.cap = policy.block_size, capacity_blocks
         self.budget = policy.max_num_batched_tokens
@@ -123,6 +131,7 @@ class _Paged:
         self.fin_clock = [-1] * m  # decode clock of the last decode; -1 = not decoding
         self.admit, self.first, self.finish = [-1] * m, [-1] * m, [-1] * m
         self.preempted = [0] * m
+        self.remote = [prefilled] * m  # arrives with its prompt's KV and first token (prefill pool)
         self.release = [-1] * m
         self.running: dict[int, None] = {}  # admission order; popitem() gives the most recent
         self.waiting: deque[int] = deque()
@@ -205,6 +214,8 @@ class _Paged:
     def _admit_blocks(self, r: int, budget: int) -> int:
         """Blocks request `r` takes when admitted: its first chunk's (chunked) or its whole prompt's."""
         total = self.p[r] + self.g[r]
+        if self.remote[r]:
+            return -(-self.p[r] // self.bs)
         return -(-(min(total, budget) if self.chunked else total) // self.bs)
 
     def _head_admissible(self, budget: int) -> bool:
@@ -276,13 +287,14 @@ class _Paged:
     def _admit(self, budget: int, work: list[int], completed: list[int]) -> None:
         """Admit from the queue head while the budget, max_num_seqs and the free blocks allow (hot: the
         checks of `_head_admissible` are inlined)."""
-        waiting, running, p, g, admit, done = (
+        waiting, running, p, g, admit, done, remote = (
             self.waiting,
             self.running,
             self.p,
             self.g,
             self.admit,
             self.done,
+            self.remote,
         )
         bs, chunked, cap, max_seqs, used, k = (
             self.bs,
@@ -295,6 +307,16 @@ class _Paged:
         tokens, pairs, seqs = work
         while waiting and budget > 0 and len(running) < max_seqs:
             r = waiting[0]
+            if remote[r]:  # its KV has arrived: its prompt's blocks, no budget, its first token sampled
+                blocks = -(-p[r] // bs)
+                if blocks > cap - used:
+                    break
+                waiting.popleft()
+                running[r] = None
+                used += blocks
+                admit[r], done[r], remote[r] = k, p[r], False
+                completed.append(r)
+                continue
             total = p[r] + g[r]
             c = total if total <= budget else budget
             blocks = -(-(c if chunked else total) // bs)
@@ -353,7 +375,14 @@ class _Paged:
         if steps <= 0:
             return False
         times = None
-        if self.time_fn is not None:
+        until = getattr(self.time_fn, "decode_run", None)
+        if until is not None:  # the time model cuts the run itself (model/serving_time.py)
+            stop = None
+            if self.follow and not self.waiting and self.next_req < self.m and self.a[self.next_req] > self.t:
+                stop = self.a[self.next_req]
+            times = until(b, self.S, steps, self.t, stop)
+            steps = len(times)
+        elif self.time_fn is not None:
             times = self.time_fn(b, self.S + b * np.arange(steps), 0, 0.0, 0, 0)
             times = np.broadcast_to(np.asarray(times, dtype=float), (steps,))
             if self.follow and not self.waiting and self.next_req < self.m and self.a[self.next_req] > self.t:
@@ -377,12 +406,11 @@ class _Paged:
     def _time(self, batch, context, tokens, pairs, seqs, first, times) -> None:
         """Times of the run just recorded, when following arrivals (the clock must advance)."""
         if times is None:
-            times = np.atleast_1d(self.time_fn(batch, context, tokens, float(pairs), seqs, first)).astype(
-                float
-            )
+            times = self.time_fn(batch, context, tokens, float(pairs), seqs, first)
+            times = [times] if isinstance(times, float) else np.atleast_1d(times).astype(float)
         self.t0.append(self.t)
         self.times.append(times)
-        self.t += float(times.sum())
+        self.t += float(sum(times)) if isinstance(times, list) else float(times.sum())
 
     # ---- the loop -------------------------------------------------------------------------------------
 

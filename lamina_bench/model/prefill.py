@@ -33,6 +33,7 @@ from lamina_bench.errors import UserInputError
 from lamina_bench.model.iteration import IterationBreakdown, IterationModel
 from lamina_bench.model.operators import DeviceModel
 from lamina_bench.model.ops.prefill import (
+    TILE_M,
     prefill_attention_bytes,
     prefill_attention_flops,
     prefill_attention_time_s,
@@ -65,6 +66,31 @@ def prefill_attention_layer_s(dm: DeviceModel, spec, dtype: str, tokens, pairs, 
         flops / (dev.bf16_flops_per_s * ATTENTION_FLOPS_EFFICIENCY),
     )
     return np.where(tokens > 0, t, 0.0)
+
+
+def prefill_attention_scalar(dm: DeviceModel, spec, dtype: str, tp: int):
+    """`prefill_attention_layer_s` for one iteration as a plain-float function of (tokens, pairs), the same
+    operations in the same order (the roofline path); None where the calibrated operator model applies."""
+    if dm.profile is None and dm.ops is not None:
+        return None
+    dev = dm.device
+    if dev is None or dev.bf16_flops_per_s is None or dev.mem_bandwidth_bytes_per_s is None:
+        return None
+    heads, kv_heads = spec.num_heads / tp, max(1.0, spec.num_kv_heads / tp)
+    per_byte, tile = DTYPE_BYTES[dtype] * spec.head_dim, TILE_M.value
+    bw, flops_s = (
+        dev.mem_bandwidth_bytes_per_s * ATTENTION_BW_EFFICIENCY,
+        dev.bf16_flops_per_s * ATTENTION_FLOPS_EFFICIENCY,
+    )
+    flops_per_pair = 4.0 * heads * spec.head_dim
+
+    def time_s(tokens: float, pairs: float) -> float:
+        if tokens <= 0:
+            return 0.0
+        nbytes = per_byte * (2.0 * heads * tokens + 2.0 * kv_heads * (tokens + pairs / tile))
+        return ATTENTION_LAYER_OVERHEAD_S + max(nbytes / bw, flops_per_pair * pairs / flops_s)
+
+    return time_s
 
 
 @dataclass(frozen=True)

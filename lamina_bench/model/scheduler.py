@@ -17,6 +17,12 @@ vllm         vLLM V1's scheduler (vllm/v1/core/sched/scheduler.py): KV in blocks
                separate  an iteration that has prefill work runs prefill only and the decodes wait (vLLM V0
                          without chunked prefill; SGLang's default scheduler, whose prefill batches are
                          capped by `chunked_prefill_size`).
+             or on a prefill pool of its own (`prefill_pool`, NxDEVICE; model/prefill_pool.py: Splitwise /
+             DistServe style, the Lamina paper's section 5): prompts are prefilled there and their KV sent
+             to the decode side, which admits a request when its KV has arrived and the blocks of its
+             prompt are free, and computes no prompt; only the recompute of a preempted request runs on
+             the decode devices, as a chunked prefill (as vLLM's decode instance of a disaggregated
+             deployment recomputes locally).
              Its KV budget is vLLM's (memory.vllm_pool_memory): memory x gpu_memory_utilization - weights
              - activation peak - non-torch memory. Each iteration also pays a CPU overhead (below).
 
@@ -29,6 +35,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lamina_bench.catalog.devices import DeviceMix
 from lamina_bench.errors import UserInputError
 
 SCHEDULERS = ("reserve-all", "vllm")
@@ -73,6 +80,7 @@ class Scheduler:
     prefill: str = "chunked"
     cpu_overhead_s: float = CPU_OVERHEAD_S
     cpu_overhead_per_request_s: float = CPU_OVERHEAD_PER_REQUEST_S
+    prefill_pool: DeviceMix | None = None  # prompts prefilled on their own devices (module doc)
 
     def __post_init__(self) -> None:
         if self.name not in SCHEDULERS:
@@ -94,6 +102,11 @@ class Scheduler:
             raise UserInputError(f"unknown prefill mode {self.prefill!r}; valid: {', '.join(PREFILL_MODES)}")
         if self.cpu_overhead_s < 0 or self.cpu_overhead_per_request_s < 0:
             raise UserInputError("CPU overheads must be >= 0 s")
+        if self.prefill_pool is not None and self.prefill != "chunked":
+            raise UserInputError(
+                "with a prefill pool the decode devices only recompute preempted requests, as chunked "
+                f"prefill; drop --prefill {self.prefill}"
+            )
 
     @property
     def paged(self) -> bool:
@@ -107,9 +120,12 @@ class Scheduler:
     def label(self) -> str:
         if not self.paged:
             return self.name
+        prefill = (
+            f"{self.prefill} prefill" if self.prefill_pool is None else f"prefill pool {self.prefill_pool}"
+        )
         return (
             f"vllm (block {self.block_size}, gpu util {self.gpu_memory_utilization:g}, max_num_seqs "
-            f"{self.max_num_seqs}, max_num_batched_tokens {self.max_num_batched_tokens}, {self.prefill} prefill)"
+            f"{self.max_num_seqs}, max_num_batched_tokens {self.max_num_batched_tokens}, {prefill})"
         )
 
 

@@ -10,7 +10,10 @@ Two stages keep it fast: every candidate is screened with a steady-state estimat
 / mean request reserve, capped so one iteration meets the SLO; throughput = batch / iteration time);
 the best `simulate_top` of each system are then replayed on the first `requests` requests of the
 trace in saturate mode, with the batch capped so the token-weighted p99 TBT meets the SLO, and ranked
-by saturated tokens per dollar (see simulate.SimulationResult).
+by saturated tokens per dollar (see simulate.SimulationResult). `rank_by="capacity"` ranks the replayed
+configurations instead by USD per million output tokens at their capacity under a TTFT and TPOT SLO
+(model/capacity.py, scheduler vllm with its default knobs), cheapest first; those that meet the SLO at no
+rate tried come last.
 """
 
 from __future__ import annotations
@@ -29,9 +32,10 @@ from lamina_bench.catalog.moe import is_moe
 from lamina_bench.catalog.prices import DEFAULT_PRICE_SET
 from lamina_bench.catalog.workloads import Trace, check_request_count
 from lamina_bench.errors import UserInputError
+from lamina_bench.model.capacity import CapacityResult, rank_by_capacity
 from lamina_bench.model.cost import TP_COUNTS, require_prices
 from lamina_bench.model.iteration import IterationModel, iteration_model
-from lamina_bench.model.simulator import SimulationResult, simulate
+from lamina_bench.model.simulator import SimulationResult, check_slos, simulate
 from lamina_bench.model.system import SystemConfig, memory_plan
 from lamina_bench.model.verdict import Verdict, frontier, verdicts
 from lamina_bench.results.row import CONFIG_FIELDS, PointRow, point_id
@@ -42,6 +46,7 @@ AFD_PIPELINE_DEPTHS = (2, 3)  # ping-pong and one more micro-batch in flight (Me
 SEARCH_SYSTEMS = ("homogeneous", "lamina", "afd")
 DEFAULT_SEARCH_REQUESTS = 4000
 DEFAULT_SIMULATE_TOP = 12
+RANKINGS = ("tokens_per_usd", "capacity")
 SLO_RETRIES = 4  # batch-cap reductions (10% each) when the replayed p99 still misses the SLO
 _NEEDED = ("bf16_flops_per_s", "mem_bandwidth_bytes_per_s", "usd_per_hour")
 
@@ -53,6 +58,7 @@ class Candidate:
     config: SystemConfig
     estimate_tokens_per_usd: float
     result: SimulationResult | None = None
+    capacity: CapacityResult | None = None  # with rank_by="capacity"
 
     @property
     def tokens_per_usd(self) -> float | None:
@@ -72,6 +78,7 @@ class Candidate:
             "tokens_per_usd": self.tokens_per_usd,
             "estimate_tokens_per_usd": self.estimate_tokens_per_usd,
             "result": None if r is None else r.to_dict(),
+            **({} if self.capacity is None else {"capacity": self.capacity.to_dict()}),
         }
 
 
@@ -102,6 +109,7 @@ class SearchResult:
     best_homogeneous: Candidate | None
     best_lamina: Candidate | None
     best_afd: Candidate | None = None  # mixture-of-experts models only
+    rank_by: str = "tokens_per_usd"  # or "capacity" (module doc)
 
     def rows(self) -> list[PointRow]:
         return [candidate_row(c, self.requests_used, self.price_set) for c in self.ranked]
@@ -299,9 +307,17 @@ def search(
     simulate_top: int = DEFAULT_SIMULATE_TOP,
     catalog: Mapping[str, DeviceSpec] | None = None,
     price_set: str = DEFAULT_PRICE_SET,
+    rank_by: str = "tokens_per_usd",
+    ttft_slo_ms: float | None = None,
+    tpot_slo_ms: float | None = None,
 ) -> SearchResult:
     """Best tokens per dollar for `model` on `trace` (module doc). Devices default to every catalog
     device with a bf16 peak, a memory bandwidth and a price in `price_set` (which priced `catalog`)."""
+    if rank_by not in RANKINGS:
+        raise UserInputError(f"unknown ranking {rank_by!r}; valid: {', '.join(RANKINGS)}")
+    if rank_by == "capacity" and (ttft_slo_ms is None or tpot_slo_ms is None):
+        raise UserInputError("ranking by capacity needs --ttft-slo-ms and --tpot-slo-ms")
+    check_slos(ttft_slo_ms, tpot_slo_ms)
     if tbt_slo_ms is not None and not 0 < tbt_slo_ms < math.inf:
         raise UserInputError(f"TBT SLO must be a positive finite number of ms, got {tbt_slo_ms}")
     if budget_usd_per_hour is not None and not 0 < budget_usd_per_hour < math.inf:
@@ -315,6 +331,8 @@ def search(
     dropped: list[str] = []
     scored = _screen(_candidate_configs(model, specs), subset, tbt_slo_ms, budget_usd_per_hour, dropped)
     ranked = _replay_best(scored, subset, tbt_slo_ms, simulate_top, dropped)
+    if rank_by == "capacity":
+        ranked = rank_by_capacity(ranked, subset, ttft_slo_ms, tpot_slo_ms)
     best_h = next((c for c in ranked if c.config.system == "homogeneous"), None)
     best_l = next((c for c in ranked if c.config.system == "lamina"), None)
     best_a = next((c for c in ranked if c.config.system == "afd"), None)
@@ -332,6 +350,7 @@ def search(
         best_h,
         best_l,
         best_a,
+        rank_by,
     )
 
 

@@ -5,7 +5,11 @@ The scheduler is the system's (`SystemConfig.scheduler`, model/scheduler.py):
       is excluded; each generated token costs one decode iteration whose attention reads the request's
       current context (prompt + tokens generated so far). Replay: `model/replay.py`.
   vllm: vLLM V1's paged scheduler with prefill, preemption by recompute and CPU overhead
-      (`model/paged_replay.py`, iteration time with prefill `model/prefill.py`).
+      (`model/paged_replay.py`, iteration time with prefill `model/prefill.py`); prefill colocated
+      (chunked or separate iterations) or on a prefill pool of its own (`model/prefill_pool.py`: FIFO on
+      its devices, KV streamed layer by layer to the KV side over the link, counted in the link's bytes
+      and rates; the pool's devices count in the cost). Replays that follow arrivals time iterations
+      with the tabulated model (`model/serving_time.py`).
 Decode iteration time: `model/iteration.py`.
 
 Arrival modes: saturate (every request queued at t = 0), trace (the trace's timestamps), poisson (at a
@@ -13,6 +17,8 @@ rate, seeded), concurrency (a closed loop of N clients, each sending its next re
 soon as its previous one finished; the trace's timestamps are ignored, its lengths kept). Throughput has
 one definition per mode (model/summary.py): saturate the saturated phase, concurrency the closed-loop
 phase, trace and poisson the whole trace; `throughput_basis` names it in `to_dict()` and in the rows.
+Per-request latencies, queueing delay, request / output / total token throughput and goodput at a TTFT and
+TPOT SLO carry vLLM's benchmark names (model/summary.py); reserve-all leaves TTFT, E2EL and goodput empty.
 """
 
 from __future__ import annotations
@@ -37,14 +43,18 @@ from lamina_bench.model.iteration import IterationBreakdown, IterationModel, ite
 from lamina_bench.model.moe_iteration import moe_flops_per_token, moe_link_bytes_per_token
 from lamina_bench.model.paged_replay import ServingReplay, paged_replay
 from lamina_bench.model.prefill import ServingIterationModel
+from lamina_bench.model.prefill_pool import PrefillPool, PrefillSchedule, prefill_pool, streamed_kv
 from lamina_bench.model.replay import Replay, replay
 from lamina_bench.model.roofline import attention_layer_bytes
+from lamina_bench.model.serving_time import ServingTimeTable, time_table
 from lamina_bench.model.summary import (
+    check_slos,
     closed_loop_arrivals,
-    latency_stats,
+    latency_fields,
     phase_end,
     phase_rates,
     release_by_finish_order,
+    serving_metrics,
     weighted_percentiles,
 )
 from lamina_bench.model.system import SystemConfig, memory_plan
@@ -113,16 +123,38 @@ class SimulationResult:
     throughput_basis: str = "whole trace"  # what the headline throughput covers (model/summary.py)
     preemptions: int = 0  # preemptions by recompute (vllm)
     prefill_tokens: int = 0  # prompt and recompute tokens computed (vllm; reserve-all excludes prefill)
-    # per-request latencies over the served requests, ms (model/summary.py); reserve-all: prefill excluded
-    ttft_mean_ms: float | None = None
-    ttft_p50_ms: float | None = None
-    ttft_p99_ms: float | None = None
-    tpot_mean_ms: float | None = None
-    tpot_p50_ms: float | None = None
-    tpot_p99_ms: float | None = None
-    e2el_mean_ms: float | None = None
-    e2el_p50_ms: float | None = None
-    e2el_p99_ms: float | None = None
+    # per-request latencies over the served requests, vLLM's names, ms (model/summary.py); reserve-all:
+    # decode only, so TTFT and E2EL are None and TPOT, ITL and the queueing delay exclude prefill
+    mean_ttft_ms: float | None = None
+    median_ttft_ms: float | None = None
+    p90_ttft_ms: float | None = None
+    p99_ttft_ms: float | None = None
+    mean_tpot_ms: float | None = None
+    median_tpot_ms: float | None = None
+    p90_tpot_ms: float | None = None
+    p99_tpot_ms: float | None = None
+    mean_itl_ms: float | None = None
+    median_itl_ms: float | None = None
+    p90_itl_ms: float | None = None
+    p99_itl_ms: float | None = None
+    mean_e2el_ms: float | None = None
+    median_e2el_ms: float | None = None
+    p90_e2el_ms: float | None = None
+    p99_e2el_ms: float | None = None
+    mean_queueing_delay_ms: float | None = None
+    median_queueing_delay_ms: float | None = None
+    p99_queueing_delay_ms: float | None = None
+    # whole-run rates (vLLM's benchmark duration = makespan), model/summary.py
+    request_throughput: float | None = None  # served requests / s
+    output_throughput: float | None = None  # generated tokens / s
+    total_token_throughput: float | None = None  # (prompt + generated tokens) / s
+    request_goodput: float | None = None  # requests / s meeting the SLOs below (None without an SLO)
+    ttft_slo_ms: float | None = None
+    tpot_slo_ms: float | None = None
+    # prefill pool (model/prefill_pool.py): its mix (part of cost_usd_per_hour), busy share, KV it sent
+    prefill_pool: str | None = None
+    prefill_pool_busy_fraction: float | None = None
+    prefill_kv_bytes: float = 0.0  # KV moved from where prompts were prefilled to the KV side, bytes
 
     def to_dict(self) -> dict:
         """Every field, with the headline figures (throughput, mean batch, tokens per USD, USD per Mtok) on
@@ -145,7 +177,8 @@ class SimulationResult:
         Saturate and concurrency modes report their steady phase (`throughput_basis`, model/summary.py),
         not the drain after it, and keep the whole-trace figures beside it.
         """
-        values = {k: getattr(self, k) for k in _ROW_METRICS}
+        serving = _SERVING_METRICS if self.scheduler.startswith("vllm") else ()
+        values = {k: getattr(self, k) for k in (*_ROW_METRICS, *serving)}
         notes: dict[str, Any] = {"throughput_basis": self.throughput_basis}
         if self.saturated_throughput_tok_per_s is not None:
             whole = {k: values[k] for k in _SATURATED_METRICS}
@@ -212,6 +245,15 @@ _ROW_METRICS = (
     "net_bytes_per_token",
     "net_peak_gbps",
 )
+# Per-request serving metrics (model/summary.py), stored in rows of the vllm scheduler only: reserve-all is
+# decode only (no TTFT; its TPOT and queueing delay exclude prefill), so its rows stay as they were.
+_SERVING_METRICS = (
+    *latency_fields(),
+    "request_throughput",
+    "output_throughput",
+    "total_token_throughput",
+    "request_goodput",
+)
 _SATURATED_METRICS = ("throughput_tok_per_s", "mean_batch_size", "tokens_per_usd", "usd_per_mtok")
 
 
@@ -234,8 +276,13 @@ def summarize(
     output_len: np.ndarray,
     arrival_s: np.ndarray,
     concurrency: int | None = None,
+    prompt_len: np.ndarray | None = None,
+    pool: tuple[PrefillPool, PrefillSchedule] | None = None,
+    slo_ms: tuple[float | None, float | None] = (None, None),
 ) -> SimulationResult:
-    """Metrics of a replay and its per-iteration breakdown `bd` (see SimulationResult, model/summary.py)."""
+    """Metrics of a replay and its per-iteration breakdown `bd` (see SimulationResult, model/summary.py);
+    `pool`: the prefill pool and when it prefilled each request; `slo_ms`: (TTFT, TPOT) SLOs of the
+    goodput."""
     spec = config.model
     decode_tokens = int(rep.batch.sum())
     prefill_tokens = int(rep.prefill_tokens.sum())
@@ -254,8 +301,13 @@ def summarize(
         net_per_token = moe_link_bytes_per_token(spec, config.system, config.dtype)
     kv_per_token = float(kv_bytes_per_token(spec, config.dtype)) if lamina else 0.0  # prefill KV to the pool
     link_bytes = rep.batch * net_per_token + rep.prefill_tokens * kv_per_token
+    end_s = rep.start_s + rep.time_s
     rate_gbps = link_bytes * 8 / np.maximum(bd.time_s, 1e-30) / 1e9
-    cost = mixes_cost_usd_per_hour(config.compute, config.attention)
+    pool_mix = None if pool is None else pool[0].mix
+    if pool is not None and rep.iterations:  # the pool's KV as it streams (model/prefill_pool.py)
+        streamed, streamed_gbps = streamed_kv(pool[1], rep.admit_iteration >= 0, end_s)
+        link_bytes, rate_gbps = link_bytes + streamed, rate_gbps + streamed_gbps
+    cost = mixes_cost_usd_per_hour(config.compute, config.attention, pool_mix)
     throughput = tokens / makespan if makespan > 0 else 0.0
     kv_pool = config.attention or config.compute
     peak_flops = config.compute.device.bf16_flops_per_s
@@ -273,8 +325,11 @@ def summarize(
         k: float(getattr(bd, k).mean()) * 1e3 if rep.iterations else None
         for k in ("time_s", "dense_s", "attention_s", "network_s", "compute_busy_s", "attention_busy_s")
     }
-    end_s = rep.start_s + rep.time_s
-    latencies = latency_stats(rep, output_len, arrival_s, end_s)
+    schedule = None if pool is None else pool[1]
+    pool_prompts = 0 if pool is None else int(np.asarray(prompt_len)[rep.admit_iteration >= 0].sum())
+    serving = serving_metrics(
+        rep, end_s, output_len, prompt_len, arrival_s, config.scheduler.paged, schedule, slo_ms
+    )
     return SimulationResult(
         system=config.system,
         model=spec.name,
@@ -302,12 +357,12 @@ def summarize(
         kv_capacity_tokens=kv_capacity_tokens,
         kv_peak_tokens=int(rep.kv_used_tokens.max()) if rep.iterations else 0,
         cost_usd_per_hour=cost,
-        price_set=price_set_label(config.compute, config.attention),
+        price_set=price_set_label(config.compute, config.attention, pool_mix),
         tokens_per_usd=tokens_per_usd(throughput, cost),
         usd_per_mtok=usd_per_mtok(throughput, cost),
         saturated_tokens_per_usd=None if sat_tput is None else tokens_per_usd(sat_tput, cost),
         net_bytes_per_token=net_per_token,
-        net_peak_gbps=float(rate_gbps.max()) if pooled and rep.iterations else 0.0,
+        net_peak_gbps=float(rate_gbps.max()) if (pooled or pool is not None) and rep.iterations else 0.0,
         net_mean_gbps=float(link_bytes.sum()) * 8 / makespan / 1e9 if makespan > 0 else 0.0,
         compute_busy_fraction=ratio(float(bd.compute_busy_s.sum()), makespan),
         attention_busy_fraction=ratio(float(bd.attention_busy_s.sum()), makespan) if pooled else None,
@@ -332,8 +387,12 @@ def summarize(
         concurrency=concurrency,
         throughput_basis=BASIS[arrival] if sat_tput is not None else "whole trace",
         preemptions=int(rep.preemptions.sum()),
-        prefill_tokens=prefill_tokens,
-        **latencies,
+        prefill_tokens=prefill_tokens + pool_prompts,
+        **serving,
+        prefill_pool=None if pool is None else str(pool_mix),
+        prefill_pool_busy_fraction=None if pool is None else ratio(pool[1].busy_s, makespan),
+        prefill_kv_bytes=float(prefill_tokens * kv_per_token)
+        + (0.0 if pool is None else float(pool[1].kv_bytes[rep.admit_iteration >= 0].sum())),
     )
 
 
@@ -363,8 +422,9 @@ def _reserve_all(
 
 def _paged(
     config: SystemConfig, trace: Trace, arrival_s, capacity: int, model: IterationModel, arrival: str,
-    concurrency: int | None,
+    concurrency: int | None, prefilled: bool = False,
 ) -> tuple[ServingReplay, IterationBreakdown]:  # fmt: skip
+    """vLLM replay; `prefilled`: requests arrive at `arrival_s` with their prompt prefilled elsewhere."""
     serving = ServingIterationModel(model, config.scheduler)
     last: list[IterationBreakdown] = []
 
@@ -372,15 +432,23 @@ def _paged(
         last[:] = [serving.breakdown(*work)]  # covers every iteration
         return last[0].time_s
 
-    follow = arrival in ("trace", "poisson")
+    follow = arrival in ("trace", "poisson") or prefilled
+    if follow:  # times as the replay goes: the tabulated model (model/serving_time.py)
+        time_fn = _time_table(model, config, capacity)
     rep = paged_replay(
         trace.prompt_len, trace.output_len, arrival_s, capacity, time_fn, config.scheduler,
-        config.max_batch_size, follow_arrivals=follow, concurrency=concurrency,
+        config.max_batch_size, follow_arrivals=follow, concurrency=concurrency, prefilled=prefilled,
     )  # fmt: skip
     if follow or not last:
         last[:] = [serving.breakdown(rep.batch, rep.sum_context, rep.prefill_tokens, rep.prefill_pairs,
                                      rep.prefill_seqs, rep.first_tokens)]  # fmt: skip
     return rep, last[0]
+
+
+def _time_table(model: IterationModel, config: SystemConfig, capacity: int) -> ServingTimeTable:
+    policy = config.scheduler
+    max_seqs = min(policy.max_num_seqs, config.max_batch_size or policy.max_num_seqs)
+    return time_table(model, policy, max_seqs, capacity)
 
 
 def simulate(
@@ -392,13 +460,18 @@ def simulate(
     requests: int | None = None,
     model: IterationModel | None = None,
     concurrency: int | None = None,
+    ttft_slo_ms: float | None = None,
+    tpot_slo_ms: float | None = None,
+    prefill_model: IterationModel | None = None,
 ) -> SimulationResult:
     """Replay `trace` (its first `requests`) on `config` under its scheduler; deterministic for a seed.
 
     arrival: "saturate" (all queued at t=0), "trace" (the trace's timestamps), "poisson" (at `rate_per_s`,
     seeded) or "concurrency" (closed loop of `concurrency` clients). `model` defaults to
-    `iteration_model(config)` (stored profiles or roofline).
+    `iteration_model(config)` (stored profiles or roofline); `prefill_model` is the prefill pool's (if the
+    scheduler names one; model/prefill_pool.py). The SLOs (ms) give `request_goodput` (vllm only).
     """
+    check_slos(ttft_slo_ms, tpot_slo_ms)
     if arrival not in ARRIVALS:
         raise UserInputError(f"unknown arrival mode {arrival!r}; valid: {', '.join(ARRIVALS)}")
     if requests is not None:
@@ -417,15 +490,25 @@ def simulate(
         arrival_s = poisson_arrivals(len(trace), rate_per_s, seed)
     else:
         arrival_s = trace.arrival_s
+    if arrival == "saturate":
+        arrival_s = np.zeros(len(trace))
     plan = memory_plan(config)
     model = model or iteration_model(config)
-    run = _paged if config.scheduler.paged else _reserve_all
-    rep, bd = run(config, trace, arrival_s, plan.kv_capacity_tokens, model, arrival, concurrency)
+    pool = prefill_pool(config, model, prefill_model)
+    if pool is not None:
+        if arrival == "concurrency":
+            raise UserInputError(
+                "a prefill pool is modelled for open-loop arrivals only (saturate, trace, poisson)"
+            )
+        schedule = pool.schedule(trace.prompt_len, arrival_s)
+        ready = np.maximum.accumulate(schedule.ready_s)  # FIFO hand-over to the decode side
+        rep, bd = _paged(config, trace, ready, plan.kv_capacity_tokens, model, arrival, None, prefilled=True)
+    else:
+        run = _paged if config.scheduler.paged else _reserve_all
+        rep, bd = run(config, trace, arrival_s, plan.kv_capacity_tokens, model, arrival, concurrency)
     if arrival == "concurrency":
         arrival_s = closed_loop_arrivals(rep, rep.start_s + rep.time_s)
-    elif arrival == "saturate":
-        arrival_s = np.zeros(len(trace))
     return summarize(
         config, model, trace.name, arrival, rep, bd, plan.kv_capacity_tokens, trace.output_len, arrival_s,
-        concurrency,
+        concurrency, trace.prompt_len, None if pool is None else (pool, schedule), (ttft_slo_ms, tpot_slo_ms),
     )  # fmt: skip

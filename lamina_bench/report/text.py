@@ -142,9 +142,24 @@ def search_table(result: SearchResult, top: int = 15) -> str:
     ]
     for rows in result.frontier().values():
         lines += [_row_line(None, r) for r in rows]
+    if result.rank_by == "capacity":
+        return "\n".join(lines + ["", *_capacity_lines(result, top)])
     lines += ["", "ranked by tokens per USD:", "", _HEADER, _RULE]
     lines += [_row_line(str(i), cand) for i, cand in enumerate(result.rows()[:top], 1)]
     return "\n".join(lines)
+
+
+def _capacity_lines(result: SearchResult, top: int) -> list[str]:
+    """The candidates ranked by USD per M output tokens at their capacity (model/capacity.py)."""
+    lines = ["ranked by USD per M output tokens at the capacity (highest Poisson rate meeting p99 TTFT and TPOT):",
+             "", "| # | configuration | capacity req/s | USD/h | USD per M output tokens |", "|---|---|---|---|---|"]  # fmt: skip
+    for i, cand in enumerate(result.ranked[:top], 1):
+        cap = cand.capacity
+        rate = "n/a" if cap is None or cap.rate_per_s is None else f"{cap.rate_per_s:,.3g}"
+        usd = "n/a" if cap is None or cap.usd_per_mtok is None else f"{cap.usd_per_mtok:,.3g}"
+        cost = "n/a" if cap is None or cap.cost_usd_per_hour is None else f"{cap.cost_usd_per_hour:,.2f}"
+        lines.append(f"| {i} | {cand.config.label()} | {rate} | {cost} | {usd} |")
+    return lines
 
 
 _HEADER = (

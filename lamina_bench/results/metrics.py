@@ -77,6 +77,39 @@ _TABLE = (
      "operator time (us)"),
 )  # fmt: skip
 
+# Per-request latencies with the names of vLLM's serving benchmark (benchmarks/benchmark_serving.py), in ms.
+_LATENCIES = {
+    "ttft": "time to first token",
+    "tpot": "time per output token after the first, per request",
+    "itl": "time between consecutive tokens of a request",
+    "e2el": "end-to-end latency of a request",
+}
+_TABLE += tuple(
+    (f"{stat}_{kind}_ms", "ms", DOWN, True, f"{meaning}, {stat} over requests", f"{kind.upper()} {stat} (ms)")
+    for kind, meaning in _LATENCIES.items()
+    for stat in ("mean", "median", "p90", "p99")
+)
+
+# Serving rates over the whole run (vLLM's benchmark duration: first arrival to last token) and the wait
+# before a request's first scheduled work (model/summary.py).
+_TABLE += (
+    ("request_throughput", "req/s", UP, True, "served requests per second", "request throughput (req/s)"),
+    ("output_throughput", "tok/s", UP, True, "generated tokens per second over the whole run",
+     "output throughput (tok/s)"),
+    ("total_token_throughput", "tok/s", UP, True, "prompt + generated tokens per second over the whole run",
+     "total token throughput (tok/s)"),
+    ("request_goodput", "req/s", UP, True, "requests per second meeting the TTFT and TPOT SLOs",
+     "goodput (req/s)"),
+    *((f"{stat}_queueing_delay_ms", "ms", DOWN, True,
+       f"arrival to first scheduled work (admission or prefill start), {stat} over requests",
+       f"queueing delay {stat} (ms)") for stat in ("mean", "median", "p99")),
+    ("capacity_req_per_s", "req/s", UP, False,
+     "highest Poisson request rate whose p99 TTFT and p99 TPOT meet the SLO (model/capacity.py)",
+     "capacity at SLO (req/s)"),
+    ("capacity_usd_per_mtok", "USD/Mtok", DOWN, False,
+     "US dollars per million output tokens at the capacity rate", "USD per M tokens at capacity"),
+)  # fmt: skip
+
 METRICS: dict[str, Metric] = {row[0]: Metric(*row) for row in _TABLE}
 
 # Parts of the per-pool time per decode iteration (`PointRow.pools`), ms.

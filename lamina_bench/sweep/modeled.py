@@ -20,6 +20,11 @@ degree — is skipped and counted):
     batch_caps = [16, 64, 0]                      # concurrency sweep: cap on running requests (0 = none)
     slo_ms = [40, 100, 200]                       # TBT p99 targets the report's verdict is drawn at
     scheduler = "reserve-all"                     # or "vllm" (model/scheduler.py, vLLM's default knobs)
+    prefill_pool = "2xH100"                       # vllm: prefill on a pool of its own (default "": colocated)
+    ttft_slo_ms = 2000                            # vllm: SLOs of request_goodput (0 = none)
+    tpot_slo_ms = 100
+    capacity = true                               # vllm: also the capacity at the SLOs (model/capacity.py;
+                                                  # over `requests`, or the first 1000 when 0)
 
 Mixture-of-experts models take AFD too (`systems = [..., "afd"]`): explicit `afd = [{attention = "4xH20",
 experts = "8xH100", pipeline_batches = 2}]` and the grid `afd_attention` x `afd_experts` devices x
@@ -40,6 +45,8 @@ from lamina_bench.catalog.prices import DEFAULT_PRICE_SET, get_price_set
 from lamina_bench.catalog.workloads import TRACES, load_trace
 from lamina_bench.errors import UserInputError
 from lamina_bench.model.cost import require_prices
+from lamina_bench.model.iteration import iteration_model
+from lamina_bench.model.prefill_pool import prefill_pool
 from lamina_bench.model.scheduler import SCHEDULERS, Scheduler
 from lamina_bench.model.simulator import ARRIVALS
 from lamina_bench.model.system import SYSTEMS, SystemConfig, memory_plan
@@ -78,6 +85,10 @@ MODELED_KEYS: dict[str, tuple[type, object]] = {
     "rate_per_s": (float, 0.0),
     "dtype": (str, "fp16"),
     "scheduler": (str, "reserve-all"),
+    "prefill_pool": (str, ""),
+    "ttft_slo_ms": (float, 0.0),
+    "tpot_slo_ms": (float, 0.0),
+    "capacity": (bool, False),
 }
 MAY_BE_EMPTY = (
     "homogeneous",
@@ -153,6 +164,21 @@ def _check_block(b: dict, where: str) -> None:
         positive_ints(b[key], key, where)
     positive_ints(b["batch_caps"], "batch_caps", where, zero_ok=True)
     positive_numbers(b["slo_ms"], "slo_ms", where)
+    _check_serving(b, where)
+
+
+def _check_serving(b: dict, where: str) -> None:
+    """The prefill pool, the TTFT / TPOT SLOs and the capacity need the vllm scheduler and sane values."""
+    given = [k for k in ("prefill_pool", "ttft_slo_ms", "tpot_slo_ms", "capacity") if b[k]]
+    if given and b["scheduler"] != "vllm":
+        raise UserInputError(
+            f'{where}: {", ".join(given)} need scheduler = "vllm" (reserve-all is decode only)'
+        )
+    for key in ("ttft_slo_ms", "tpot_slo_ms"):
+        if b[key] < 0:
+            raise UserInputError(f"{where}: '{key}' must be a positive number of ms (0 = none), got {b[key]}")
+    if b["capacity"] and not (b["ttft_slo_ms"] > 0 and b["tpot_slo_ms"] > 0):
+        raise UserInputError(f"{where}: capacity = true needs ttft_slo_ms and tpot_slo_ms > 0")
 
 
 def _explicit_mixes(b: dict, catalog, where: str) -> list[_Mix]:
@@ -212,13 +238,15 @@ def _grid_mixes(b: dict, catalog) -> list[_Mix]:
     return mixes
 
 
-def _runnable(model: str, mix: _Mix, dtype: str, where: str, scheduler: str) -> bool:
+def _runnable(model: str, mix: _Mix, dtype: str, where: str, scheduler: Scheduler) -> bool:
     """Whether `mix` can run `model`; an explicit mix that cannot is an error, a grid one is skipped."""
     try:
         config = SystemConfig(mix.system, get_model(model), mix.compute, mix.attention, dtype,
                               pipeline_batches=mix.depth if mix.system != "homogeneous" else None,
-                              scheduler=Scheduler(scheduler))  # fmt: skip
+                              scheduler=scheduler)  # fmt: skip
         memory_plan(config)
+        if scheduler.prefill_pool is not None:  # its weights must fit too
+            prefill_pool(config, iteration_model(config))
     except UserInputError as exc:
         if mix.explicit:
             raise UserInputError(f"{where}: {exc}") from None
@@ -242,8 +270,14 @@ def modeled_points(b: dict) -> tuple[list[Point], int]:
             require_prices(b["prices"], mix.compute, mix.attention)
     except UserInputError as exc:
         raise UserInputError(f"{where}: {exc}") from None
+    pool = parse_mix(b["prefill_pool"], catalog) if b["prefill_pool"] else None
+    try:
+        require_prices(b["prices"], pool)
+    except UserInputError as exc:
+        raise UserInputError(f"{where}: {exc}") from None
+    scheduler = Scheduler(b["scheduler"], **({"prefill_pool": pool} if pool else {}))
     runnable = {
-        (model, i): _runnable(model, mix, b["dtype"], where, b["scheduler"])
+        (model, i): _runnable(model, mix, b["dtype"], where, scheduler)
         for model in b["models"]
         for i, mix in enumerate(mixes)
     }
@@ -258,7 +292,8 @@ def modeled_points(b: dict) -> tuple[list[Point], int]:
             model=model, system=mix.system, trace=trace, compute=str(mix.compute),
             attention=str(mix.attention) if mix.attention else None, pipeline_batches=mix.depth,
             requests=b["requests"], arrival=b["arrival"], rate_per_s=b["rate_per_s"], dtype=b["dtype"],
-            prices=b["prices"], max_batch=cap, scheduler=b["scheduler"],
+            prices=b["prices"], max_batch=cap, scheduler=b["scheduler"], prefill_pool=str(pool or ""),
+            ttft_slo_ms=b["ttft_slo_ms"], tpot_slo_ms=b["tpot_slo_ms"], capacity=b["capacity"],
         )  # fmt: skip
         points.append(Point("modeled", config))
     return points, skipped

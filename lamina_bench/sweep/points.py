@@ -42,6 +42,10 @@ class ModeledConfig:
     prices: str = DEFAULT_PRICE_SET  # the price set behind every cost figure
     max_batch: int = 0  # cap on running requests (the concurrency sweep); 0 = none
     scheduler: str = RESERVE_ALL.name  # model/scheduler.py, with its default knobs
+    prefill_pool: str = ""  # vllm: prompts prefilled on this NxDEVICE pool (model/prefill_pool.py)
+    ttft_slo_ms: float = 0.0  # SLOs of the goodput (and of the capacity); 0 = none
+    tpot_slo_ms: float = 0.0
+    capacity: bool = False  # also search the capacity at the SLOs (model/capacity.py)
 
     def system_config(self) -> SystemConfig:
         """The simulator's SystemConfig of this configuration, its devices priced from `prices`."""
@@ -55,8 +59,14 @@ class ModeledConfig:
             dtype=self.dtype,
             pipeline_batches=self.pipeline_batches if pooled else None,
             max_batch_size=self.max_batch or None,
-            scheduler=Scheduler(self.scheduler),
+            scheduler=Scheduler(
+                self.scheduler,
+                **({"prefill_pool": parse_mix(self.prefill_pool, catalog)} if self.prefill_pool else {}),
+            ),
         )
+
+
+_SERVING_KEYS = ("prefill_pool", "ttft_slo_ms", "tpot_slo_ms", "capacity")
 
 
 @cache
@@ -110,6 +120,7 @@ class Point:
                 "prices": c.prices,
                 **({"max_batch": c.max_batch} if c.max_batch else {}),
                 **({"scheduler": c.scheduler} if c.scheduler != RESERVE_ALL.name else {}),
+                **{k: v for k in _SERVING_KEYS if (v := getattr(c, k))},  # only when set: ids stay stable
             }
         out = {
             "mode": self.source,

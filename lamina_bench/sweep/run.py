@@ -17,6 +17,7 @@ from lamina_bench.measure.nvml import TelemetrySampler
 from lamina_bench.measure.profile import ProfileSettings, profile_device
 from lamina_bench.measure.run import MeasuredConfig, predict_measured, run_measured
 from lamina_bench.measure.telemetry import combine_summaries
+from lamina_bench.model.capacity import capacity
 from lamina_bench.model.profiles import Profile, write_profile
 from lamina_bench.model.simulator import simulate
 from lamina_bench.results.row import PointRow
@@ -85,14 +86,23 @@ def _failed(row: PointRow, exc: BaseException) -> PointRow:
 
 
 def _simulated(base: PointRow, config: ModeledConfig) -> PointRow:
+    slos = {"ttft_slo_ms": config.ttft_slo_ms or None, "tpot_slo_ms": config.tpot_slo_ms or None}
+    system, trace = config.system_config(), load_trace(config.trace)
     result = simulate(
-        config.system_config(),
-        load_trace(config.trace),
+        system,
+        trace,
         arrival=config.arrival,
         rate_per_s=config.rate_per_s or None,
         requests=config.requests or None,
+        **slos,
     )
-    return base.replace(**result.row_fields())
+    fields = result.row_fields()
+    if config.capacity:  # the capacity at the SLOs over the same requests (model/capacity.py)
+        requests = config.requests or None  # None: capacity's default share of the trace
+        found = capacity(system, trace, config.ttft_slo_ms, config.tpot_slo_ms, requests=requests)
+        extra = {"capacity_req_per_s": found.rate_per_s, "capacity_usd_per_mtok": found.usd_per_mtok}
+        fields["metrics"] = {**fields["metrics"], **{k: v for k, v in extra.items() if v is not None}}
+    return base.replace(**fields)
 
 
 def _predicted(base: PointRow, config: MeasuredConfig, ctx: _Context) -> PointRow:

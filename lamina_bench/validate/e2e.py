@@ -148,7 +148,7 @@ def predict_row(f: ValidationFile, row: Mapping, cal: Calibration) -> Judged:
     )  # fmt: skip
     result = _simulate(f, row, cal, trace, arrival="concurrency", concurrency=conc)
     cond |= {"concurrency": conc, **lengths}
-    return _judged(f, row, cal, cond, row["tpot_ms"], result.tpot_mean_ms, "tbt_mean_ms",
+    return _judged(f, row, cal, cond, row["tpot_ms"], result.mean_tpot_ms, "tbt_mean_ms",
                    "TPOT mean (the source's tpot_ms)")  # fmt: skip
 
 
