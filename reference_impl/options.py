@@ -39,6 +39,19 @@ def add_generate_arguments(parser: argparse.ArgumentParser, systems: Sequence[st
             default=homogeneous["tp"],
             help="homogeneous: tensor-parallel processes for the dense part",
         )
+        add(
+            "--scheduler",
+            default=homogeneous["scheduler"],
+            help="homogeneous: reserve-all (prompt + all output reserved at admission) | vllm (KV blocks "
+            "allocated as written, preemption by recompute)",
+        )
+        add("--max-num-seqs", type=int, default=None, help="vllm: cap on running requests (default 256)")
+        add(
+            "--max-num-batched-tokens",
+            type=int,
+            default=None,
+            help="vllm: tokens computed per iteration (default 8192)",
+        )
     if "lamina" in systems:
         add(
             "--compute-workers",
