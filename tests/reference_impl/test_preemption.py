@@ -256,3 +256,37 @@ def test_preemptions_leave_the_tokens_unchanged(gqa_checkpoint):
     assert vllm.preemptions >= 3 and vllm.recomputed_tokens > 0 and reserve_all.preemptions == 0
     assert [list(c.output_ids) for c in vllm.completions] == expected
     assert [list(c.output_ids) for c in reserve_all.completions] == expected
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"launcher": "threads"},
+        {"launcher": "threads", "pipeline_batches": 2},
+        pytest.param({"launcher": "processes"}, marks=pytest.mark.slow),
+    ],
+)
+def test_lamina_attention_pool_preempts_like_the_baseline(gqa_checkpoint, options):
+    """Lamina (2 attention workers, each holding 12 blocks for its KV heads; no pipelining or ping-pong) under
+    vllm: the same iterations, preemptions and tokens as the homogeneous engine with 12 blocks."""
+    from reference_impl.config import GenerateConfig
+    from reference_impl.homogeneous import generate
+    from reference_impl.lamina import LaminaConfig, generate_lamina
+
+    folder, prompts, expected = gqa_checkpoint
+    reqs = [Request(i, tuple(ids), PARITY_NEW) for i, ids in enumerate(prompts)]
+    common = {
+        "model_dir": str(folder),
+        "block_size": 4,
+        "num_blocks": 12,
+        "scheduler": "vllm",
+        "ignore_eos": True,
+    }
+    baseline = generate(GenerateConfig(**common), reqs)
+    run = generate_lamina(LaminaConfig(**common, attention_workers=2, **options), reqs).engine
+
+    def schedule(r):
+        return [(it.decode_seqs, it.prefill_seqs, it.preemptions, it.free_kv_tokens) for it in r.iterations]
+
+    assert run.preemptions >= 3 and schedule(run) == schedule(baseline)
+    assert [list(c.output_ids) for c in run.completions] == expected
