@@ -16,6 +16,9 @@ vllm         vLLM's policy, with the names and semantics of the simulator's sche
              only when its whole prefill (prompt + generated tokens) fits in the iteration's token budget
              left after the decodes, so the queue head waits where vLLM V1 would prefill a chunk of it
              (the simulator's `chunked` mode; identical whenever every prefill fits the budget).
+             A request that could never run is rejected before any work: its prompt + max_new_tokens
+             exceed the whole cache (so a request alone never preempts itself), or its longest prefill,
+             prompt + max_new_tokens - 1 tokens after a preemption, exceeds max_num_batched_tokens.
 
 One engine iteration (engine.Engine.run): arrivals join the waiting queue; `decode_batch` gives the
 running requests that decode one token each (vllm: after any preemption, with their new blocks taken);
@@ -227,8 +230,9 @@ class VllmScheduler:
             victim.recomputed_tokens += victim.kv_tokens
             queue.waiting.appendleft(victim)
             self.preempted += 1
-        for s in running:
-            self.kv.reserve(s.seq_id, s.kv_tokens + 1)
+        for s, opens_block in zip(running, need, strict=True):
+            if opens_block:
+                self.kv.reserve(s.seq_id, s.kv_tokens + 1)
         return list(running)
 
     def admit(
