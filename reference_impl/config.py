@@ -15,6 +15,7 @@ from reference_impl.attention import BACKENDS, resolve_backend
 from reference_impl.dtypes import DTYPES
 from reference_impl.errors import ConfigError
 from reference_impl.kv_cache import DEFAULT_BLOCK_SIZE
+from reference_impl.scheduling import SchedulerConfig
 from reference_impl.supervisor import HEARTBEAT_INTERVAL_S, HEARTBEAT_TIMEOUT_S
 
 SYSTEMS = ("homogeneous",)
@@ -37,9 +38,13 @@ class GenerateConfig:
     ignore_eos: bool = False
     attention_backend: str = "auto"  # one of attention.BACKENDS
     heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT_S  # tp > 1: a rank silent this long counts as hung
+    scheduler: str = "reserve-all"  # one of scheduling.SCHEDULERS
+    max_num_seqs: int | None = None  # vllm only; None: vLLM's default
+    max_num_batched_tokens: int | None = None  # vllm only; None: vLLM's default
 
     def __post_init__(self) -> None:
         check_heartbeat_timeout(self.heartbeat_timeout_s)
+        _ = self.scheduler_config  # checks the policy and its caps
         if self.system not in SYSTEMS:
             raise ConfigError(f"unknown system {self.system!r}; valid: {', '.join(SYSTEMS)}")
         check_common_options(
@@ -49,6 +54,10 @@ class GenerateConfig:
             raise ConfigError(f"--tp must be >= 1, got {self.tp}")
         if self.device == "cuda" and self.tp > torch.cuda.device_count():
             raise ConfigError(f"--tp {self.tp} needs {self.tp} GPUs, torch sees {torch.cuda.device_count()}")
+
+    @property
+    def scheduler_config(self) -> SchedulerConfig:
+        return SchedulerConfig(self.scheduler, self.max_num_seqs, self.max_num_batched_tokens)
 
 
 def check_common_options(

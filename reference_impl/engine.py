@@ -7,27 +7,30 @@ supplies an executor that ships attention to attention workers (`lamina.executor
 Both see exactly the same scheduling, and both answer the engine's KV questions the same way
 (kv_accounting.py).
 
-Scheduling policy (stated, so the simulator can copy it): requests are admitted first-come first-served
-once they have arrived; a request is admitted only when the KV cache can reserve its prompt plus
-`max_new_tokens` tokens, so a running request never runs out of KV and nothing is preempted; the queue
-head blocks those behind it (no reordering). One iteration = one decode step for every running request,
-then retirement of finished requests (their KV is freed), then admission and prefill of new requests,
-which yields their first token; a request finished by that token (max_new_tokens 1, or a stop id) is
-retired at once, so it is never decoded.
+Scheduling policies (scheduling.py, stated so the simulator can copy them): `reserve-all` (the default)
+admits a request first-come first-served only when the KV cache can reserve its prompt plus
+`max_new_tokens` tokens, so nothing is ever preempted; `vllm` allocates KV blocks as tokens are written,
+admits on the blocks of the prompt and preempts the most recently admitted request by recompute when a
+decode step runs out of blocks. One iteration = one decode step for every running request, then admission
+and prefill of requests from the queue head, which yields their next token (the first one, or after a
+preemption the one after those already generated), then retirement of finished requests (their KV is
+freed; reserve-all also retires right after the decode). A request finished by its prefill token
+(max_new_tokens 1, or a stop id) is retired at once, so it is never decoded. Tokens do not depend on the
+policy: a preempted request recomputes exactly the sequence it had.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 
 from reference_impl.errors import ConfigError
+from reference_impl.scheduling import KVPool, RequestState, SchedulerConfig, WaitingQueue, make_scheduler
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,7 @@ class IterationRecord:
     decode_s: float
     prefill_s: float
     wall_s: float
+    preemptions: int = 0  # running requests preempted by recompute before this iteration's decode (vllm)
 
 
 @dataclass(frozen=True)
@@ -82,8 +86,10 @@ class Completion:
     prompt_ids: tuple[int, ...]
     output_ids: tuple[int, ...]
     finish_reason: str  # "length" | "stop"
-    admitted_step: int
+    admitted_step: int  # first admission
     token_times_s: tuple[float, ...]  # seconds since the run started at which each output token existed
+    preemptions: int = 0  # times the request was preempted by recompute
+    recomputed_tokens: int = 0  # KV tokens its preemptions threw away (computed again by its re-prefills)
 
 
 @dataclass(frozen=True)
@@ -91,6 +97,7 @@ class EngineRun:
     completions: list[Completion]  # in the order the requests were given
     iterations: list[IterationRecord]
     wall_s: float
+    scheduler: str = "reserve-all"
 
     @property
     def generated_tokens(self) -> int:
@@ -103,6 +110,14 @@ class EngineRun:
     @property
     def decode_s(self) -> float:
         return sum(it.decode_s for it in self.iterations)
+
+    @property
+    def preemptions(self) -> int:
+        return sum(c.preemptions for c in self.completions)
+
+    @property
+    def recomputed_tokens(self) -> int:
+        return sum(c.recomputed_tokens for c in self.completions)
 
     @property
     def mean_decode_batch(self) -> float | None:
@@ -124,19 +139,18 @@ def run_summary(run: EngineRun) -> dict:
         "decode_tok_per_s": decode_tok_per_s,
         "mean_decode_batch": run.mean_decode_batch,
         "max_waiting": max(it.waiting for it in run.iterations),
+        "scheduler": run.scheduler,
+        "preemptions": run.preemptions,
+        "recomputed_tokens": run.recomputed_tokens,
     }
 
 
-class Executor(Protocol):
-    """Runs forward passes and owns the KV cache (capacity in tokens, reservations per sequence)."""
+class Executor(KVPool, Protocol):
+    """Runs forward passes and owns the KV cache (capacity in blocks and tokens, blocks per sequence)."""
 
     max_position: int
 
-    def kv_capacity_tokens(self) -> int: ...
     def kv_free_tokens(self) -> int: ...
-    def can_reserve(self, num_tokens: int) -> bool: ...
-    def reserve(self, seq_id: int, num_tokens: int) -> None: ...
-    def free(self, seq_id: int) -> None: ...
 
     def forward(self, seq_ids: list[int], tokens: list[list[int]]) -> torch.Tensor:
         """Appends `tokens[i]` to sequence `seq_ids[i]`; returns fp32 logits (B, vocab) of each last token."""
@@ -155,72 +169,73 @@ def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Genera
     return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(logits.device)
 
 
-@dataclass
-class _Running:
-    request: Request
-    admitted_step: int
-    output_ids: list[int] = field(default_factory=list)
-    token_times_s: list[float] = field(default_factory=list)
-    finish_reason: str | None = None
-
-
 class Engine:
-    """Continuous batching driver; `run` serves a list of requests to completion."""
+    """Continuous batching driver; `run` serves a list of requests to completion under `scheduler`."""
 
     def __init__(
-        self, executor: Executor, sampling: SamplingParams | None = None, max_batch_size: int | None = None
+        self,
+        executor: Executor,
+        sampling: SamplingParams | None = None,
+        max_batch_size: int | None = None,
+        scheduler: SchedulerConfig | None = None,
     ):
         if max_batch_size is not None and max_batch_size < 1:
             raise ConfigError(f"max_batch_size must be >= 1, got {max_batch_size}")
         self.executor = executor
         self.sampling = sampling or SamplingParams()
         self.max_batch_size = max_batch_size
+        self.scheduler = scheduler or SchedulerConfig()
 
     def run(self, requests: Sequence[Request]) -> EngineRun:
-        self._validate(requests)
+        policy = make_scheduler(self.scheduler, self.executor, self.max_batch_size)
+        self._validate(requests, policy.check)
         generator = torch.Generator().manual_seed(self.sampling.seed)
-        pending = deque(sorted(requests, key=lambda r: r.arrival_step))  # stable: FIFO among equal arrivals
-        running: list[_Running] = []
-        done: dict[int, _Running] = {}
+        queue = WaitingQueue(requests)
+        running: list[RequestState] = []  # in admission order
+        done: dict[int, RequestState] = {}
         iterations: list[IterationRecord] = []
         start = time.perf_counter()
         step = 0
-        while pending or running:
+        while queue or running:
+            queue.arrive(step)
             t0 = time.perf_counter()
-            decode_seqs = len(running)
-            if running:
-                tokens = [[seq.output_ids[-1]] for seq in running]
-                self._advance(running, tokens, generator, start)
+            batch = policy.decode_batch(running, queue)
+            if batch:
+                self._advance(batch, [[s.output_ids[-1]] for s in batch], generator, start)
             t1 = time.perf_counter()
-            self._retire(running, done)
-            admitted = self._admit(pending, running, step)
+            if policy.retire_before_admission:
+                self._retire(running, done)
+            admitted = policy.admit(queue, running, step, len(batch))
+            prefill_tokens = 0
             if admitted:
-                self._advance(admitted, [list(s.request.prompt_ids) for s in admitted], generator, start)
+                tokens = [s.prefill_ids for s in admitted]
+                prefill_tokens = sum(map(len, tokens))
+                self._advance(admitted, tokens, generator, start)
                 running.extend(admitted)
-                self._retire(running, done)  # finished on the prefill token (max_new_tokens 1, or a stop id)
+            self._retire(running, done)  # finished decodes, and prefills whose token ended the request
             t2 = time.perf_counter()
-            waiting = sum(1 for r in pending if r.arrival_step <= step)
             iterations.append(
                 IterationRecord(
                     step=step,
-                    decode_seqs=decode_seqs,
+                    decode_seqs=len(batch),
                     prefill_seqs=len(admitted),
-                    prefill_tokens=sum(len(s.request.prompt_ids) for s in admitted),
-                    waiting=waiting,
+                    prefill_tokens=prefill_tokens,
+                    waiting=len(queue.waiting),
                     free_kv_tokens=self.executor.kv_free_tokens(),
                     decode_s=t1 - t0,
                     prefill_s=t2 - t1,
                     wall_s=t2 - t0,
+                    preemptions=policy.preempted,
                 )
             )
             step += 1
         wall_s = time.perf_counter() - start
         completions = [self._completion(done[r.request_id]) for r in requests]
-        return EngineRun(completions=completions, iterations=iterations, wall_s=wall_s)
+        return EngineRun(completions, iterations, wall_s, scheduler=self.scheduler.name)
 
     # ---- helpers -------------------------------------------------------------------------------
 
-    def _validate(self, requests: Sequence[Request]) -> None:
+    def _validate(self, requests: Sequence[Request], check_policy) -> None:
         if not requests:
             raise ConfigError("no requests to serve")
         ids = [r.request_id for r in requests]
@@ -234,34 +249,22 @@ class Engine:
                     f"request {r.request_id}: prompt ({len(r.prompt_ids)}) + max_new_tokens ({r.max_new_tokens}) "
                     f"= {total} tokens exceeds the model's maximum of {self.executor.max_position} positions"
                 )
+            check_policy(r)
             if total > capacity:
                 raise ConfigError(
                     f"request {r.request_id} needs {total} KV tokens but the whole cache holds {capacity}; "
                     "give the cache more blocks"
                 )
 
-    def _retire(self, running: list[_Running], done: dict[int, _Running]) -> None:
+    def _retire(self, running: list[RequestState], done: dict[int, RequestState]) -> None:
         """Moves finished requests from `running` to `done` and frees their KV."""
         for seq in [s for s in running if s.finish_reason]:
             running.remove(seq)
-            self.executor.free(seq.request.request_id)
-            done[seq.request.request_id] = seq
+            self.executor.free(seq.seq_id)
+            done[seq.seq_id] = seq
 
-    def _admit(self, pending: deque[Request], running: list[_Running], step: int) -> list[_Running]:
-        admitted: list[_Running] = []
-        while pending and pending[0].arrival_step <= step:
-            if self.max_batch_size is not None and len(running) + len(admitted) >= self.max_batch_size:
-                break
-            req = pending[0]
-            need = len(req.prompt_ids) + req.max_new_tokens
-            if not self.executor.can_reserve(need):
-                break
-            self.executor.reserve(req.request_id, need)
-            admitted.append(_Running(request=pending.popleft(), admitted_step=step))
-        return admitted
-
-    def _advance(self, seqs: list[_Running], tokens: list[list[int]], generator, start: float) -> None:
-        logits = self.executor.forward([s.request.request_id for s in seqs], tokens)
+    def _advance(self, seqs: list[RequestState], tokens: list[list[int]], generator, start: float) -> None:
+        logits = self.executor.forward([s.seq_id for s in seqs], tokens)
         next_ids = self.executor.agree(sample(logits, self.sampling, generator)).tolist()
         now = time.perf_counter() - start
         for seq, tok in zip(seqs, next_ids, strict=True):
@@ -273,12 +276,14 @@ class Engine:
                 seq.finish_reason = "length"
 
     @staticmethod
-    def _completion(seq: _Running) -> Completion:
+    def _completion(seq: RequestState) -> Completion:
         return Completion(
-            request_id=seq.request.request_id,
+            request_id=seq.seq_id,
             prompt_ids=seq.request.prompt_ids,
             output_ids=tuple(seq.output_ids),
             finish_reason=seq.finish_reason or "length",
             admitted_step=seq.admitted_step,
             token_times_s=tuple(seq.token_times_s),
+            preemptions=seq.preemptions,
+            recomputed_tokens=seq.recomputed_tokens,
         )

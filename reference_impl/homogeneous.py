@@ -114,7 +114,10 @@ def serve_homogeneous(
         model, num_blocks=num_blocks, block_size=cfg.block_size, backend=cfg.attention_backend, group=group
     )
     supervisor.report(Stage.SERVING)
-    run = Engine(executor, sampling_params(cfg), max_batch_size=cfg.max_batch_size).run(requests)
+    engine = Engine(
+        executor, sampling_params(cfg), max_batch_size=cfg.max_batch_size, scheduler=cfg.scheduler_config
+    )
+    run = engine.run(requests)
     supervisor.report(Stage.SHUTDOWN)
     supervisor.fault_point("shutdown")
     return run

@@ -1,7 +1,9 @@
-"""KV accounting of an executor: how many tokens of KV a run has, and which sequence holds which.
+"""KV accounting of an executor: how many blocks of KV a run has, and which sequence holds which.
 
-The engine admits a request only when the KV cache can reserve its prompt plus max_new_tokens tokens
-(engine.py). Both executors answer those questions (capacity, free tokens, reserve, free) the same
+The engine's scheduling policy (scheduling.py) asks these questions: reserve-all reserves a request's
+prompt plus max_new_tokens tokens at admission; vllm reserves the prompt's blocks at admission, grows a
+sequence by a block every block_size tokens (`reserve` of more tokens for a sequence that has some) and
+frees a preempted one. Both executors answer them (capacity, free blocks, reserve, free) the same
 way, from one PagedKVCache's block allocator: the homogeneous executor from the cache it computes with;
 the Lamina executor from a bookkeeping-only cache with the block count of every attention worker's
 cache, so its answers are the attention pool's.
@@ -23,6 +25,12 @@ class KVAccounting:
     def __init__(self, cache: PagedKVCache) -> None:
         self.cache = cache
 
+    def kv_block_size(self) -> int:
+        return self.cache.block_size
+
+    def kv_free_blocks(self) -> int:
+        return self.cache.num_free_blocks
+
     def kv_capacity_tokens(self) -> int:
         return self.cache.capacity_tokens
 
@@ -33,6 +41,7 @@ class KVAccounting:
         return self.cache.can_reserve(num_tokens)
 
     def reserve(self, seq_id: int, num_tokens: int) -> None:
+        """Blocks for num_tokens tokens in all: a new sequence, or more blocks for one that has some."""
         self.cache.reserve(seq_id, num_tokens)
 
     def free(self, seq_id: int) -> None:

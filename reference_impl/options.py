@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from reference_impl.config import GenerateConfig
 from reference_impl.lamina.config import LaminaConfig
+from reference_impl.scheduling import VLLM_MAX_NUM_BATCHED_TOKENS, VLLM_MAX_NUM_SEQS
 
 SYSTEMS = ("homogeneous", "lamina")
 Config = TypeVar("Config", GenerateConfig, LaminaConfig)
@@ -82,6 +83,24 @@ def add_generate_arguments(parser: argparse.ArgumentParser, systems: Sequence[st
         help="KV cache blocks (default: enough for all requests at once)",
     )
     add("--max-batch-size", type=int, default=homogeneous["max_batch_size"], help="cap on running requests")
+    add(
+        "--scheduler",
+        default=homogeneous["scheduler"],
+        help="reserve-all (prompt + all output reserved at admission) | vllm (KV blocks allocated as "
+        "written, preemption by recompute)",
+    )
+    add(
+        "--max-num-seqs",
+        type=int,
+        default=homogeneous["max_num_seqs"],
+        help=f"vllm: cap on running requests (default {VLLM_MAX_NUM_SEQS}, vLLM's)",
+    )
+    add(
+        "--max-num-batched-tokens",
+        type=int,
+        default=homogeneous["max_num_batched_tokens"],
+        help=f"vllm: tokens computed per iteration (default {VLLM_MAX_NUM_BATCHED_TOKENS}, vLLM's)",
+    )
     add("--attention-backend", default=homogeneous["attention_backend"], help="auto | torch | triton")
     add(
         "--heartbeat-timeout",

@@ -75,7 +75,8 @@ def _run_generate(args) -> int:
     print(
         f"{summary['requests']} requests, {summary['generated_tokens']} tokens in {summary['wall_s']:.2f} s; "
         f"decode {summary['decode_tok_per_s']:.1f} tok/s (measured), mean decode batch "
-        f"{fmt(summary['mean_decode_batch'], digits=2)}"
+        f"{fmt(summary['mean_decode_batch'], digits=2)}; scheduler {summary['scheduler']}: "
+        f"{summary['preemptions']} preemptions, {summary['recomputed_tokens']} tokens recomputed"
     )
     return 0
 

@@ -16,6 +16,7 @@ from reference_impl.errors import ConfigError
 from reference_impl.kv_cache import DEFAULT_BLOCK_SIZE
 from reference_impl.lamina.layout import COMPUTE, HeadRouting, Layout
 from reference_impl.model import ModelConfig, check_tp
+from reference_impl.scheduling import SchedulerConfig
 from reference_impl.supervisor import HEARTBEAT_TIMEOUT_S
 
 LAUNCHERS = ("processes", "threads")
@@ -42,9 +43,13 @@ class LaminaConfig:
     # processes launcher: a process whose heartbeat is silent this long counts as hung and is killed
     heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT_S
     kill_at: tuple[int, int] | None = None  # test hook: rank 0 SIGKILLs rank r at decode step s, (r, s)
+    scheduler: str = "reserve-all"  # one of scheduling.SCHEDULERS, over the attention pool's KV blocks
+    max_num_seqs: int | None = None  # vllm only; None: vLLM's default
+    max_num_batched_tokens: int | None = None  # vllm only; None: vLLM's default
 
     def __post_init__(self) -> None:
         layout = self.layout  # validates the worker counts against the pipeline mode
+        _ = self.scheduler_config  # checks the policy and its caps
         check_common_options(
             self.device, self.dtype, self.block_size, self.num_blocks, self.attention_backend
         )
@@ -82,6 +87,10 @@ class LaminaConfig:
             raise ConfigError(
                 "a compute worker of a tensor-parallel replica cannot be replaced (see lamina/recovery.py)"
             )
+
+    @property
+    def scheduler_config(self) -> SchedulerConfig:
+        return SchedulerConfig(self.scheduler, self.max_num_seqs, self.max_num_batched_tokens)
 
     @property
     def layout(self) -> Layout:

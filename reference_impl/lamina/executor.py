@@ -33,6 +33,7 @@ from reference_impl.lamina.results import (
     steps_from_tensor,
     traffic_from_tensor,
 )
+from reference_impl.scheduling import SchedulerConfig
 from reference_impl.supervisor import Stage
 
 MAX_RECOVERIES_PER_STEP = 3
@@ -77,9 +78,9 @@ class LaminaExecutor(KVAccounting):
 
     # -- KV accounting (engine.Executor): forwarded to the workers with the next plan --
     def reserve(self, seq_id: int, num_tokens: int) -> None:
-        super().reserve(seq_id, num_tokens)
+        super().reserve(seq_id, num_tokens)  # a new sequence, or more blocks for a decoding one (vllm)
         self._reservations[seq_id] = num_tokens
-        self._history[seq_id] = []
+        self._history.setdefault(seq_id, [])
         self._reserves.append((seq_id, num_tokens))
 
     def free(self, seq_id: int) -> None:
@@ -221,15 +222,17 @@ class LaminaExecutor(KVAccounting):
 
 
 class LaminaEngine(Engine):
-    """engine.Engine over a LaminaExecutor: the baseline's continuous batching, FCFS admission and
-    sampling unchanged, with KV admission by the attention pool's capacity."""
+    """engine.Engine over a LaminaExecutor: the baseline's continuous batching, scheduling policy and
+    sampling unchanged, with KV admission (and, under vllm, growth and preemption) by the attention pool's
+    blocks."""
 
     def __init__(
         self,
         executor: LaminaExecutor,
         sampling: SamplingParams | None = None,
         max_batch_size: int | None = None,
+        scheduler: SchedulerConfig | None = None,
     ) -> None:
         if not isinstance(executor, LaminaExecutor):
             raise TypeError(f"LaminaEngine needs a LaminaExecutor, got {type(executor).__name__}")
-        super().__init__(executor, sampling, max_batch_size)
+        super().__init__(executor, sampling, max_batch_size, scheduler)

@@ -75,9 +75,10 @@ def serve_scheduler(
     clock = WorkerClock(device=worker.device)
     executor = LaminaExecutor(worker, fabric, cfg, num_blocks, clock, respawn)
     try:
-        engine_run = LaminaEngine(executor, sampling_params(cfg), max_batch_size=cfg.max_batch_size).run(
-            requests
+        engine = LaminaEngine(
+            executor, sampling_params(cfg), max_batch_size=cfg.max_batch_size, scheduler=cfg.scheduler_config
         )
+        engine_run = engine.run(requests)
     except BaseException:
         executor.abort()  # tell the other ranks to exit; their figures are not waited for
         raise
