@@ -96,11 +96,11 @@ def add_generate_arguments(parser: argparse.ArgumentParser, systems: Sequence[st
         dest="heartbeat_timeout_s",
         type=float,
         default=homogeneous["heartbeat_timeout_s"],
-        help="seconds without a heartbeat after which a worker process counts as hung (lamina; --tp > 1)",
+        help="seconds without a heartbeat after which a worker process counts as hung (lamina, afd; --tp > 1)",
     )
 
 
 def config_from_args(cls: type[Config], args: argparse.Namespace) -> Config:
-    """A GenerateConfig, LaminaConfig or AFDConfig from parsed `generate` options (fields without an option keep
-    their default)."""
+    """A GenerateConfig, LaminaConfig or AFDConfig from parsed `generate` options (fields without an
+    option keep their default)."""
     return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})
