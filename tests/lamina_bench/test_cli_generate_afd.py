@@ -163,3 +163,26 @@ def test_a_killed_expert_worker_is_one_line_and_exit_1_within_30_s(checkpoints, 
         "the group cannot go on without it\n"
     )
     _assert_nothing_left(mark)
+
+
+@pytest.mark.slow
+def test_a_hung_attention_worker_is_found_silent_and_the_run_ends(checkpoints, monkeypatch):
+    """Attention worker 1 (rank 1) freezes (SIGSTOP) at decode step 1; heartbeat timeout 3 s."""
+    from reference_impl.afd import AFDConfig, generate_afd
+    from reference_impl.engine import Request
+    from reference_impl.errors import WorkerFailure
+
+    folder, prompts, _ = checkpoints("mixtral")
+    mark = os.urandom(8).hex()
+    monkeypatch.setenv(FAULT_ENV, "1:decode=1:STOP")
+    monkeypatch.setenv(MARK_ENV, mark)
+    requests = [Request(i, tuple(p), NEW_TOKENS) for i, p in enumerate(prompts)]
+    cfg = AFDConfig(model_dir=str(folder), attention_workers=2, expert_workers=2, heartbeat_timeout_s=3.0)
+    with pytest.raises(WorkerFailure) as err:
+        generate_afd(cfg, requests)
+    assert str(err.value) == (
+        "rank 1 (attention worker 1) was silent for 3 s (no heartbeat, no CPU time: stopped or hung) and was "
+        "killed during decode step 1; the group cannot go on without it"
+    )
+    assert err.value.failure.since_fault_s < 4.0
+    _assert_nothing_left(mark)
