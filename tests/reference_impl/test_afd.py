@@ -210,6 +210,27 @@ def test_same_tokens_as_the_homogeneous_engine_and_transformers(
         assert run.traffic["hidden"].payload_bytes > 0
 
 
+def test_requests_wait_for_kv_of_one_attention_worker(case):
+    """2 attention workers of 2 blocks of 16 tokens: the 23-token request needs both blocks of one worker,
+    so requests queue and join later, and the tokens do not change."""
+    kind, folder, requests, expected, _ = case
+    cfg = AFDConfig(
+        model_dir=folder,
+        attention_workers=2,
+        expert_workers=2,
+        pipeline_batches=2,
+        block_size=16,
+        num_blocks=2,
+        ignore_eos=True,
+        launcher="threads",
+    )
+    run = generate_afd(cfg, requests)
+    assert [c.output_ids for c in run.completions] == expected
+    assert max(it.waiting for it in run.engine.iterations) >= 1
+    with pytest.raises(ConfigError, match="request 2 needs 23 KV tokens but the whole cache holds 16"):
+        generate_afd(AFDConfig(model_dir=folder, block_size=16, num_blocks=1, launcher="threads"), requests)
+
+
 # Mixtral tiny: d = 64, k = 2, fp32 (e = 4), 4 experts, 2 MoE layers
 D_E = 64 * 4
 
