@@ -235,11 +235,10 @@ def test_requests_wait_for_kv_of_one_attention_worker(case):
 D_E = 64 * 4
 
 
+@pytest.mark.parametrize("case", ["mixtral"], indirect=True)
 @pytest.mark.parametrize("expert_workers", [1, 2, 4])
 def test_dispatch_and_combine_bytes_by_hand(case, expert_workers):
-    kind, folder, requests, _, _ = case
-    if kind != "mixtral":
-        pytest.skip("worked for the Mixtral checkpoint")
+    _, folder, requests, _, _ = case
     run = generate_afd(
         AFDConfig(model_dir=folder, expert_workers=expert_workers, ignore_eos=True, launcher="threads"),
         requests,
