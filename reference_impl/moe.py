@@ -20,6 +20,7 @@ keeps it inside a dense slice. Under tensor parallelism each expert's width is s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -157,11 +158,28 @@ class MoEBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weights, experts = self.router(x)  # (T, k), (T, k)
-        out = torch.zeros_like(x)  # (T, d)
-        for e, expert in enumerate(self.experts):
-            token, slot = torch.where(experts == e)  # the tokens routed to e, and which of their k slots
-            y = expert(x[token]) * weights[token, slot, None]  # (n_e, d), float32 unless weights were rounded
-            out = out.index_add(0, token, y.to(x.dtype))
+        out = weighted_sum(x, weights, experts, len(self.experts), lambda e, token: self.experts[e](x[token]))
         if self.shared is not None:
             out = out + self.shared(x)
         return out
+
+
+def weighted_sum(
+    x: torch.Tensor,
+    weights: torch.Tensor,
+    experts: torch.Tensor,
+    num_experts: int,
+    expert_output: Callable[[int, torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """The routed experts' outputs summed with the routing weights: x (T, d), weights/experts (T, k) -> (T, d).
+
+    expert_output(e, token) is expert e's output (n_e, d) for the rows x[token] routed to it (token
+    ascending); MoEBlock computes it here, the AFD runtime receives it from the expert worker holding e.
+    The sum runs in expert order, each weighted output cast to x's dtype, so both give the same numbers.
+    """
+    out = torch.zeros_like(x)  # (T, d)
+    for e in range(num_experts):
+        token, slot = torch.where(experts == e)  # the tokens routed to e, and which of their k slots
+        y = expert_output(e, token) * weights[token, slot, None]  # (n_e, d), float32 unless weights rounded
+        out = out.index_add(0, token, y.to(x.dtype))
+    return out

@@ -1,9 +1,9 @@
 """The `generate` command line, written once: its options, with defaults read off the config dataclasses.
 
-`lamina-bench generate` (both systems), `python -m reference_impl.launch` (homogeneous) and
+`lamina-bench generate` (every system), `python -m reference_impl.launch` (homogeneous) and
 `python -m reference_impl.lamina` (Lamina) add these options with `add_generate_arguments` and turn
-the parsed arguments into a GenerateConfig or LaminaConfig with `config_from_args`. The engine options
-both systems share have the same defaults in both dataclasses.
+the parsed arguments into a GenerateConfig, LaminaConfig or AFDConfig with `config_from_args`. The
+options the systems share have the same defaults in their dataclasses.
 """
 
 from __future__ import annotations
@@ -13,12 +13,13 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
+from reference_impl.afd.config import AFDConfig
 from reference_impl.config import GenerateConfig
 from reference_impl.lamina.config import LaminaConfig
 from reference_impl.scheduling import VLLM_MAX_NUM_BATCHED_TOKENS, VLLM_MAX_NUM_SEQS
 
-SYSTEMS = ("homogeneous", "lamina")
-Config = TypeVar("Config", GenerateConfig, LaminaConfig)
+SYSTEMS = ("homogeneous", "lamina", "afd")
+Config = TypeVar("Config", GenerateConfig, LaminaConfig, AFDConfig)
 
 
 def defaults(cls: type) -> dict[str, Any]:
@@ -33,7 +34,7 @@ def add_generate_arguments(parser: argparse.ArgumentParser, systems: Sequence[st
     add("--model-dir", required=True, help="Hugging Face checkpoint folder (config.json + safetensors)")
     add("--prompts", required=True, help='JSONL prompt file, one {"prompt_ids": [...], "max_new_tokens": N}')
     if "homogeneous" in systems:
-        add("--system", default=homogeneous["system"], help="homogeneous (baseline) | lamina")
+        add("--system", default=homogeneous["system"], help="homogeneous (baseline) | lamina | afd")
         add(
             "--tp",
             type=int,
@@ -51,19 +52,26 @@ def add_generate_arguments(parser: argparse.ArgumentParser, systems: Sequence[st
             "--attention-workers",
             type=int,
             default=lamina["attention_workers"],
-            help="lamina: attention processes (KV head ranges)",
+            help="lamina: attention processes (KV head ranges); afd: attention processes (requests split)",
         )
         add(
             "--pipeline-batches",
             type=int,
             default=lamina["pipeline_batches"],
-            help="lamina: 1 none, 2 ping-pong, n rotational",
+            help="lamina: 1 none, 2 ping-pong, n rotational; afd: 1 none, 2 ping-pong",
         )
         add(
             "--attention-split",
             action="store_true",
             default=lamina["attention_split"],
             help="lamina: merge the new token's k/v after",
+        )
+    if "afd" in systems:
+        add(
+            "--expert-workers",
+            type=int,
+            default=defaults(AFDConfig)["expert_workers"],
+            help="afd: expert processes, each holding a range of the routed experts",
         )
     add("--device", default=homogeneous["device"], help="cpu | cuda")
     add("--dtype", default=homogeneous["dtype"], help="fp32 | fp16 | bf16")
@@ -107,11 +115,11 @@ def add_generate_arguments(parser: argparse.ArgumentParser, systems: Sequence[st
         dest="heartbeat_timeout_s",
         type=float,
         default=homogeneous["heartbeat_timeout_s"],
-        help="seconds without a heartbeat after which a worker process counts as hung (lamina; --tp > 1)",
+        help="seconds without a heartbeat after which a worker process counts as hung (lamina, afd; --tp > 1)",
     )
 
 
 def config_from_args(cls: type[Config], args: argparse.Namespace) -> Config:
-    """A GenerateConfig or LaminaConfig from parsed `generate` options (fields without an option keep
-    their default)."""
+    """A GenerateConfig, LaminaConfig or AFDConfig from parsed `generate` options (fields without an
+    option keep their default)."""
     return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})

@@ -40,6 +40,7 @@ def add_generate(sub, full: bool) -> None:
 
 
 def _run_generate(args) -> int:
+    from reference_impl.afd import AFDConfig, generate_afd
     from reference_impl.config import GenerateConfig
     from reference_impl.engine import run_summary
     from reference_impl.homogeneous import generate
@@ -49,7 +50,12 @@ def _run_generate(args) -> int:
 
     if args.system not in SYSTEMS:
         raise UserInputError(f"unknown system {args.system!r}; valid: {', '.join(SYSTEMS)}")
-    if args.system == "lamina":
+    if args.system == "afd":
+        afd_run = generate_afd(
+            config_from_args(AFDConfig, args), _read_prompt_file(args.prompts, read_prompts)
+        )
+        run, summary = afd_run.engine, afd_run.summary()
+    elif args.system == "lamina":
         config = config_from_args(LaminaConfig, args)
         lamina_run = generate_lamina(config, _read_prompt_file(args.prompts, read_prompts))
         run, summary = lamina_run.engine, lamina_run.summary()
