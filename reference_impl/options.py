@@ -64,6 +64,15 @@ def add_generate_arguments(parser: argparse.ArgumentParser, systems: Sequence[st
             default=lamina["attention_split"],
             help="lamina: merge the new token's k/v after",
         )
+        add("--launcher", default=lamina["launcher"], help="lamina: processes | threads | ray (Ray actors)")
+        add(
+            "--ray-address",
+            help="lamina --launcher ray: HOST:PORT of the Ray head (default: a private cluster)",
+        )
+        add(
+            "--ray-devices",
+            help="lamina --launcher ray: device types as custom resources, compute=H100,attention=H20",
+        )
     add("--device", default=homogeneous["device"], help="cpu | cuda")
     add("--dtype", default=homogeneous["dtype"], help="fp32 | fp16 | bf16")
     add("--temperature", type=float, default=homogeneous["temperature"], help="0 = greedy")
