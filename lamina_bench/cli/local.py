@@ -52,6 +52,8 @@ def _run_generate(args) -> int:
         raise UserInputError(f"unknown system {args.system!r}; valid: {', '.join(SYSTEMS)}")
     if args.system != "lamina" and args.launcher != "processes":
         raise UserInputError(f"--launcher {args.launcher} applies to --system lamina only")
+    if args.launcher != "ray" and (args.ray_address or args.ray_devices):
+        raise UserInputError("--ray-address and --ray-devices apply to --launcher ray only")
     if args.system == "lamina":
         config = config_from_args(LaminaConfig, args)
         if config.launcher == "ray":

@@ -108,6 +108,17 @@ def test_the_quick_sweep_on_a_cluster_has_the_local_executors_points_and_values(
     )  # the driver wrote every row into the run folder, once
 
 
+@pytest.mark.slow
+def test_the_whole_quick_sweep_on_a_cluster_has_the_local_executors_points_and_values(ray_cluster, tmp_path):
+    spec = parse_spec(_quick_raw())  # 12 points, predictions from a profile taken on the worker
+    local, _ = _run(spec, tmp_path, "local", LocalExecutor())
+    store, outcome = _run(spec, tmp_path, "ray", ray_executor.RayExecutor(address=ray_cluster.address))
+    assert outcome.failed == 0 and outcome.ran == 12
+    assert sorted(r.point_id for r in store.rows()) == sorted(r.point_id for r in local.rows())
+    assert _values(store) == _values(local) and len(_values(store)) == 4
+    assert list(store.path.glob("profile-*.json"))  # the worker's profile, written by the driver
+
+
 def test_resume_on_a_cluster_runs_only_what_is_missing(ray_cluster, tmp_path):
     spec = parse_spec(_modeled_raw())
     points = list(spec.points)
