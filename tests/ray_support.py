@@ -88,6 +88,7 @@ def _hex_address(text: str) -> str:
 
 def is_loopback_hex(address: str) -> bool:
     """127.0.0.0/8, ::1, or ::ffff:127.x.x.x (an IPv4 loopback on an IPv6 socket)."""
+    address = address.lower()
     if "." in address:
         return address.startswith("127.")
     return address == "00000000:00000000:00000000:00000001" or (

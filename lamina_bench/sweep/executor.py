@@ -1,8 +1,8 @@
-"""Where a sweep's points run: the executor interface, and the choice behind `run --executor`.
+"""Where a sweep's points run: the choice behind `run --executor`.
 
-An executor takes the points still to run and hands each finished point's row (and the telemetry
-samples and profiles taken for it) to the sweep's `Recorder` (sweep/run.py), the only writer of the
-run folder. It must hand over exactly one row per point: a point that fails, or whose worker is lost,
+An executor (the `run.Executor` interface) takes the points still to run and hands each finished
+point's row (and the telemetry samples and profiles taken for it) to the sweep's `Recorder`
+(sweep/run.py), the only writer of the run folder. It must hand over exactly one row per point: a point that fails, or whose worker is lost,
 is a failed row with the error. Two executors:
 
     local   every point in this process, one after the other (run.LocalExecutor; the default)
@@ -14,33 +14,10 @@ that says how to install it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
-
 from lamina_bench.errors import UserInputError
-
-if TYPE_CHECKING:
-    from lamina_bench.sweep.points import Point
-    from lamina_bench.sweep.run import Recorder
+from lamina_bench.sweep.run import Executor, LocalExecutor
 
 EXECUTORS = ("local", "ray")
-
-
-@dataclass(frozen=True)
-class SweepJob:
-    """What every point of one sweep shares (sent to workers as it is): the spec's path for the rows'
-    repro_command, and the measured repeats per point."""
-
-    spec_path: str
-    repeats: int
-
-
-class Executor(Protocol):
-    name: str
-
-    def run(self, todo: Sequence[Point], job: SweepJob, recorder: Recorder) -> None:
-        """Runs every point of `todo`, handing each one's row to `recorder.row` as it finishes."""
 
 
 def executor_named(name: str, address: str | None = None, device_resources: str | None = None) -> Executor:
@@ -50,8 +27,6 @@ def executor_named(name: str, address: str | None = None, device_resources: str 
     if name == "local":
         if address is not None or device_resources is not None:
             raise UserInputError("--address and --ray-devices apply to --executor ray only")
-        from lamina_bench.sweep.run import LocalExecutor
-
         return LocalExecutor()
     from reference_impl.ray_cluster import require_ray
 

@@ -33,8 +33,8 @@ from ray.exceptions import RayError, RayTaskError
 
 from lamina_bench.measure.nvml import TelemetrySampler
 from lamina_bench.sweep import run as sweep_run
-from lamina_bench.sweep.executor import SweepJob
 from lamina_bench.sweep.points import Point
+from lamina_bench.sweep.run import SweepJob
 from reference_impl.ray_cluster import check_address, connect
 
 MAX_BATCH = 64  # modeled points per task: a lost task costs at most this many reruns

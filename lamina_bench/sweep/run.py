@@ -16,6 +16,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from lamina_bench.catalog.workloads import load_trace
 from lamina_bench.measure.nvml import TelemetrySampler
@@ -27,7 +28,6 @@ from lamina_bench.model.simulator import simulate
 from lamina_bench.results.row import PointRow
 from lamina_bench.results.stats import aggregate_repeats
 from lamina_bench.results.store import RunStore
-from lamina_bench.sweep.executor import Executor, SweepJob
 from lamina_bench.sweep.points import ModeledConfig, Point
 from lamina_bench.sweep.spec import SweepSpec
 
@@ -39,6 +39,24 @@ class SweepOutcome:
     skipped: int  # already finished (resume)
     failed: int
     wall_s: float
+
+
+@dataclass(frozen=True)
+class SweepJob:
+    """What every point of one sweep shares (sent to workers as it is): the spec's path for the rows'
+    repro_command, and the measured repeats per point."""
+
+    spec_path: str
+    repeats: int
+
+
+class Executor(Protocol):
+    """Runs points somewhere, handing each finished point's row to the Recorder (sweep/executor.py)."""
+
+    name: str
+
+    def run(self, todo: Sequence[Point], job: SweepJob, recorder: Recorder) -> None:
+        """Runs every point of `todo`, handing each one's row to `recorder.row` as it finishes."""
 
 
 class Progress:

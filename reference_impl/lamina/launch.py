@@ -270,8 +270,8 @@ def generate_lamina(cfg: LaminaConfig, requests: Sequence[Request]) -> LaminaRun
     check_vocab(requests, model_cfg.vocab_size)  # before any process starts
     if cfg.launcher == "threads":
         return _run_threads(cfg, requests)
-    if cfg.launcher == "ray":  # on a private Ray cluster of this machine; ray_launch.py for others
-        from reference_impl.lamina.ray_launch import generate_lamina_ray
-
-        return generate_lamina_ray(cfg, requests)
+    if cfg.launcher == "ray":
+        raise ConfigError(
+            "launcher 'ray' runs through lamina.ray_launch.generate_lamina_ray (the cluster to use)"
+        )
     return _spawn(cfg, requests)

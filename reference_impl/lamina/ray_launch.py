@@ -33,6 +33,7 @@ from reference_impl.engine import Request
 from reference_impl.errors import ConfigError, WorkerFailure
 from reference_impl.lamina.config import LaminaConfig, check_model
 from reference_impl.lamina.fabric import ProcessFabric, StoreAddress
+from reference_impl.lamina.launch import serve_rank
 from reference_impl.lamina.layout import COMPUTE
 from reference_impl.lamina.results import LaminaRun
 from reference_impl.prompts import check_vocab
@@ -52,6 +53,8 @@ class RayPlacement:
 
     @classmethod
     def from_options(cls, address: str | None, devices: str | None) -> RayPlacement:
+        """From --ray-address and --ray-devices; ConfigError when Ray is not installed or one is bad."""
+        require_ray("--launcher ray")
         check_address(address, "--ray-address")
         return cls(address, parse_devices(devices))
 
@@ -105,8 +108,6 @@ class RankActor:
         group=None,
     ) -> LaminaRun | None:
         """launch.serve_rank for `rank`; rank 0 gets the actors (to kill and replace) and the group."""
-        from reference_impl.lamina.launch import serve_rank
-
         if is_loopback(f"{address.host}:0"):
             pin_gloo_to_loopback()
         respawn = None
