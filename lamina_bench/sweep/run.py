@@ -278,7 +278,8 @@ def run_sweep(
     (executor or LocalExecutor()).run(todo, SweepJob(spec_path, spec.repeats), recorder)
     missing = [p for p in todo if p.point_id not in recorder.recorded]
     for point in missing:  # an executor that lost a point without a row: a failed row, never a gap
-        recorder.row(point, failed_row(point, spec_path, "the executor returned no row for this point"))
+        row = failed_row(point, spec_path, "the executor returned no row for this point")
+        recorder.row(point, row.replace(wall_s=0.0))
     return SweepOutcome(
         store.path, len(todo), len(points) - len(todo), recorder.failed, time.perf_counter() - start
     )
