@@ -40,7 +40,7 @@ class LocalCluster:
         self.cluster.remove_node(node, allow_graceful=False)  # SIGKILL, as a machine that goes away
 
     def pids(self) -> set[int]:
-        """Every process of every node of the cluster (raylets, GCS, their helpers)."""
+        """Every process of every node of the cluster (raylets, GCS, their agents)."""
         out = set()
         for node in self.cluster.list_all_nodes():
             for infos in node.all_processes.values():

@@ -272,6 +272,6 @@ def generate_lamina(cfg: LaminaConfig, requests: Sequence[Request]) -> LaminaRun
         return _run_threads(cfg, requests)
     if cfg.launcher == "ray":
         raise ConfigError(
-            "launcher 'ray' runs through lamina.ray_launch.generate_lamina_ray (the cluster to use)"
+            "launcher 'ray' needs a cluster: call lamina.ray_launch.generate_lamina_ray (generate --launcher ray)"
         )
     return _spawn(cfg, requests)
