@@ -1,5 +1,6 @@
 # `make bench`: install, run the default sweep, write the HTML report.   `make test`: install, install
-# Debian's chromium if missing (`make chromium`, for the report's browser test), run the tests.
+# Debian's chromium if missing (`make chromium`, for the report's browser test), run the tests. The
+# install takes the `test` and `ray` extras (the Ray tests start a cluster on 127.0.0.1).
 # torch is installed first and pinned: torch==2.13.0 is a CPU wheel on local disk, while a bare "torch"
 # requirement would pull a multi-GB CUDA build.
 PYTHON ?= python3
@@ -13,7 +14,7 @@ CHROMIUM := /usr/bin/chromium
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,ray]'
 	touch $(STAMP)
 
 install: $(STAMP)

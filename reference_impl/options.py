@@ -66,6 +66,15 @@ def add_generate_arguments(parser: argparse.ArgumentParser, systems: Sequence[st
             default=lamina["attention_split"],
             help="lamina: merge the new token's k/v after",
         )
+        add("--launcher", default=lamina["launcher"], help="lamina: processes | threads | ray (Ray actors)")
+        add(
+            "--ray-address",
+            help="lamina --launcher ray: HOST:PORT of the Ray head (default: a private cluster)",
+        )
+        add(
+            "--ray-devices",
+            help="lamina --launcher ray: device types as custom resources, compute=H100,attention=H20",
+        )
     if "afd" in systems:
         add(
             "--expert-workers",

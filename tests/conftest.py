@@ -23,3 +23,16 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A Ray cluster on 127.0.0.1 (tests/ray_support.py), started on first use and shared by the session."""
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'lamina-bench[ray]')")
+    from tests.ray_support import start_cluster
+
+    cluster = start_cluster()
+    try:
+        yield cluster
+    finally:
+        cluster.shutdown()

@@ -12,6 +12,7 @@ import shlex
 import signal
 import sys
 import threading
+from functools import partial
 
 from lamina_bench.cli.common import given
 from lamina_bench.errors import UserInputError
@@ -50,6 +51,10 @@ def _run_generate(args) -> int:
 
     if args.system not in SYSTEMS:
         raise UserInputError(f"unknown system {args.system!r}; valid: {', '.join(SYSTEMS)}")
+    if args.system != "lamina" and args.launcher != "processes":
+        raise UserInputError(f"--launcher {args.launcher} applies to --system lamina only")
+    if args.launcher != "ray" and (args.ray_address or args.ray_devices):
+        raise UserInputError("--ray-address and --ray-devices apply to --launcher ray only")
     if args.system == "afd":
         afd_run = generate_afd(
             config_from_args(AFDConfig, args), _read_prompt_file(args.prompts, read_prompts)
@@ -57,6 +62,11 @@ def _run_generate(args) -> int:
         run, summary = afd_run.engine, afd_run.summary()
     elif args.system == "lamina":
         config = config_from_args(LaminaConfig, args)
+        if config.launcher == "ray":
+            from reference_impl.lamina.ray_launch import RayPlacement, generate_lamina_ray
+
+            placement = RayPlacement.from_options(args.ray_address, args.ray_devices)
+            generate_lamina = partial(generate_lamina_ray, placement=placement)
         lamina_run = generate_lamina(config, _read_prompt_file(args.prompts, read_prompts))
         run, summary = lamina_run.engine, lamina_run.summary()
     else:
@@ -119,6 +129,11 @@ def add_run(sub) -> None:
     p.add_argument("--run-id", help="name of the run folder (default: <spec name>-<UTC time>)")
     p.add_argument("--report", default=None, help="report path (default: reports/<run_id>.html)")
     p.add_argument("--no-report", action="store_true", help="skip the report")
+    p.add_argument("--executor", default="local", help="local (default: this process) | ray (a Ray cluster)")
+    p.add_argument("--address", help="--executor ray: HOST:PORT of the Ray head (default: a private cluster)")
+    p.add_argument(
+        "--ray-devices", help="--executor ray: custom resources per role, e.g. compute=H100,attention=H20"
+    )
     p.set_defaults(func=_run_run)
 
 
@@ -143,7 +158,11 @@ def interrupt_on_sigterm():
 def resume_command(spec_path: str, args, run_id: str) -> str:
     """The command that continues this very run: the same spec, shard and point, and its run id."""
     parts = ["lamina-bench", "run", spec_path, "--out", str(args.out), "--resume", "--run-id", run_id]
-    for option, value in (("--shard", args.shard), ("--point", args.point)):
+    options = (("--shard", args.shard), ("--point", args.point), ("--address", args.address))
+    options += (("--ray-devices", args.ray_devices),)
+    if args.executor != "local":
+        parts += ["--executor", args.executor]
+    for option, value in options:
         if value is not None:
             parts += [option, value]
     if args.quick:
@@ -177,6 +196,7 @@ def _run_run(args) -> int:
 
 
 def _sweep(args, state: dict) -> int:
+    from lamina_bench.sweep.executor import executor_named
     from lamina_bench.sweep.resume import manifest_spec, open_run, select_points
     from lamina_bench.sweep.run import run_sweep
     from lamina_bench.sweep.spec import DEFAULT_SPEC, QUICK_SPEC, load_spec
@@ -188,6 +208,7 @@ def _sweep(args, state: dict) -> int:
         spec = dataclasses.replace(spec, repeats=1)
     points = select_points(spec, spec_path, args.shard, args.point)
     record = manifest_spec(spec, spec_path, args.shard, args.point)
+    executor = executor_named(args.executor, args.address, args.ray_devices)
     report = None
     if not args.no_report:
         report = args.report  # checked now, not after the sweep; the default needs the run id
@@ -196,7 +217,7 @@ def _sweep(args, state: dict) -> int:
     log = lambda message: print(message, file=sys.stderr)  # noqa: E731
     store = state["store"] = open_run(spec, record, out, args.resume, args.run_id, sys.argv, log)
     log(f"{len(points)} points -> {store.path}")
-    outcome = run_sweep(spec, store, points, spec_path=spec_path)
+    outcome = run_sweep(spec, store, points, spec_path=spec_path, executor=executor)
     store.finalize()
     print(
         f"{outcome.ran} points run, {outcome.skipped} already done, {outcome.failed} failed "

@@ -79,6 +79,11 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_from_args(LaminaConfig, args)
         if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
             run = _torchrun_rank(cfg, args.prompts)
+        elif cfg.launcher == "ray":
+            from reference_impl.lamina.ray_launch import RayPlacement, generate_lamina_ray
+
+            placement = RayPlacement.from_options(args.ray_address, args.ray_devices)
+            run = generate_lamina_ray(cfg, read_prompts(args.prompts), placement)
         else:
             run = generate_lamina(cfg, read_prompts(args.prompts))
     except ConfigError as exc:

@@ -19,7 +19,7 @@ from reference_impl.model import ModelConfig, check_tp
 from reference_impl.scheduling import SchedulerConfig
 from reference_impl.supervisor import HEARTBEAT_TIMEOUT_S
 
-LAUNCHERS = ("processes", "threads")
+LAUNCHERS = ("processes", "threads", "ray")
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,7 @@ class LaminaConfig:
     ignore_eos: bool = False
     attention_backend: str = "auto"  # one of attention.BACKENDS
     launcher: str = "processes"  # processes (gloo/NCCL, recovery) | threads (one process, tp 1, for tests)
+    # | ray (a Ray actor per rank, placed by device type; recovery; lamina/ray_launch.py)
     comm_timeout_s: float = 300.0  # a receive waiting longer declares its peer dead
     # processes launcher: a process whose heartbeat is silent this long counts as hung and is killed
     heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT_S
@@ -77,8 +78,8 @@ class LaminaConfig:
 
     def _check_kill_at(self, layout: Layout) -> None:
         rank, step = self.kill_at
-        if self.launcher != "processes" or self.device != "cpu":
-            raise ConfigError("kill_at needs the processes launcher on CPU (recovery runs over gloo)")
+        if self.launcher not in ("processes", "ray") or self.device != "cpu":
+            raise ConfigError("kill_at needs the processes or ray launcher on CPU (recovery runs over gloo)")
         if not 1 <= rank < layout.world_size or step < 0:
             raise ConfigError(
                 f"kill_at rank must be in 1..{layout.world_size - 1} and step >= 0, got {self.kill_at}"

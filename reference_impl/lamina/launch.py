@@ -63,12 +63,14 @@ def serve_rank(
     threads: int | None = None,
     local: bool = True,
     respawn=None,
+    make_fabric=ProcessFabric,
 ) -> LaminaRun | None:
     """Everything one process does for its rank; rank 0 returns the run, the others None.
 
     epoch > 0 starts a replacement that joins the run at that epoch. local: every rank runs on this
     machine (the spawning launcher), so rank 0 can kill dead ranks. respawn(ranks, epoch): rank 0's
-    way to have replacements started (None: this launcher cannot replace workers).
+    way to have replacements started (None: this launcher cannot replace workers). make_fabric: the
+    fabric's class (the Ray launcher's kills ranks through Ray).
     """
     if threads is not None:
         torch.set_num_threads(threads)
@@ -84,7 +86,7 @@ def serve_rank(
     device = device_for(cfg, rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    fabric = ProcessFabric(rank, layout, store, device, cfg.comm_timeout_s, local)
+    fabric = make_fabric(rank, layout, store, device, cfg.comm_timeout_s, local)
     fabric.publish_pid()
     fabric.join(epoch)
     supervisor.fault_point("load")
@@ -268,4 +270,8 @@ def generate_lamina(cfg: LaminaConfig, requests: Sequence[Request]) -> LaminaRun
     check_vocab(requests, model_cfg.vocab_size)  # before any process starts
     if cfg.launcher == "threads":
         return _run_threads(cfg, requests)
+    if cfg.launcher == "ray":
+        raise ConfigError(
+            "launcher 'ray' needs a cluster: call lamina.ray_launch.generate_lamina_ray (generate --launcher ray)"
+        )
     return _spawn(cfg, requests)

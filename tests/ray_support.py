@@ -1,0 +1,146 @@
+"""A Ray cluster on 127.0.0.1 for tests: a head and one more node process, each with its own custom
+resources, shared by every Ray test of a session (Ray starts slowly on small machines).
+
+    head     2 CPUs, {"H100": 4}   the "compute" node type
+    node     2 CPUs, {"H20": 4}    the "attention" node type
+Both listen on 127.0.0.1 only, without a dashboard. `add_node` starts a further node process (a test
+that kills one starts its own); `shutdown` stops every process of the cluster.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from reference_impl.ray_cluster import stay_on_loopback
+
+HEAD_RESOURCES = {"H100": 4.0}
+NODE_RESOURCES = {"H20": 4.0}
+NODE_ARGS = {"node_ip_address": "127.0.0.1", "include_dashboard": False}
+# A node that went away is declared dead after ~3 missed 1 s health checks (Ray's defaults: 5 x 3 s,
+# after 5 s), so the tests that kill one wait seconds, not half a minute.
+HEALTH_CHECKS = {"health_check_initial_delay_ms": 1000, "health_check_period_ms": 1000,
+                 "health_check_timeout_ms": 2000, "health_check_failure_threshold": 3}  # fmt: skip
+
+
+@dataclass
+class LocalCluster:
+    cluster: object  # ray.cluster_utils.Cluster
+
+    @property
+    def address(self) -> str:
+        return self.cluster.address
+
+    def add_node(self, **options):
+        node = self.cluster.add_node(**NODE_ARGS, **options)
+        self.cluster.wait_for_nodes()
+        return node
+
+    def remove_node(self, node) -> None:
+        self.cluster.remove_node(node, allow_graceful=False)  # SIGKILL, as a machine that goes away
+
+    def pids(self) -> set[int]:
+        """Every process of every node of the cluster (raylets, GCS, their agents)."""
+        out = set()
+        for node in self.cluster.list_all_nodes():
+            for infos in node.all_processes.values():
+                out.update(info.process.pid for info in infos)
+        return out
+
+    def shutdown(self) -> None:
+        self.cluster.shutdown()
+
+
+def start_cluster() -> LocalCluster:
+    stay_on_loopback()
+    from ray.cluster_utils import Cluster
+
+    head = {**NODE_ARGS, "num_cpus": 2, "resources": HEAD_RESOURCES, "_system_config": HEALTH_CHECKS}
+    cluster = Cluster(initialize_head=True, head_node_args=head)
+    local = LocalCluster(cluster)
+    local.add_node(num_cpus=2, resources=NODE_RESOURCES)
+    os.environ.pop("RAY_ADDRESS", None)  # the address is always passed explicitly
+    return local
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    except OSError:
+        pass
+    return inodes
+
+
+def _hex_address(text: str) -> str:
+    """/proc/net/tcp's little-endian hex address -> dotted IPv4, or the IPv6 words as hex."""
+    if len(text) == 8:
+        return ".".join(str(int(text[i : i + 2], 16)) for i in (6, 4, 2, 0))
+    words = [text[i : i + 8] for i in range(0, 32, 8)]
+    return ":".join(w[6:8] + w[4:6] + w[2:4] + w[0:2] for w in words)
+
+
+def is_loopback_hex(address: str) -> bool:
+    """127.0.0.0/8, ::1, or ::ffff:127.x.x.x (an IPv4 loopback on an IPv6 socket)."""
+    address = address.lower()
+    if "." in address:
+        return address.startswith("127.")
+    return address == "00000000:00000000:00000000:00000001" or (
+        address.startswith("00000000:00000000:0000ffff:7f")
+    )
+
+
+def listening_addresses(pids: set[int]) -> dict[int, set[str]]:
+    """pid -> local addresses of the TCP sockets it listens on."""
+    owner = {inode: pid for pid in pids for inode in _socket_inodes(pid)}
+    out: dict[int, set[str]] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as handle:
+            next(handle)
+            for line in handle:
+                fields = line.split()
+                local, state, inode = fields[1], fields[3], fields[9]
+                if state == "0A" and inode in owner:  # 0A: LISTEN
+                    out.setdefault(owner[inode], set()).add(_hex_address(local.split(":")[0]))
+    return out
+
+
+def descendants(pids: set[int]) -> set[int]:
+    """`pids` and every process below them (workers a raylet started, their children)."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as handle:
+                    parents[int(entry)] = int(handle.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    found, grew = set(pids) & set(parents), True
+    while grew:
+        more = {pid for pid, parent in parents.items() if parent in found} - found
+        found |= more
+        grew = bool(more)
+    return found
+
+
+def command_line(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return handle.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def running(pid: int) -> bool:
+    """Whether process `pid` exists and is not a zombie (dead, waiting to be reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
