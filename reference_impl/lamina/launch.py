@@ -1,7 +1,7 @@
 """Launching a Lamina run: one process per rank (spawned here, or one rank under torchrun), or threads.
 
 `generate_lamina(cfg, requests)` is the function behind `lamina-bench generate --system lamina`.
-The processes launcher spawns A + B processes on this machine (127.0.0.1) over gloo or NCCL under a
+The processes launcher spawns A + B (+ P prefill) processes on this machine (127.0.0.1) over gloo or NCCL under a
 `supervisor.Supervisor`, and replaces dead workers when rank 0 asks (recovery.py). Under torchrun each
 process calls `serve_rank` for its own rank (lamina/__main__.py). The threads launcher runs every rank
 as a thread of this process over InProcessTransport (no recovery, no tensor parallelism; for tests).
@@ -41,7 +41,7 @@ from reference_impl.lamina.build import build_worker, device_for
 from reference_impl.lamina.clock import WorkerClock
 from reference_impl.lamina.config import LaminaConfig, check_model
 from reference_impl.lamina.fabric import ProcessFabric, StoreAddress, ThreadFabric, connect_store
-from reference_impl.lamina.layout import COMPUTE, Layout
+from reference_impl.lamina.layout import COMPUTE, PREFILL, Layout
 from reference_impl.lamina.results import LaminaRun
 from reference_impl.lamina.serve import serve_scheduler, serve_worker
 from reference_impl.prompts import check_vocab
@@ -103,6 +103,8 @@ def describe_rank(layout: Layout, rank: int) -> str:
     """'rank 0 (scheduler and compute worker)', 'rank 2 (attention worker 1)', ..."""
     if rank == 0:
         return "rank 0 (scheduler and compute worker)"
+    if layout.role(rank) == PREFILL:
+        return f"rank {rank} (prefill worker {layout.prefill_of(rank)})"
     if layout.role(rank) == COMPUTE:
         replica, tp_rank = layout.replica_of(rank), layout.tp_rank_of(rank)
         where = f"replica {replica}" + (f", tensor-parallel rank {tp_rank}" if layout.tp > 1 else "")
