@@ -44,14 +44,22 @@ def _run_generate(args) -> int:
     from reference_impl.engine import run_summary
     from reference_impl.homogeneous import generate
     from reference_impl.lamina import LaminaConfig, generate_lamina
+    from reference_impl.latency import latency_metrics, request_latencies
     from reference_impl.options import SYSTEMS, config_from_args
     from reference_impl.prompts import read_prompts
 
     if args.system not in SYSTEMS:
         raise UserInputError(f"unknown system {args.system!r}; valid: {', '.join(SYSTEMS)}")
+    if args.system != "lamina" and args.prefill_workers:
+        raise UserInputError(
+            f"--prefill-workers {args.prefill_workers} needs --system lamina (the homogeneous engine prefills "
+            "on its own devices); leave it out or use --system lamina"
+        )
+    requests = None
     if args.system == "lamina":
         config = config_from_args(LaminaConfig, args)
-        lamina_run = generate_lamina(config, _read_prompt_file(args.prompts, read_prompts))
+        requests = _read_prompt_file(args.prompts, read_prompts)
+        lamina_run = generate_lamina(config, requests)
         run, summary = lamina_run.engine, lamina_run.summary()
     else:
         config = config_from_args(GenerateConfig, args)
@@ -60,12 +68,15 @@ def _run_generate(args) -> int:
             from reference_impl.model import check_tp
 
             check_tp(read_config(config.model_dir), config.tp)
-        run = generate(config, _read_prompt_file(args.prompts, read_prompts))
+        requests = _read_prompt_file(args.prompts, read_prompts)
+        run = generate(config, requests)
         summary = run_summary(run)
-    if args.json:
-        for c in run.completions:
-            print(json.dumps({"prompt_ids": list(c.prompt_ids), "output_ids": list(c.output_ids)}))
-        print(json.dumps({"summary": summary}))
+    if args.json:  # per request: its tokens, then its measured latencies (reference_impl/latency.py)
+        latencies = request_latencies(run, requests)
+        for c, latency in zip(run.completions, latencies, strict=True):
+            line = {"prompt_ids": list(c.prompt_ids), "output_ids": list(c.output_ids), **latency.to_json()}
+            print(json.dumps(line))
+        print(json.dumps({"summary": {**summary, **latency_metrics(latencies)}}))
         return 0
     for c in run.completions:
         print(

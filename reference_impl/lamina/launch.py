@@ -12,9 +12,11 @@ dead one). What follows depends on who failed and when (`_Watch`):
 - rank 0 (scheduler and compute rank 0) at any time, any rank during start-up (before its worker was
   built), a replacement while it starts, and any rank other than those being replaced during a
   recovery: the run ends with WorkerFailure (one line: rank, role, what happened, stage), at once;
-- a worker while the run serves: rank 0 finds the dead peer on its links and replaces it (attention
-  workers; compute replicas without tensor parallelism) and redoes the step, so the tokens do not
-  change; where it cannot (a compute rank of a tensor-parallel replica) it stops with WorkerFailure;
+- a prefill worker while the run serves: the run ends with WorkerFailure at once (it is not replaced);
+- another worker while the run serves: rank 0 finds the dead peer on its links and replaces it
+  (attention workers; compute replicas without tensor parallelism) and redoes the step, so the tokens
+  do not change; where it cannot (a compute rank of a tensor-parallel replica) it stops with
+  WorkerFailure;
 - a worker after the run's steps are done (shutdown): the run's result stands; that worker's figures
   are missing from it.
 Every process, replacements included, is killed and reaped before generate_lamina returns or raises.
@@ -187,6 +189,8 @@ class _Watch:
             raise WorkerFailure(message, failure)
         if failure.stage == Stage.SHUTDOWN or run_stage == Stage.SHUTDOWN:
             self.settled.add(failure.pid)  # the steps are done: the run stands without its figures
+        elif self.cfg.layout.role(child.rank) == PREFILL:
+            raise WorkerFailure(f"{message}; a prefill worker is not replaced", failure)
         elif run_stage == Stage.RECOVERY and child.rank not in rank0.recovering():
             raise WorkerFailure(f"{message}; a second failure during a recovery ends the run", failure)
         # else: rank 0 finds the dead peer on its links, and asks for a replacement or stops

@@ -83,8 +83,8 @@ class PrefillPool:
         got = job.result.wait()
         if got is None:
             raise WorkerFailure(
-                f"prefill worker {job.worker} (rank {self.layout.prefill_rank(job.worker)}) was lost with "
-                f"prefill job {job.plan.step_id}; a prefill worker is not replaced"
+                f"prefill worker {job.worker} (rank {self.layout.prefill_rank(job.worker)}) lost prefill job "
+                f"{job.plan.step_id}; a prefill worker is not replaced"
             )
         self.jobs.remove(job)
         return list(job.plan.seq_ids), got[0]
