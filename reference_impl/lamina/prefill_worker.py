@@ -18,12 +18,10 @@ from __future__ import annotations
 
 import torch
 
-from reference_impl import supervisor
 from reference_impl.lamina.compute_worker import PromptAttention
 from reference_impl.lamina.layout import HeadRouting, Layout
 from reference_impl.lamina.links import Links
 from reference_impl.lamina.plan import StepPlan
-from reference_impl.supervisor import Stage
 
 
 class PrefillWorker:
@@ -40,12 +38,9 @@ class PrefillWorker:
         self.model = model
         self.routes = routing.from_tp_rank(0)  # one route per attention worker: its whole head range
         self.device = next(model.parameters()).device
-        self.jobs = 0  # jobs begun (test-fault index and published stage)
 
     @torch.inference_mode()
     def execute(self, plan: StepPlan, links: Links) -> None:
-        supervisor.report(Stage.PREFILL, self.jobs)
-        self.jobs += 1
         ids = torch.tensor(plan.tokens, dtype=torch.long, device=self.device)  # (T,)
         positions = torch.cat(
             [torch.arange(p, p + n) for p, n in zip(plan.positions, plan.query_lens, strict=True)]
@@ -58,4 +53,3 @@ class PrefillWorker:
             logits = self.model.logits(hidden[last])  # (B, V) fp32
         links.flush()  # every attention worker holds the job's KV before rank 0 hears of it
         links.send(0, "prefill_out", [logits])
-        supervisor.report(Stage.SERVING)

@@ -34,6 +34,7 @@ _CTRL_TIMEOUT_S = 24 * 3600.0
 def serve_worker(worker: ComputeWorker | AttentionWorker | PrefillWorker, fabric, clock: WorkerClock) -> None:
     """Runs plans from rank 0 until STOP; then sends rank 0 this worker's times and traffic."""
     is_compute = isinstance(worker, ComputeWorker)
+    is_prefill = isinstance(worker, PrefillWorker)
     prompts = worker.prompts if isinstance(worker, AttentionWorker) else None
     steps = {Phase.PREFILL: 0, Phase.DECODE: 0}  # steps begun (redos not counted): test-fault indices
     while True:
@@ -63,9 +64,13 @@ def serve_worker(worker: ComputeWorker | AttentionWorker | PrefillWorker, fabric
             clock.mark_step(plan.step_id, "regroup")
             continue
         if plan.op in (Op.STEP, Op.PREFILL) and not plan.redo:
+            if is_prefill:  # its own job: a failure now is "during prefill step N" of this worker
+                supervisor.report(Stage.PREFILL, steps[Phase.PREFILL])
             supervisor.fault_point(plan.phase.name.lower(), steps[plan.phase])
             steps[plan.phase] += 1
         out = worker.execute(plan, links)
+        if is_prefill:
+            supervisor.report(Stage.SERVING)
         if is_compute:
             links.send(0, "status", [status_tensor(out.poisoned, links.dead)])
         links.flush()
