@@ -53,6 +53,7 @@ from reference_impl.transport import InProcessTransport
 # After rank 0 handed over the run: how long the other processes may take to close their transports
 # (each bounded by fabric._RETIRE_SEND_TIMEOUT_S = 5 s) and exit before they are killed.
 SHUTDOWN_GRACE_S = 10.0
+_PREFILL_LOST = "a prefill worker is not replaced"
 
 
 def serve_rank(
@@ -190,7 +191,7 @@ class _Watch:
         if failure.stage == Stage.SHUTDOWN or run_stage == Stage.SHUTDOWN:
             self.settled.add(failure.pid)  # the steps are done: the run stands without its figures
         elif self.cfg.layout.role(child.rank) == PREFILL:
-            raise WorkerFailure(f"{message}; a prefill worker is not replaced", failure)
+            raise WorkerFailure(f"{message}; {_PREFILL_LOST}", failure)
         elif run_stage == Stage.RECOVERY and child.rank not in rank0.recovering():
             raise WorkerFailure(f"{message}; a second failure during a recovery ends the run", failure)
         # else: rank 0 finds the dead peer on its links, and asks for a replacement or stops
@@ -222,6 +223,8 @@ class _Watch:
         causes = [f for f in self.sup.failures if f.rank != 0 and f.pid not in self.settled]
         if causes:
             reason = line if category == "failure" else "the run cannot go on without it"
+            if self.cfg.layout.role(causes[0].rank) == PREFILL:
+                reason = _PREFILL_LOST  # the same line whether rank 0 or the supervisor saw it first
             return WorkerFailure(f"{self._describe(causes[0])}; {reason}", causes[0])
         if category == "failure":
             return WorkerFailure(line)
