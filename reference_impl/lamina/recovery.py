@@ -1,9 +1,10 @@
 """Recovery from dead workers, run by rank 0 when a step reports one (a failed or timed-out receive, a
 failed send).
 
-Rank 0: (0) with prefill workers, waits for their jobs in flight (so every prompt's KV has reached the
-live attention workers, which write all of it into their caches before they acknowledge (1)); (1) tells every live rank to regroup (REGROUP), collects their acks on the old group and only
-then lets everyone leave it, so no message of the old epoch is lost; (2) has the launcher start a
+Rank 0: (0) with prefill workers, waits for their jobs in flight, so every prompt's KV has reached the
+live attention workers (which write all of it into their caches before they acknowledge in (1)); (1)
+tells every live rank to regroup (REGROUP), collects their acks on the old group and only then lets
+everyone leave it, so no message of the old epoch is lost; (2) has the launcher start a
 replacement process for each dead rank (on rank 0's machine) that loads the checkpoint (compute) or
 allocates an empty cache (attention); (3) everyone joins the group of the new epoch (fabric.py); (4)
 for replaced attention workers, replica 0 recomputes the KV of every running request from its prompt
