@@ -76,7 +76,10 @@ def _check_latencies(outputs, summary):
     [
         ("--system", "homogeneous"),
         ("--system", "lamina", "--attention-workers", "2", "--prefill-workers", "1"),
-        ("--system", "lamina", "--attention-workers", "2", "--prefill-workers", "2"),
+        pytest.param(
+            ("--system", "lamina", "--attention-workers", "2", "--prefill-workers", "2"),
+            marks=pytest.mark.slow,
+        ),
     ],
     ids=["homogeneous", "lamina-1-prefill", "lamina-2-prefill"],
 )
