@@ -114,7 +114,17 @@ def test_threads_with_prefill_workers_give_transformers_tokens(case, checkpoints
 PROCESS_CASES = {
     "gqa-g2-3l 1p 2a": ("gqa-g2-3l", {"prefill_workers": 1, "attention_workers": 2}),
     "mha-4h-4l 2p 2a": ("mha-4h-4l", {"prefill_workers": 2, "attention_workers": 2}),
+    # slow: tensor-parallel compute (TP 2), and rotational pipelining (3 batches on 2 compute replicas)
+    "gqa-g2-3l 1p 2a tp2": (
+        "gqa-g2-3l",
+        {"prefill_workers": 1, "attention_workers": 2, "compute_workers": 2},
+    ),
+    "gqa-g4-2l 1p 2a rotational": (
+        "gqa-g4-2l",
+        {"prefill_workers": 1, "attention_workers": 2, "compute_workers": 2, "pipeline_batches": 3},
+    ),
 }
+SLOW_PROCESS_CASES = ("gqa-g2-3l 1p 2a tp2", "gqa-g4-2l 1p 2a rotational")
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +140,10 @@ def process_runs(checkpoints):
     return get
 
 
-@pytest.mark.parametrize("case", list(PROCESS_CASES))
+@pytest.mark.parametrize(
+    "case",
+    [pytest.param(c, marks=pytest.mark.slow if c in SLOW_PROCESS_CASES else ()) for c in PROCESS_CASES],
+)
 def test_processes_with_prefill_workers_give_transformers_tokens(case, process_runs, checkpoints):
     shape, options = PROCESS_CASES[case]
     run = process_runs(case)
@@ -143,7 +156,7 @@ def test_processes_with_prefill_workers_give_transformers_tokens(case, process_r
     assert [s.kind for s in compute.steps if s.kind == "prefill"] == []  # the compute worker never prefilled
 
 
-@pytest.mark.parametrize("case", list(PROCESS_CASES))
+@pytest.mark.parametrize("case", [c for c in PROCESS_CASES if c not in SLOW_PROCESS_CASES])
 def test_prompt_kv_bytes_per_prefilled_token_are_the_kv_bytes_per_token(case, process_runs):
     """Prompt KV moved to the attention pool: 2 L Hkv D e bytes per prompt token (fp32: e = 4), once.
 
