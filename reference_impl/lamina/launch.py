@@ -1,9 +1,9 @@
 """Launching a Lamina run: one process per rank (spawned here, or one rank under torchrun), or threads.
 
 `generate_lamina(cfg, requests)` is the function behind `lamina-bench generate --system lamina`.
-The processes launcher spawns A + B (+ P prefill) processes on this machine (127.0.0.1) over gloo or NCCL under a
-`supervisor.Supervisor`, and replaces dead workers when rank 0 asks (recovery.py). Under torchrun each
-process calls `serve_rank` for its own rank (lamina/__main__.py). The threads launcher runs every rank
+The processes launcher spawns A + B (+ P prefill) processes on this machine (127.0.0.1) over gloo or
+NCCL under a `supervisor.Supervisor`, and replaces dead workers when rank 0 asks (recovery.py). Under
+torchrun each process calls `serve_rank` for its own rank (lamina/__main__.py). The threads launcher runs every rank
 as a thread of this process over InProcessTransport (no recovery, no tensor parallelism; for tests).
 
 Faults under the processes launcher (the fault model): the supervisor sees a process exit at once and
