@@ -61,6 +61,12 @@ def add_generate_arguments(parser: argparse.ArgumentParser, systems: Sequence[st
             help="lamina: 1 none, 2 ping-pong, n rotational; afd: 1 none, 2 ping-pong",
         )
         add(
+            "--prefill-workers",
+            type=int,
+            default=lamina["prefill_workers"],
+            help="lamina: prefill processes, each with the whole model (0: the compute worker prefills)",
+        )
+        add(
             "--attention-split",
             action="store_true",
             default=lamina["attention_split"],

@@ -46,6 +46,7 @@ def _run_generate(args) -> int:
     from reference_impl.engine import run_summary
     from reference_impl.homogeneous import generate
     from reference_impl.lamina import LaminaConfig, generate_lamina
+    from reference_impl.latency import latency_metrics, request_latencies
     from reference_impl.options import SYSTEMS, config_from_args
     from reference_impl.prompts import read_prompts
 
@@ -55,10 +56,16 @@ def _run_generate(args) -> int:
         raise UserInputError(f"--launcher {args.launcher} applies to --system lamina only")
     if args.launcher != "ray" and (args.ray_address or args.ray_devices):
         raise UserInputError("--ray-address and --ray-devices apply to --launcher ray only")
-    if args.system == "afd":
-        afd_run = generate_afd(
-            config_from_args(AFDConfig, args), _read_prompt_file(args.prompts, read_prompts)
+    if args.system != "lamina" and args.prefill_workers:
+        raise UserInputError(
+            f"--prefill-workers {args.prefill_workers} needs --system lamina (the homogeneous engine prefills "
+            "on its own devices); leave it out or use --system lamina"
         )
+    requests = None
+    if args.system == "afd":
+        config = config_from_args(AFDConfig, args)
+        requests = _read_prompt_file(args.prompts, read_prompts)
+        afd_run = generate_afd(config, requests)
         run, summary = afd_run.engine, afd_run.summary()
     elif args.system == "lamina":
         config = config_from_args(LaminaConfig, args)
@@ -67,7 +74,8 @@ def _run_generate(args) -> int:
 
             placement = RayPlacement.from_options(args.ray_address, args.ray_devices)
             generate_lamina = partial(generate_lamina_ray, placement=placement)
-        lamina_run = generate_lamina(config, _read_prompt_file(args.prompts, read_prompts))
+        requests = _read_prompt_file(args.prompts, read_prompts)
+        lamina_run = generate_lamina(config, requests)
         run, summary = lamina_run.engine, lamina_run.summary()
     else:
         config = config_from_args(GenerateConfig, args)
@@ -76,12 +84,15 @@ def _run_generate(args) -> int:
             from reference_impl.model import check_tp
 
             check_tp(read_config(config.model_dir), config.tp)
-        run = generate(config, _read_prompt_file(args.prompts, read_prompts))
+        requests = _read_prompt_file(args.prompts, read_prompts)
+        run = generate(config, requests)
         summary = run_summary(run)
-    if args.json:
-        for c in run.completions:
-            print(json.dumps({"prompt_ids": list(c.prompt_ids), "output_ids": list(c.output_ids)}))
-        print(json.dumps({"summary": summary}))
+    if args.json:  # per request: its tokens, then its measured latencies (reference_impl/latency.py)
+        latencies = request_latencies(run, requests)
+        for c, latency in zip(run.completions, latencies, strict=True):
+            line = {"prompt_ids": list(c.prompt_ids), "output_ids": list(c.output_ids), **latency.to_json()}
+            print(json.dumps(line))
+        print(json.dumps({"summary": {**summary, **latency_metrics(latencies)}}))
         return 0
     for c in run.completions:
         print(

@@ -1,9 +1,12 @@
 """Measured points: run the reference implementation here on a fixed batch and turn its timings into rows.
 
-A measured point serves `batch_size` requests of `context_len` random prompt tokens each, all admitted at
-once, and decodes `new_tokens` tokens per request. The prefill iteration is excluded (decode only, as in
-the paper); every decode iteration is one TBT sample. The same configuration is then predicted by the
-performance model from the local profile, so the model's error sits next to the measurement.
+A measured point serves `batch_size` requests of `context_len` random prompt tokens each, all arriving at
+once, and decodes `new_tokens` tokens per request. The TBT figures and throughput exclude the prefill
+(decode only, as in the paper): every decode iteration is one TBT sample. The per-request latencies
+(ttft, tpot, itl, e2el: mean, median, p90, p99; reference_impl/latency.py) cover the whole request, its
+prefill included, as vLLM's serving benchmark counts them. The same configuration is then predicted by
+the performance model from the local profile (decode only), so the model's error sits next to the
+measurement. With `prefill_workers` > 0 the Lamina runtime prefills on its own processes.
 
 On CPU a "device" is one core: every process runs one torch thread (the Lamina launcher gives each of
 its processes cores / processes = 1 thread on a 2-core machine; the homogeneous run is pinned to one
@@ -27,6 +30,7 @@ from reference_impl.config import GenerateConfig
 from reference_impl.engine import Request
 from reference_impl.homogeneous import generate
 from reference_impl.lamina import LaminaConfig, generate_lamina
+from reference_impl.latency import latency_metrics, request_latencies
 
 MEASURED_SYSTEMS = ("homogeneous", "lamina")
 
@@ -48,6 +52,7 @@ class MeasuredConfig:
     compute_workers: int = 1  # lamina only
     attention_workers: int = 1  # lamina only
     pipeline_batches: int = 1  # lamina only: 1 no overlap, 2 ping-pong, n rotational
+    prefill_workers: int = 0  # lamina only: 0 = compute replica 0 prefills
 
     @property
     def lamina(self) -> bool:
@@ -71,6 +76,7 @@ class DecodeTimings:
     times_s: tuple[float, ...]
     breakdown_ms: Mapping[str, Any] | None = None  # per-pool dense/attention/network/idle per iteration
     net_bytes_per_token: float | None = None
+    latencies: Mapping[str, float | None] | None = None  # per-request figures (latency.latency_metrics)
 
     def metrics(self) -> dict[str, float]:
         """Registered metrics of the run (results/metrics.py); the ones not measured are left out."""
@@ -89,6 +95,7 @@ class DecodeTimings:
             "max_batch_size": float(max(self.batches)),
             "net_bytes_per_token": self.net_bytes_per_token,
             **self._flat_breakdown(),
+            **(self.latencies or {}),
         }
         return {k: v for k, v in values.items() if v is not None}
 
@@ -145,7 +152,11 @@ def _run_homogeneous(config: MeasuredConfig, folder, requests) -> DecodeTimings:
     with one_cpu_thread():  # tensor-parallel ranks are processes that set their own thread count
         run = generate(cfg, requests)
     decode = [it for it in run.iterations if it.decode_seqs]
-    return DecodeTimings(tuple(it.decode_seqs for it in decode), tuple(it.decode_s for it in decode))
+    return DecodeTimings(
+        tuple(it.decode_seqs for it in decode),
+        tuple(it.decode_s for it in decode),
+        latencies=latency_metrics(request_latencies(run, requests)),
+    )
 
 
 def _run_lamina(config: MeasuredConfig, folder, requests) -> DecodeTimings:
@@ -154,6 +165,7 @@ def _run_lamina(config: MeasuredConfig, folder, requests) -> DecodeTimings:
         compute_workers=config.compute_workers,
         attention_workers=config.attention_workers,
         pipeline_batches=config.pipeline_batches,
+        prefill_workers=config.prefill_workers,
         device=config.device,
         dtype=config.dtype,
         ignore_eos=True,
@@ -167,6 +179,7 @@ def _run_lamina(config: MeasuredConfig, folder, requests) -> DecodeTimings:
         tuple(it.decode_s for it in decode),
         breakdown_ms=_pools_ms(run),
         net_bytes_per_token=None if payload is None else payload * layers,
+        latencies=latency_metrics(request_latencies(run.engine, requests)),
     )
 
 

@@ -76,6 +76,18 @@ _TABLE = (
      "time of one operator call (a kernel, a layer's dense part or a collective), measured or predicted",
      "operator time (us)"),
 )  # fmt: skip
+# Per-request latencies with the names of vLLM's serving benchmark (benchmarks/benchmark_serving.py), in ms.
+_LATENCIES = {
+    "ttft": "time to first token",
+    "tpot": "time per output token after the first, per request",
+    "itl": "time between consecutive tokens of a request",
+    "e2el": "end-to-end latency of a request",
+}
+_TABLE += tuple(
+    (f"{stat}_{kind}_ms", "ms", DOWN, True, f"{meaning}, {stat} over requests", f"{kind.upper()} {stat} (ms)")
+    for kind, meaning in _LATENCIES.items()
+    for stat in ("mean", "median", "p90", "p99")
+)
 
 # Per-request latencies with the names of vLLM's serving benchmark (benchmarks/benchmark_serving.py), in ms.
 _LATENCIES = {

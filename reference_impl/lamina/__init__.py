@@ -4,7 +4,9 @@ Model-attention disaggregation: compute workers hold the weights (optionally ten
 every dense operator; attention workers hold the paged KV cache of a contiguous range of KV heads and
 run attention for those heads. Per layer of a decode step, q, k, v travel from the compute side to
 the attention workers and the attention output comes back. Compute rank 0 also runs the scheduler
-(the homogeneous baseline's Engine) and sends every other rank a step plan per step.
+(the homogeneous baseline's Engine) and sends every other rank a step plan per step. Optional prefill
+workers hold the whole dense model and prefill prompts while the compute workers decode; each layer's
+prompt KV goes to the attention workers as it is produced.
 
 Reading order, one idea per module:
 
@@ -14,8 +16,12 @@ Reading order, one idea per module:
     clock.py, links.py   a worker's time by category; its timed messages with failure detection
     compute_worker.py    dense slices, prefill, pipelined decode on the compute side
     attention_worker.py  the KV cache of a head range, attention (optionally split) per layer
+    prefill_worker.py    prefill jobs: the prompts' forward pass, KV to the attention workers by layer
+    prompt_kv.py         an attention worker's intake of that KV, in the gaps between steps
     executor.py          rank 0: the Engine's forward passes as step plans run by every rank
     recovery.py          rank 0: replacing dead workers and redoing the step
+    prefill_pool.py      rank 0: which prefill worker runs which prompts; their results
+    disaggregated.py     rank 0's engine with prefill workers: decode goes on while prompts prefill
     fabric.py            process groups per epoch (processes) or in-process queues (threads)
     build.py, serve.py   building a rank's worker; the serve loops of rank 0 and the others
     launch.py            generate_lamina: the processes (supervised) and threads launchers

@@ -3,9 +3,10 @@
     python -m reference_impl.lamina --model-dir DIR --prompts FILE.jsonl --compute-workers 1 --attention-workers 2
     torchrun --nproc-per-node 3 -m reference_impl.lamina --model-dir DIR --prompts FILE.jsonl --attention-workers 2
 
-Without torchrun, the command spawns A + B processes on this machine (127.0.0.1); under torchrun
-(RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT set; WORLD_SIZE must be A + B) each process serves its rank
-and the ranks may span machines (set GLOO_SOCKET_IFNAME to the interface gloo should use there).
+Without torchrun, the command spawns A + B (+ P prefill) processes on this machine (127.0.0.1); under
+torchrun (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT set; WORLD_SIZE must be A + B + P) each process
+serves its rank and the ranks may span machines (set GLOO_SOCKET_IFNAME to the interface gloo should
+use there).
 Rank 0 prints one JSON line per request on stdout and the run's summary on stderr. Bad input ends
 with one line on stderr and exit code 2; a worker process that died or hung, with one line and exit
 code 1 (the spawning launcher: within the heartbeat timeout, every process stopped first).
@@ -52,7 +53,8 @@ def _torchrun_rank(cfg: LaminaConfig, prompts: str) -> LaminaRun | None:
     if world != cfg.layout.world_size:
         raise ConfigError(
             f"torchrun started {world} processes, but {cfg.compute_workers} compute + {cfg.attention_workers} "
-            f"attention workers need {cfg.layout.world_size}"
+            f"attention{f' + {cfg.prefill_workers} prefill' if cfg.prefill_workers else ''} workers need "
+            f"{cfg.layout.world_size}"
         )
     check_model(cfg, read_config(cfg.model_dir))
     agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # torchrun's agent hosts it

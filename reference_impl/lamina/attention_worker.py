@@ -1,6 +1,8 @@
 """The attention worker: owns the KV cache of a contiguous range of KV heads and runs attention for them.
 
-A prefill's KV arrives layer by layer ("prompt_kv") and is written into the cache. Per layer of a
+A prefill's KV arrives layer by layer ("prompt_kv") and is written into the cache: from compute
+replica 0 within a prefill step, or, with prefill workers, from a prefill worker while decode steps go
+on, accepted in the gaps between them (prompt_kv.py). Per layer of a
 decode step the worker receives q, k, v of its heads from the compute ranks that hold them, writes
 the new token's k/v, attends over the cache and sends the output back ("attn_out"), micro-batch by
 micro-batch in the order of `pipeline.schedule`.
@@ -22,6 +24,7 @@ from reference_impl.kv_cache import BatchMetadata, PagedKVCache
 from reference_impl.lamina.layout import HeadRouting, Layout, check_schedule_order
 from reference_impl.lamina.links import Links
 from reference_impl.lamina.plan import Op, Phase, StepPlan
+from reference_impl.lamina.prompt_kv import PromptKV
 from reference_impl.pipeline import ATTENTION_POOL, schedule
 
 
@@ -73,13 +76,20 @@ class AttentionWorker:
         check_schedule_order([self.tasks])
         self._step_id: int | None = None  # the last step whose reservations and slots were applied
         self._metas: list[BatchMetadata | None] = []
+        self.prompts = PromptKV(self.cache, num_layers)  # prefill workers' jobs still arriving
 
     @torch.inference_mode()
     def execute(self, plan: StepPlan, links: Links) -> None:
+        self.prompts.accept()
         if plan.op == Op.REBUILD:
             if self.worker in plan.targets:
                 self._rebuild(plan, links)
             return
+        if plan.op == Op.PREFILL:
+            self._apply_reservations(plan)
+            self.prompts.expect(plan.step_id, plan.seq_ids, plan.query_lens, plan.targets[0], links)
+            return
+        self.prompts.complete(plan.seq_ids)  # rank 0 decodes a request only once its KV was delivered
         metas = self._step_metadata(plan)
         if plan.phase == Phase.PREFILL:
             self._receive_prompt_kv(metas[0], links)
@@ -102,10 +112,7 @@ class AttentionWorker:
         if plan.redo and self._step_id == plan.step_id:
             return self._metas
         if not plan.redo:
-            for seq_id in plan.frees:
-                self.cache.free(seq_id)
-            for seq_id, num_tokens in plan.reserves:
-                self.cache.reserve(seq_id, num_tokens)
+            self._apply_reservations(plan)
         bounds = [(0, len(plan.seq_ids))] if plan.phase == Phase.PREFILL else plan.micro_batch_bounds()
         self._metas = [
             self.cache.prepare(list(plan.seq_ids[a:b]), list(plan.query_lens[a:b])) if b > a else None
@@ -113,6 +120,14 @@ class AttentionWorker:
         ]
         self._step_id = plan.step_id
         return self._metas
+
+    def _apply_reservations(self, plan: StepPlan) -> None:
+        """The frees, then the reservations, made since rank 0's previous plan."""
+        self.prompts.complete(plan.frees)  # a prompt still arriving keeps its slots until it is in
+        for seq_id in plan.frees:
+            self.cache.free(seq_id)
+        for seq_id, num_tokens in plan.reserves:
+            self.cache.reserve(seq_id, num_tokens)
 
     def _receive_prompt_kv(self, meta: BatchMetadata | None, links: Links) -> None:
         if meta is None:

@@ -13,7 +13,8 @@ from reference_impl.dtypes import DTYPES
 from reference_impl.lamina.attention_worker import AttentionWorker
 from reference_impl.lamina.compute_worker import ComputeWorker
 from reference_impl.lamina.config import LaminaConfig
-from reference_impl.lamina.layout import COMPUTE
+from reference_impl.lamina.layout import COMPUTE, PREFILL, HeadRouting
+from reference_impl.lamina.prefill_worker import PrefillWorker
 from reference_impl.model import ModelConfig
 from reference_impl.parallel import RowParallelLinear
 
@@ -37,12 +38,17 @@ def bind_tp_group(model, group) -> None:
 
 def build_worker(
     rank: int, cfg: LaminaConfig, model_cfg: ModelConfig, num_blocks: int, tp_group, device: torch.device
-) -> ComputeWorker | AttentionWorker:
+) -> ComputeWorker | AttentionWorker | PrefillWorker:
     """The worker of `rank`: a compute worker loads its shard of the checkpoint and splits it around
-    attention; an attention worker allocates an empty cache of `num_blocks` blocks for its heads."""
+    attention; an attention worker allocates an empty cache of `num_blocks` blocks for its heads; a
+    prefill worker loads the whole checkpoint."""
     layout = cfg.layout
     routing = cfg.routing(model_cfg)
     dtype = DTYPES[cfg.dtype]
+    if layout.role(rank) == PREFILL:
+        model = load_model(cfg.model_dir, device, dtype)
+        whole = HeadRouting(model_cfg.num_heads, model_cfg.num_kv_heads, 1, layout.attention_workers)
+        return PrefillWorker(rank, layout, whole, model)
     if layout.role(rank) == COMPUTE:
         tp_rank = layout.tp_rank_of(rank)
         model = load_model(cfg.model_dir, device, dtype, tp_rank=tp_rank, tp_size=layout.tp, group=tp_group)

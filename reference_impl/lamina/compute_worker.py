@@ -30,7 +30,7 @@ from reference_impl.lamina.plan import Op, Phase, StepPlan
 from reference_impl.pipeline import schedule
 
 
-class _PromptAttention:
+class PromptAttention:
     """Attention context of a prefill on the compute side.
 
     Per layer: the prompt's k/v of each routed head range go to their attention worker (sent first, so
@@ -111,7 +111,7 @@ class ComputeWorker:
         positions = torch.cat(
             [torch.arange(p, p + n) for p, n in zip(plan.positions, plan.query_lens, strict=True)]
         ).to(self.device)  # (T,)
-        ctx = _PromptAttention(plan.query_lens, routes, dsts, links)
+        ctx = PromptAttention(plan.query_lens, routes, dsts, links)
         with links.clock.section("dense"):
             hidden = self.model(ids, positions, ctx)  # (T, d)
         # (B,) index of each sequence's last token

@@ -29,6 +29,9 @@ class LaminaConfig:
     attention_workers: int = 1  # B: each holds a contiguous range of KV heads
     pipeline_batches: int = 1  # n: 1 none, 2 ping-pong (1 replica), n >= 3 rotational (n - 1 replicas)
     attention_split: bool = False  # attention over cached tokens starts on q; the new token merged after
+    # P: prefill processes, each with the whole dense model; they prefill prompts while the compute
+    # workers decode and ship each layer's KV to the attention workers (0: compute replica 0 prefills)
+    prefill_workers: int = 0
     device: str = "cpu"
     dtype: str = "fp32"
     block_size: int = DEFAULT_BLOCK_SIZE
@@ -51,6 +54,11 @@ class LaminaConfig:
     def __post_init__(self) -> None:
         layout = self.layout  # validates the worker counts against the pipeline mode
         _ = self.scheduler_config  # checks the policy and its caps
+        if self.prefill_workers and self.scheduler != "reserve-all":
+            raise ConfigError(
+                f"prefill workers admit with scheduler 'reserve-all' only, got {self.scheduler!r}; "
+                "drop --prefill-workers or --scheduler"
+            )
         check_common_options(
             self.device, self.dtype, self.block_size, self.num_blocks, self.attention_backend
         )
@@ -71,9 +79,10 @@ class LaminaConfig:
         # rank on this machine; under torchrun, LOCAL_WORLD_SIZE of them run here.
         local = int(os.environ.get("LOCAL_WORLD_SIZE", layout.world_size))
         if local > torch.cuda.device_count():
+            prefill = f" + {self.prefill_workers} prefill" if self.prefill_workers else ""
             raise ConfigError(
-                f"{self.compute_workers} compute + {self.attention_workers} attention workers need {local} "
-                f"GPUs on this machine, torch sees {torch.cuda.device_count()}"
+                f"{self.compute_workers} compute + {self.attention_workers} attention{prefill} workers need "
+                f"{local} GPUs on this machine, torch sees {torch.cuda.device_count()}"
             )
 
     def _check_kill_at(self, layout: Layout) -> None:
@@ -95,7 +104,9 @@ class LaminaConfig:
 
     @property
     def layout(self) -> Layout:
-        return Layout(self.compute_workers, self.attention_workers, self.pipeline_batches)
+        return Layout(
+            self.compute_workers, self.attention_workers, self.pipeline_batches, self.prefill_workers
+        )
 
     def routing(self, model_cfg: ModelConfig) -> HeadRouting:
         """Which KV heads travel between which compute TP rank and attention worker, for this model."""

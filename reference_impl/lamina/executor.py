@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 
@@ -22,9 +23,10 @@ from reference_impl.kv_accounting import KVAccounting, bookkeeping_cache
 from reference_impl.lamina.clock import WorkerClock
 from reference_impl.lamina.compute_worker import ComputeWorker
 from reference_impl.lamina.config import LaminaConfig
-from reference_impl.lamina.layout import COMPUTE, split_batch
+from reference_impl.lamina.layout import COMPUTE, PREFILL, split_batch
 from reference_impl.lamina.links import Links
 from reference_impl.lamina.plan import Op, Phase, StepPlan
+from reference_impl.lamina.prefill_pool import PrefillPool
 from reference_impl.lamina.recovery import Attempt, Recovery
 from reference_impl.lamina.results import (
     LinkTraffic,
@@ -71,8 +73,9 @@ class LaminaExecutor(KVAccounting):
         self._steps = {Phase.PREFILL: 0, Phase.DECODE: 0}  # steps begun per phase, redos not counted
         self._killed = False
         self.decode_token_layers = 0
+        self.prefills = PrefillPool(self.layout) if self.layout.prefill_workers else None
         self.recovery = Recovery(
-            self._run, fabric, self.layout, clock, worker.model, respawn, time.perf_counter()
+            self._run, fabric, self.layout, clock, worker.model, respawn, time.perf_counter(), self._drain
         )
         self.traffic: tuple[LinkTraffic, ...] = ()  # filled by stop()
 
@@ -113,11 +116,13 @@ class LaminaExecutor(KVAccounting):
         self.clock.mark_step(plan.step_id, "prefill" if plan.phase == Phase.PREFILL else "decode")
         return logits
 
-    def _next_plan(self, seq_ids: list[int], tokens: list[list[int]]) -> StepPlan:
+    def _next_plan(self, seq_ids: list[int], tokens: list[list[int]], op: Op = Op.STEP) -> StepPlan:
         decode = all(len(t) == 1 for t in tokens) and all(self._history[s] for s in seq_ids)
+        if op == Op.STEP and not decode and self.prefills is not None:
+            raise RuntimeError("with prefill workers, prompts go to dispatch_prefill, not forward")
         n = self.layout.pipeline_batches if decode else 1
         plan = StepPlan(
-            op=Op.STEP,
+            op=op,
             step_id=self._step_id,
             phase=Phase.DECODE if decode else Phase.PREFILL,
             seq_ids=tuple(seq_ids),
@@ -133,10 +138,50 @@ class LaminaExecutor(KVAccounting):
         return plan
 
     def _broadcast(self, plan: StepPlan, links: Links) -> None:
+        """The plan to every compute and attention worker; prefill workers get only the stop."""
         compute_msg, attention_msg = plan.encode(), plan.for_attention().encode()
         for rank in range(1, self.layout.world_size):
-            msg = compute_msg if self.layout.role(rank) == COMPUTE else attention_msg
-            links.send(rank, "ctrl", [msg])
+            role = self.layout.role(rank)
+            if role == PREFILL and plan.op != Op.STOP:
+                continue
+            links.send(rank, "ctrl", [compute_msg if role == COMPUTE else attention_msg])
+
+    # -- prefill workers (prefill_pool.py): prompts run there while decode steps go on --
+    def dispatch_prefill(self, seq_ids: list[int], prompts: list[list[int]]) -> None:
+        """Sends the prompts to the prefill workers (one job per worker chosen) and tells every
+        attention worker which job's KV to expect from where."""
+        links = self.fabric.links(self.clock)
+        for worker, picked in self.prefills.assign([len(p) for p in prompts]):
+            plan = self._next_plan([seq_ids[i] for i in picked], [prompts[i] for i in picked], Op.PREFILL)
+            rank = self.layout.prefill_rank(worker)
+            plan = replace(plan, targets=(rank,))
+            supervisor.report(Stage.PREFILL, self._steps[Phase.PREFILL])
+            links.send(rank, "ctrl", [plan.encode()])
+            for attention in self.layout.attention_ranks():
+                links.send(attention, "ctrl", [plan.for_attention().encode()])
+            supervisor.fault_point("prefill", self._steps[Phase.PREFILL])
+            self._steps[Phase.PREFILL] += 1
+            self.prefills.add(plan, worker, links.irecv(rank, "prefill_out"))
+
+    def finished_prefills(self, wait: bool) -> list[tuple[list[int], torch.Tensor]]:
+        """(sequence ids, logits (B, V) of their last prompt tokens) of every prefill job done, in
+        dispatch order; with `wait`, waits for the oldest job if none is done. Their KV is in the pool."""
+        done = self.prefills.take_done(wait)
+        self._hold_prompts(done)
+        return done
+
+    def _hold_prompts(self, done: list[tuple[list[int], torch.Tensor]]) -> None:
+        """The pool holds the KV of these jobs' prompts now (what a rebuild recomputes)."""
+        for seq_ids, _ in done:
+            for seq_id in seq_ids:
+                if seq_id in self.prefills.prompts:
+                    self._history[seq_id] = list(self.prefills.prompts.pop(seq_id))
+
+    def _drain(self) -> None:
+        """Before a regroup: every prefill job in flight ends (its logits kept for finished_prefills),
+        so no prompt KV of the old epoch is still on its way."""
+        if self.prefills is not None:
+            self._hold_prompts(self.prefills.drain())
 
     def _run(self, plan: StepPlan) -> Attempt:
         """One attempt of a step (or a rebuild) on every rank; failures are reported, not raised."""

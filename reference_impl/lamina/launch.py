@@ -1,9 +1,9 @@
 """Launching a Lamina run: one process per rank (spawned here, or one rank under torchrun), or threads.
 
 `generate_lamina(cfg, requests)` is the function behind `lamina-bench generate --system lamina`.
-The processes launcher spawns A + B processes on this machine (127.0.0.1) over gloo or NCCL under a
-`supervisor.Supervisor`, and replaces dead workers when rank 0 asks (recovery.py). Under torchrun each
-process calls `serve_rank` for its own rank (lamina/__main__.py). The threads launcher runs every rank
+The processes launcher spawns A + B (+ P prefill) processes on this machine (127.0.0.1) over gloo or
+NCCL under a `supervisor.Supervisor`, and replaces dead workers when rank 0 asks (recovery.py). Under
+torchrun each process calls `serve_rank` for its own rank (lamina/__main__.py). The threads launcher runs every rank
 as a thread of this process over InProcessTransport (no recovery, no tensor parallelism; for tests).
 
 Faults under the processes launcher (the fault model): the supervisor sees a process exit at once and
@@ -12,9 +12,11 @@ dead one). What follows depends on who failed and when (`_Watch`):
 - rank 0 (scheduler and compute rank 0) at any time, any rank during start-up (before its worker was
   built), a replacement while it starts, and any rank other than those being replaced during a
   recovery: the run ends with WorkerFailure (one line: rank, role, what happened, stage), at once;
-- a worker while the run serves: rank 0 finds the dead peer on its links and replaces it (attention
-  workers; compute replicas without tensor parallelism) and redoes the step, so the tokens do not
-  change; where it cannot (a compute rank of a tensor-parallel replica) it stops with WorkerFailure;
+- a prefill worker while the run serves: the run ends with WorkerFailure at once (it is not replaced);
+- another worker while the run serves: rank 0 finds the dead peer on its links and replaces it
+  (attention workers; compute replicas without tensor parallelism) and redoes the step, so the tokens
+  do not change; where it cannot (a compute rank of a tensor-parallel replica) it stops with
+  WorkerFailure;
 - a worker after the run's steps are done (shutdown): the run's result stands; that worker's figures
   are missing from it.
 Every process, replacements included, is killed and reaped before generate_lamina returns or raises.
@@ -41,7 +43,7 @@ from reference_impl.lamina.build import build_worker, device_for
 from reference_impl.lamina.clock import WorkerClock
 from reference_impl.lamina.config import LaminaConfig, check_model
 from reference_impl.lamina.fabric import ProcessFabric, StoreAddress, ThreadFabric, connect_store
-from reference_impl.lamina.layout import COMPUTE, Layout
+from reference_impl.lamina.layout import COMPUTE, PREFILL, Layout
 from reference_impl.lamina.results import LaminaRun
 from reference_impl.lamina.serve import serve_scheduler, serve_worker
 from reference_impl.prompts import check_vocab
@@ -51,6 +53,7 @@ from reference_impl.transport import InProcessTransport
 # After rank 0 handed over the run: how long the other processes may take to close their transports
 # (each bounded by fabric._RETIRE_SEND_TIMEOUT_S = 5 s) and exit before they are killed.
 SHUTDOWN_GRACE_S = 10.0
+_PREFILL_LOST = "a prefill worker is not replaced"
 
 
 def serve_rank(
@@ -105,6 +108,8 @@ def describe_rank(layout: Layout, rank: int) -> str:
     """'rank 0 (scheduler and compute worker)', 'rank 2 (attention worker 1)', ..."""
     if rank == 0:
         return "rank 0 (scheduler and compute worker)"
+    if layout.role(rank) == PREFILL:
+        return f"rank {rank} (prefill worker {layout.prefill_of(rank)})"
     if layout.role(rank) == COMPUTE:
         replica, tp_rank = layout.replica_of(rank), layout.tp_rank_of(rank)
         where = f"replica {replica}" + (f", tensor-parallel rank {tp_rank}" if layout.tp > 1 else "")
@@ -187,6 +192,8 @@ class _Watch:
             raise WorkerFailure(message, failure)
         if failure.stage == Stage.SHUTDOWN or run_stage == Stage.SHUTDOWN:
             self.settled.add(failure.pid)  # the steps are done: the run stands without its figures
+        elif self.cfg.layout.role(child.rank) == PREFILL:
+            raise WorkerFailure(f"{message}; {_PREFILL_LOST}", failure)
         elif run_stage == Stage.RECOVERY and child.rank not in rank0.recovering():
             raise WorkerFailure(f"{message}; a second failure during a recovery ends the run", failure)
         # else: rank 0 finds the dead peer on its links, and asks for a replacement or stops
@@ -218,6 +225,8 @@ class _Watch:
         causes = [f for f in self.sup.failures if f.rank != 0 and f.pid not in self.settled]
         if causes:
             reason = line if category == "failure" else "the run cannot go on without it"
+            if self.cfg.layout.role(causes[0].rank) == PREFILL:
+                reason = _PREFILL_LOST  # the same line whether rank 0 or the supervisor saw it first
             return WorkerFailure(f"{self._describe(causes[0])}; {reason}", causes[0])
         if category == "failure":
             return WorkerFailure(line)

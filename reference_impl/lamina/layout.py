@@ -18,21 +18,28 @@ from reference_impl.pipeline import compute_replica, pipeline_mode
 
 COMPUTE = "compute"
 ATTENTION = "attention"
+PREFILL = "prefill"
 
 
 @dataclass(frozen=True)
 class Layout:
-    """Which rank does what: A compute workers (R replicas x tp ranks), then B attention workers."""
+    """Which rank does what: A compute workers (R replicas x tp ranks), then B attention workers, then
+    P prefill workers (P = 0: compute replica 0 prefills)."""
 
     compute_workers: int
     attention_workers: int
     pipeline_batches: int = 1  # n micro-batches in flight; n >= 3 runs on n - 1 compute replicas
+    prefill_workers: int = 0  # P: each holds the whole dense model and prefills prompts on its own
 
     def __post_init__(self) -> None:
         if self.compute_workers < 1 or self.attention_workers < 1 or self.pipeline_batches < 1:
             raise ConfigError(
                 f"need >= 1 compute worker, attention worker and pipeline batch, got {self.compute_workers}, "
                 f"{self.attention_workers}, {self.pipeline_batches}"
+            )
+        if self.prefill_workers < 0:
+            raise ConfigError(
+                f"prefill workers must be >= 0 (0: the compute worker prefills), got {self.prefill_workers}"
             )
         if self.compute_workers % self.replicas:
             raise ConfigError(
@@ -53,12 +60,14 @@ class Layout:
 
     @property
     def world_size(self) -> int:
-        return self.compute_workers + self.attention_workers
+        return self.compute_workers + self.attention_workers + self.prefill_workers
 
     def role(self, rank: int) -> str:
         if not 0 <= rank < self.world_size:
             raise ValueError(f"rank {rank} is outside 0..{self.world_size - 1}")
-        return COMPUTE if rank < self.compute_workers else ATTENTION
+        if rank < self.compute_workers:
+            return COMPUTE
+        return ATTENTION if rank < self.compute_workers + self.attention_workers else PREFILL
 
     def compute_rank(self, replica: int, tp_rank: int) -> int:
         return replica * self.tp + tp_rank
@@ -83,7 +92,16 @@ class Layout:
         return range(self.compute_workers)
 
     def attention_ranks(self) -> range:
-        return range(self.compute_workers, self.world_size)
+        return range(self.compute_workers, self.compute_workers + self.attention_workers)
+
+    def prefill_rank(self, worker: int) -> int:
+        return self.compute_workers + self.attention_workers + worker
+
+    def prefill_of(self, rank: int) -> int:
+        return rank - self.compute_workers - self.attention_workers
+
+    def prefill_ranks(self) -> range:
+        return range(self.compute_workers + self.attention_workers, self.world_size)
 
 
 def kv_head_ranges(num_kv_heads: int, num_workers: int) -> list[tuple[int, int]]:

@@ -7,7 +7,8 @@ attention_worker.py), and rank 0 learns of every failure from the compute worker
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -16,7 +17,11 @@ from reference_impl.lamina.clock import WorkerClock
 # Message kinds (the transport accounts bytes per kind). The first four are the compute <-> attention
 # link of decode that the paper's (2 + 2/G) e d per token per layer describes.
 DECODE_LINK_KINDS = ("qkv", "q", "new_kv", "attn_out")
-KINDS = (*DECODE_LINK_KINDS, "prompt_kv", "live", "hidden", "ctrl", "status", "ack", "stats")
+# "prompt_kv": a prompt's KV to the attention workers, layer by layer; "prefill_out": a prefill
+# worker's logits of each prompt's last token, to rank 0.
+KINDS = (*DECODE_LINK_KINDS, "prompt_kv", "live", "hidden", "ctrl", "status", "ack", "stats", "prefill_out")
+# While a worker waits for a message with other work pending (recv_while), it looks at that work this often.
+POLL_S = 0.001
 
 _LINK_ERRORS = (RuntimeError, TimeoutError, ConnectionError)  # what gloo/NCCL and the transport raise
 
@@ -25,10 +30,15 @@ class _PendingRecv:
     def __init__(self, links: Links, src: int, handle) -> None:
         self._links, self._src, self._handle = links, src, handle
 
-    def wait(self) -> list[torch.Tensor] | None:
+    def wait(self, timeout_s: float | None = None) -> list[torch.Tensor] | None:
         if self._handle is None:
             return None
-        return self._links._finish_recv(self._src, lambda: self._handle.wait(self._links.timeout_s))
+        timeout_s = timeout_s or self._links.timeout_s
+        return self._links._finish_recv(self._src, lambda: self._handle.wait(timeout_s))
+
+    def done(self) -> bool:
+        """True once wait() would return at once (the message is in, or the peer is known dead)."""
+        return self._handle is None or self._src in self._links.dead or self._handle.done()
 
 
 class Links:
@@ -68,6 +78,17 @@ class Links:
         if src in self.dead:
             return None
         return self._finish_recv(src, lambda: self.transport.recv(src, kind, timeout_s or self.timeout_s))
+
+    def recv_while(
+        self, src: int, kind: str, timeout_s: float, work: Callable[[], bool]
+    ) -> list[torch.Tensor] | None:
+        """Receives like recv, calling work() every POLL_S until the message is in; work returns False
+        when it has nothing left, and the receive then simply waits."""
+        pending = self.irecv(src, kind)
+        with self.clock.section("idle"):
+            while not pending.done() and work():
+                time.sleep(POLL_S)
+        return pending.wait(timeout_s)
 
     def _finish_recv(self, src: int, wait) -> list[torch.Tensor] | None:
         if src in self.dead:

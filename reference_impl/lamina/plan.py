@@ -2,7 +2,8 @@
 
 Compute rank 0 runs the scheduler and sends every other rank one `StepPlan` per step (message kind
 "ctrl"), so all ranks execute the same plan: a forward (prefill or decode step), a rebuild of replaced
-attention workers' KV, a regroup into a new process group, or the stop. A plan travels as one int64
+attention workers' KV, a regroup into a new process group, or the stop. With prefill workers, a prefill
+job goes to one prefill worker and every attention worker only (Op.PREFILL); step_id numbers it too. A plan travels as one int64
 tensor (`encode` / `decode`).
 """
 
@@ -19,6 +20,9 @@ class Op(IntEnum):
     REBUILD = 2  # refill replaced attention workers' KV (reservations + a prefill of the histories)
     REGROUP = 3  # a new epoch: join a fresh process group that includes the replacements
     STOP = 4  # send your statistics to rank 0 and exit
+    # a prefill job: the prefill worker targets[0] runs the prompts (tokens), ships each layer's KV to
+    # the attention workers and its logits to rank 0; the attention workers accept that KV as it comes
+    PREFILL = 5
 
 
 class Phase(IntEnum):
@@ -44,7 +48,8 @@ class StepPlan:
     micro_batches: tuple[int, ...] = ()  # DECODE: sizes of the contiguous micro-batches (sum = len(seq_ids))
     reserves: tuple[tuple[int, int], ...] = ()  # (seq_id, tokens) made since the previous step
     frees: tuple[int, ...] = ()  # sequences freed since the previous step (applied before reserves)
-    targets: tuple[int, ...] = ()  # REBUILD: attention workers to refill; REGROUP: ranks replaced
+    targets: tuple[int, ...] = ()  # REBUILD: attention workers to refill; REGROUP: ranks replaced;
+    # PREFILL: the prefill worker's rank
     tokens: tuple[int, ...] = ()  # input ids, sequences concatenated; only compute workers get them
 
     def __post_init__(self) -> None:

@@ -34,7 +34,7 @@ from reference_impl.errors import ConfigError, WorkerFailure
 from reference_impl.lamina.config import LaminaConfig, check_model
 from reference_impl.lamina.fabric import ProcessFabric, StoreAddress
 from reference_impl.lamina.launch import serve_rank
-from reference_impl.lamina.layout import COMPUTE
+from reference_impl.lamina.layout import ATTENTION
 from reference_impl.lamina.results import LaminaRun
 from reference_impl.prompts import check_vocab
 from reference_impl.ray_cluster import check_address, connect, is_loopback, parse_devices, require_ray
@@ -63,7 +63,7 @@ def bundles(cfg: LaminaConfig, placement: RayPlacement) -> list[dict[str, float]
     """One bundle per rank, in rank order: what its actor holds."""
     layout, out = cfg.layout, []
     for rank in range(layout.world_size):
-        role = "compute" if layout.role(rank) == COMPUTE else "attention"
+        role = "attention" if layout.role(rank) == ATTENTION else "compute"  # prefill: dense weights
         bundle = {"CPU": 1.0} | ({"GPU": 1.0} if cfg.device == "cuda" else {})
         if role in placement.devices:
             bundle[placement.devices[role]] = 1.0

@@ -1,8 +1,10 @@
 """Recovery from dead workers, run by rank 0 when a step reports one (a failed or timed-out receive, a
 failed send).
 
-Rank 0: (1) tells every live rank to regroup (REGROUP), collects their acks on the old group and only
-then lets everyone leave it, so no message of the old epoch is lost; (2) has the launcher start a
+Rank 0: (0) with prefill workers, waits for their jobs in flight, so every prompt's KV has reached the
+live attention workers (which write all of it into their caches before they acknowledge in (1)); (1)
+tells every live rank to regroup (REGROUP), collects their acks on the old group and only then lets
+everyone leave it, so no message of the old epoch is lost; (2) has the launcher start a
 replacement process for each dead rank (on rank 0's machine) that loads the checkpoint (compute) or
 allocates an empty cache (attention); (3) everyone joins the group of the new epoch (fabric.py); (4)
 for replaced attention workers, replica 0 recomputes the KV of every running request from its prompt
@@ -70,6 +72,7 @@ class Recovery:
         model,
         respawn: Callable[[list[int], int], None] | None,
         start_s: float,
+        drain: Callable[[], None] = lambda: None,
     ) -> None:
         self.run = run
         self.fabric = fabric
@@ -80,6 +83,7 @@ class Recovery:
         self.epoch = 0
         self.events: list[RecoveryEvent] = []
         self._start = start_s
+        self.drain = drain  # ends the prefill workers' jobs in flight before a regroup
 
     def recover(
         self, plan: StepPlan, failed: Attempt, history: dict[int, list[int]], reservations: dict[int, int]
@@ -93,6 +97,7 @@ class Recovery:
         dead = sorted(failed.dead)
         supervisor.report(Stage.RECOVERY, recovering=dead)  # the launcher: other failures now end the run
         if dead:
+            self.drain()
             self._regroup(dead, plan.step_id)
         t1 = time.perf_counter()
         workers = [self.layout.worker_of(r) for r in dead if self.layout.role(r) == ATTENTION]

@@ -140,6 +140,7 @@ class LaminaRun:
             system="lamina",
             compute_workers=self.config.compute_workers,
             attention_workers=self.config.attention_workers,
+            prefill_workers=self.config.prefill_workers,
             pipeline_batches=self.config.pipeline_batches,
             attention_split=self.config.attention_split,
             link_payload_bytes_per_token_per_layer=self.link_payload_bytes_per_token_per_layer,
