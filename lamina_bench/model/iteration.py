@@ -106,10 +106,28 @@ class IterationModel:
             dense = self.compute.dense_layer(spec, self.dtype, b, self.tp).time_s
             return dense + 2.0 * self.compute.allreduce(b * spec.hidden_size * e, self.tp).time_s
 
-        return per_distinct(layer, batch)
+        return self._per_batch("layer", layer, batch)
 
     def _head(self, batch) -> np.ndarray:
-        return per_distinct(lambda b: self.compute.head(self.model, self.dtype, b, self.tp).time_s, batch)
+        return self._per_batch(
+            "head", lambda b: self.compute.head(self.model, self.dtype, b, self.tp).time_s, batch
+        )
+
+    @cached_property
+    def _memo(self) -> dict[str, dict[float, float]]:
+        return {}
+
+    def _per_batch(self, name: str, fn, batch) -> np.ndarray:
+        """fn(batch) element by element, each distinct batch size computed once for the life of this model
+        (a replay asks for the same sizes again and again, often one at a time)."""
+        x = np.asarray(batch, dtype=float)
+        memo = self._memo.setdefault(name, {})
+        values, inverse = np.unique(x, return_inverse=True)
+        missing = [v for v in values.tolist() if v not in memo]
+        if missing:
+            times = np.broadcast_to(fn(np.array(missing)), (len(missing),)).tolist()
+            memo.update(zip(missing, times, strict=True))
+        return np.array([memo[v] for v in values.tolist()])[inverse.reshape(x.shape)]
 
     def breakdown(self, batch, sum_context) -> IterationBreakdown:
         """Iteration time and its parts for `batch` running requests reading `sum_context` tokens."""
@@ -167,14 +185,6 @@ class IterationModel:
     def profile(self) -> str:
         c, a = self.compute.profile_name, self.attention.profile_name
         return c if c == a else f"compute={c};attention={a}"
-
-
-def per_distinct(fn, x) -> np.ndarray:
-    """fn(x) evaluated once per distinct value of x (a replay repeats the same batch sizes), element-wise
-    equal to fn(x) for any fn that maps each element on its own."""
-    x = np.asarray(x, dtype=float)
-    values, inverse = np.unique(x, return_inverse=True)
-    return np.broadcast_to(fn(values), values.shape)[inverse.reshape(x.shape)]
 
 
 def iteration_model(

@@ -372,7 +372,7 @@ def test_attention_pool_cannot_exceed_the_kv_heads():
 
 
 def test_iteration_times_of_a_whole_replay_equal_one_iteration_at_a_time():
-    # the dense part and the head are evaluated once per distinct batch size (iteration.per_distinct)
+    # the dense part and the head are computed once per distinct batch size (IterationModel._per_batch)
     rng = np.random.default_rng(1)
     batch = rng.integers(0, 400, 500).astype(float)
     context = batch * rng.uniform(100, 3000, 500)
