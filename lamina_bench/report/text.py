@@ -6,8 +6,8 @@ import statistics
 from collections.abc import Sequence
 
 from lamina_bench.model.paper import Comparison
+from lamina_bench.model.result import SimulationResult
 from lamina_bench.model.search import SearchResult
-from lamina_bench.model.simulator import SimulationResult
 from lamina_bench.report.data import predictions
 from lamina_bench.results.row import PointRow
 from lamina_bench.results.table import points_frame
