@@ -353,6 +353,7 @@ def test_module_runs_chosen_steps_under_a_budget(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["log.txt", "summary.json"]
 
 
+@pytest.mark.slow  # ~20 s; the steps are tested one by one above
 def test_script_runs_on_cpu_end_to_end_with_a_failed_step(tmp_path):
     """The script as a GPU machine without plotly runs it (a blocker package), the gemm step made to raise."""
     blocker = tmp_path / "blocker" / "plotly"

@@ -82,6 +82,7 @@ def test_an_attention_worker_beside_prefill_workers_is_replaced(
     base._assert_nothing_left(mark)
 
 
+@pytest.mark.slow  # the same fault through the runtime is tested above; this adds the CLI line
 def test_command_line_reports_a_dead_prefill_worker_in_one_line(model_dir, tmp_path, mark):
     env = dict(os.environ, **{FAULT_ENV: "3:prefill=1:KILL", MARK_ENV: mark})
     options = ("generate", "--system", "lamina", "--attention-workers", "2", "--prefill-workers", "1")
