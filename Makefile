@@ -1,23 +1,31 @@
-# `make bench`: install, run the default sweep, write the HTML report.   `make test`: install, install
-# Debian's chromium if missing (`make chromium`, for the report's browser test), run the tests. The
-# install takes the `test` and `ray` extras (the Ray tests start a cluster on 127.0.0.1).
+# `make bench`: install, run the default sweep, write the HTML report.   `make test`: install with the
+# `test` and `ray` extras (the Ray tests start a cluster on 127.0.0.1), install Debian's chromium if
+# missing (`make chromium`, for the report's browser test), run the tests.
 # torch is installed first and pinned: torch==2.13.0 is a CPU wheel on local disk, while a bare "torch"
 # requirement would pull a multi-GB CUDA build.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: install chromium test test-slow check-baseline check-validation bench lint format clean
+.PHONY: install install-test chromium test test-slow check-baseline check-validation bench lint format clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test,ray]'
+	$(PY) -m pip install -q -e .
 	touch $(STAMP)
 
+# The extras the tests need, on top of the package.
+$(TEST_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[test,ray]'
+	touch $(TEST_STAMP)
+
 install: $(STAMP)
+
+install-test: $(TEST_STAMP)
 
 # Debian's chromium for tests/lamina_bench/test_report_browser.py (Playwright drives it through
 # executable_path; `playwright install`, which downloads browsers, is never run). Nothing to do when
@@ -33,7 +41,7 @@ chromium:
 	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
 	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium
 
-test: install chromium
+test: install-test chromium
 	$(VENV)/bin/ruff check lamina_bench reference_impl tests
 	$(VENV)/bin/ruff format --check lamina_bench reference_impl tests
 	$(PY) -m pytest -q -m "not slow"
@@ -52,16 +60,16 @@ check-baseline: install
 check-validation: install
 	$(VENV)/bin/lamina-bench validate --no-store >/dev/null
 
-test-slow: install
+test-slow: install-test
 	$(PY) -m pytest -q -m slow
 
 bench: install
 	$(VENV)/bin/lamina-bench run
 
-lint: install
+lint: install-test
 	$(VENV)/bin/ruff check lamina_bench reference_impl tests
 
-format: install
+format: install-test
 	$(VENV)/bin/ruff format lamina_bench reference_impl tests
 	$(VENV)/bin/ruff check --fix lamina_bench reference_impl tests
 
