@@ -9,6 +9,7 @@ from pathlib import Path
 from lamina_bench.catalog.devices import parse_mix
 from lamina_bench.catalog.local import local_devices
 from lamina_bench.catalog.models import derived_sizes, dtype_bytes, get_model, list_models
+from lamina_bench.catalog.moe import is_moe
 from lamina_bench.catalog.prices import DEFAULT_PRICE_SET, PAPER_PRICE_SET, get_price_set
 from lamina_bench.catalog.workloads import load_trace, synthetic_trace
 from lamina_bench.cli.common import add_catalog_arguments, catalog_of, given
@@ -323,6 +324,11 @@ def _run_capacity(args) -> int:
     if args.profile_dir is not None and (args.profile_dir == "" or not Path(args.profile_dir).is_dir()):
         raise UserInputError(
             f"--profile-dir {args.profile_dir} is not a folder (it holds <device>-<backend>.json)"
+        )
+    if args.model is not None and is_moe(get_model(args.model)):
+        raise UserInputError(
+            f"capacity runs the vllm scheduler, which models dense models only; {args.model} is a "
+            "mixture-of-experts model (simulate and search take it with the reserve-all scheduler)"
         )
     config, model, prefill_model = _configured(args, catalog, "capacity")
     result = capacity(

@@ -117,6 +117,12 @@ def test_capacity_cli_json(capsys):
         (["simulate"] + _CAP[1:] + ["--scheduler", "vllm", "--tpot-slo-ms", "0"], "--tpot-slo-ms must be"),
         (["simulate"] + _CAP[1:] + ["--prefill-pool", "1xH100"], "apply to --scheduler vllm only"),
         (["simulate", "--paper", "--prefill-pool", "1xH100"], "drop --prefill-pool"),
+        (
+            ["capacity", "--model", "mixtral-8x7b"]
+            + _CAP[3:]
+            + ["--ttft-slo-ms", "1000", "--tpot-slo-ms", "50"],
+            "mixtral-8x7b is a mixture-of-experts model",
+        ),
     ],
 )
 def test_bad_serving_input_is_one_line_exit_2(argv, message, capsys):
