@@ -1,7 +1,7 @@
 """Serving schedulers by name: which requests run in each iteration and how much KV memory they may use.
 
 reserve-all  (the default for `simulate`, `search` and sweeps; the paper's decode-only setting, the
-             policy of the reference engine): FIFO admission only when the KV cache can reserve prompt +
+             reference engines' default; they implement `vllm` too, reference_impl/scheduling.py): FIFO admission only when the KV cache can reserve prompt +
              all output tokens, so nothing is ever preempted; prefill time is excluded; the KV budget is
              device memory minus a 10% workspace reserve minus the weights (`model/replay.py`).
 vllm         vLLM V1's scheduler (vllm/v1/core/sched/scheduler.py): KV in blocks of `block_size` tokens
