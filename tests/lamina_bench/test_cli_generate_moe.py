@@ -87,6 +87,7 @@ LAMINA = {  # processes over gloo: compute workers run the experts, attention wo
 }  # (Qwen3-MoE through the converter: tests/reference_impl/test_moe.py)
 
 
+@pytest.mark.slow  # Lamina over gloo processes; homogeneous and AFD parity run in make test
 @pytest.mark.parametrize("checkpoint", list(LAMINA), indirect=True)
 def test_lamina_matches_transformers(checkpoint, tmp_path, capsys):
     kind, folder, prompts, expected = checkpoint

@@ -272,6 +272,7 @@ def _with_figure(html: Path, out: Path, fig_id: str, spec) -> Path:
     ],
     ids=["throws", "empty"],
 )
+@pytest.mark.slow  # the checker itself; `make test-slow`
 def test_a_broken_figure_fails_the_check(browser, reports, tmp_path, spec, expect):
     broken = _with_figure(reports["bench"], tmp_path / "broken.html", "fig-2", spec)
     problems = check_report(browser, broken).problems()
@@ -296,6 +297,7 @@ def test_console_errors_fail_the_check(browser, reports, tmp_path):
         assert f"console error: {expected}" in problems, problems
 
 
+@pytest.mark.slow  # the checker itself; `make test-slow`
 def test_a_network_request_fails_the_check(browser, reports, tmp_path):
     fetches = {
         '<img src="http://127.0.0.1:9/pixel.png">': "http://127.0.0.1:9/pixel.png",

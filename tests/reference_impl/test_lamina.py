@@ -106,7 +106,13 @@ PROCESS_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(PROCESS_CASES))
+SLOW_PROCESS_CASES = ("1c+2a-opt", "attention-split")  # threads cover them in make test
+
+
+@pytest.mark.parametrize(
+    "case",
+    [pytest.param(c, marks=pytest.mark.slow if c in SLOW_PROCESS_CASES else ()) for c in PROCESS_CASES],
+)
 def test_processes_over_gloo_give_the_reference_tokens(case, lamina, expected):
     kind, options = PROCESS_CASES[case]
     run = lamina(kind, **options)
@@ -219,6 +225,7 @@ def _loopback_env() -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow  # ~6 s under torchrun; `make test-slow`
 def test_torchrun_runs_the_same_generation_as_the_spawning_launcher(models, lamina, tmp_path):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(

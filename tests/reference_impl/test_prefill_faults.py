@@ -58,6 +58,7 @@ def test_a_failed_prefill_worker_ends_the_run_in_one_line(point, sig, model_dir,
     base._assert_nothing_left(mark)
 
 
+@pytest.mark.slow  # ~6 s; `make test-slow`
 def test_a_prefill_worker_lost_at_shutdown_leaves_the_tokens(model_dir, reference, mark, monkeypatch):
     monkeypatch.setenv(FAULT_ENV, "3:shutdown:KILL")
     run = generate_lamina(_config(model_dir), REQUESTS)
