@@ -130,8 +130,12 @@ def test_close_kills_and_reaps_every_process():
 
 
 _SUPERVISING_SCRIPT = """
-    import sys, time
+    import signal, sys, time
     from reference_impl.supervisor import Stage, Supervisor
+
+    # Ctrl-C raises KeyboardInterrupt even when this test runs in a background job, whose processes
+    # start with SIGINT ignored (a shell without job control does that to `cmd &`)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from tests.reference_impl import supervised_children as kids
 
     with Supervisor(2, 60.0) as sup:
