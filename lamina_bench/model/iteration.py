@@ -117,6 +117,12 @@ class IterationModel:
     def _memo(self) -> dict[str, dict[float, float]]:
         return {}
 
+    @cached_property
+    def tables(self) -> dict:
+        """Tables derived from this model, kept for its life (model/serving_time.py: a capacity search
+        replays one model at many rates)."""
+        return {}
+
     def _per_batch(self, name: str, fn, batch) -> np.ndarray:
         """fn(batch) element by element, each distinct batch size computed once for the life of this model
         (a replay asks for the same sizes again and again, often one at a time)."""
@@ -175,6 +181,23 @@ class IterationModel:
 
     def time_s(self, batch, sum_context) -> np.ndarray:
         return self.breakdown(batch, sum_context).time_s
+
+    def decode_breaks(self, batch: int, max_context: float) -> np.ndarray:
+        """Summed contexts S (integers) after which the time of `batch` decodes may jump: S and S + 1 lie on
+        either side of a step of the attention launch (`DeviceModel.attention_breaks`). Between two of them
+        the time is convex in S: sums and maxima of terms convex in S."""
+        if self.system == "homogeneous":  # attention over `batch` sequences at context S / batch
+            kv, calls, per_call = max(1.0 / self.compute_count, 1.0 / self.model.num_kv_heads), batch, 1
+            dm = self.compute
+        else:  # n micro-batches of batch / n sequences at context (S / n) / max(batch / n, 1)
+            kv, calls, per_call = (
+                1.0 / self.attention_count,
+                batch / self.pipeline_batches,
+                self.pipeline_batches,
+            )
+            dm = self.attention
+        contexts = dm.attention_breaks(self.model, calls, kv, max_context)
+        return np.unique(np.round(contexts * per_call * max(calls, 1.0))).astype(np.int64)
 
     @property
     def source(self) -> str:

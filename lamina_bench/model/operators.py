@@ -249,6 +249,16 @@ class DeviceModel:
         same = same_layer_shape(spec, p.model) and dtype == p.dtype
         return OpTime(t, self._source(same), p.name)
 
+    def attention_breaks(
+        self, spec: ModelSpec, batch: float, kv_fraction: float, max_context: float
+    ) -> np.ndarray:
+        """Mean contexts at which `attention_layer`'s time for `batch` sequences may jump (the calibrated
+        model's split-KV launch changes with the KV block count); none for profiles and the roofline, which
+        are linear or piecewise linear in the context."""
+        if self._ops is None:
+            return np.zeros(0)
+        return self.ops.attention_breaks(batch, max(1.0, spec.num_kv_heads * kv_fraction), max_context)
+
     def allreduce(self, nbytes, world_size: int) -> OpTime:
         """Ring all-reduce of `nbytes` over `world_size` devices of this type (0 when world_size is 1)."""
         nbytes = np.asarray(nbytes, dtype=float)

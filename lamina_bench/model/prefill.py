@@ -32,7 +32,10 @@ from lamina_bench.catalog.models import DTYPE_BYTES, kv_bytes_per_token
 from lamina_bench.errors import UserInputError
 from lamina_bench.model.iteration import IterationBreakdown, IterationModel
 from lamina_bench.model.operators import DeviceModel
+from lamina_bench.model.ops.constants import EAGER_LAUNCH_S
+from lamina_bench.model.ops.device import elem_bytes
 from lamina_bench.model.ops.prefill import (
+    PREFILL_FLOPS_EFFICIENCY,
     TILE_M,
     prefill_attention_bytes,
     prefill_attention_flops,
@@ -68,29 +71,30 @@ def prefill_attention_layer_s(dm: DeviceModel, spec, dtype: str, tokens, pairs, 
     return np.where(tokens > 0, t, 0.0)
 
 
-def prefill_attention_scalar(dm: DeviceModel, spec, dtype: str, tp: int):
-    """`prefill_attention_layer_s` for one iteration as a plain-float function of (tokens, pairs), the same
-    operations in the same order (the roofline path); None where the calibrated operator model applies."""
-    if dm.profile is None and dm.ops is not None:
-        return None
-    dev = dm.device
-    if dev is None or dev.bf16_flops_per_s is None or dev.mem_bandwidth_bytes_per_s is None:
-        return None
+def prefill_attention_line(dm: DeviceModel, spec, dtype: str, tp: int):
+    """`prefill_attention_layer_s` for tokens > 0 as five floats (fixed, per_token, per_pair, flops_per_pair,
+    floor): t = max(fixed + max(per_token T + per_pair pairs, flops_per_pair pairs), floor), the same terms
+    (float rounding aside) on both paths; None where the exact function raises (no specs)."""
     heads, kv_heads = spec.num_heads / tp, max(1.0, spec.num_kv_heads / tp)
     per_byte, tile = DTYPE_BYTES[dtype] * spec.head_dim, TILE_M.value
-    bw, flops_s = (
-        dev.mem_bandwidth_bytes_per_s * ATTENTION_BW_EFFICIENCY,
-        dev.bf16_flops_per_s * ATTENTION_FLOPS_EFFICIENCY,
-    )
     flops_per_pair = 4.0 * heads * spec.head_dim
-
-    def time_s(tokens: float, pairs: float) -> float:
-        if tokens <= 0:
-            return 0.0
-        nbytes = per_byte * (2.0 * heads * tokens + 2.0 * kv_heads * (tokens + pairs / tile))
-        return ATTENTION_LAYER_OVERHEAD_S + max(nbytes / bw, flops_per_pair * pairs / flops_s)
-
-    return time_s
+    if dm.profile is None and dm.ops is not None:  # ops/prefill.py in the model's execution mode
+        gpu = dm.ops
+        a = gpu.constants.values("attention")
+        bw, flops_s = gpu.hw.mem_bw * a["eta"], gpu.hw.flops * PREFILL_FLOPS_EFFICIENCY.value
+        fixed = a["t_fixed_s"] + (0.0 if gpu.mode == "kernel" else gpu.graph_gap_s)
+        floor = EAGER_LAUNCH_S.value if gpu.mode == "eager" else 0.0
+        per_byte = elem_bytes(dtype) * spec.head_dim
+    else:
+        dev = dm.device
+        if dev is None or dev.bf16_flops_per_s is None or dev.mem_bandwidth_bytes_per_s is None:
+            return None
+        bw = dev.mem_bandwidth_bytes_per_s * ATTENTION_BW_EFFICIENCY
+        flops_s = dev.bf16_flops_per_s * ATTENTION_FLOPS_EFFICIENCY
+        fixed, floor = ATTENTION_LAYER_OVERHEAD_S, 0.0
+    per_token = per_byte * (2.0 * heads + 2.0 * kv_heads) / bw
+    per_pair = per_byte * 2.0 * kv_heads / tile / bw
+    return float(fixed), float(per_token), float(per_pair), float(flops_per_pair / flops_s), float(floor)
 
 
 @dataclass(frozen=True)

@@ -227,7 +227,7 @@ def _paged(
 
     follow = arrival in ("trace", "poisson") or prefilled
     if follow:  # times as the replay goes: the tabulated model (model/serving_time.py)
-        time_fn = _time_table(model, config, capacity)
+        time_fn = _time_table(model, config, capacity, trace)
     rep = paged_replay(
         trace.prompt_len, trace.output_len, arrival_s, capacity, time_fn, config.scheduler,
         config.max_batch_size, follow_arrivals=follow, concurrency=concurrency, prefilled=prefilled,
@@ -238,10 +238,13 @@ def _paged(
     return rep, last[0]
 
 
-def _time_table(model: IterationModel, config: SystemConfig, capacity: int) -> ServingTimeTable:
+def _time_table(model: IterationModel, config: SystemConfig, capacity: int, trace: Trace) -> ServingTimeTable:
+    """The time table covering `trace`'s longest request (rounded up to a power of two, so that traces of
+    similar lengths share one table) within the KV capacity."""
     policy = config.scheduler
     max_seqs = min(policy.max_num_seqs, config.max_batch_size or policy.max_num_seqs)
-    return time_table(model, policy, max_seqs, capacity)
+    longest = int((trace.prompt_len + trace.output_len).max()) if len(trace) else 1
+    return time_table(model, policy, max_seqs, min(int(capacity), 1 << max(10, (longest - 1).bit_length())))
 
 
 def simulate(

@@ -95,6 +95,18 @@ def attention_waves(a: Mapping[str, float], hw: Hardware, batch, context, kv_hea
     return ctas, waves, ctas / (waves * slots)
 
 
+def split_breaks(a: Mapping[str, float], hw: Hardware, batch: float, kv_heads: float, max_context: float):
+    """Contexts at which one call's time may jump for `batch` sequences: the multiples of chunk_tokens up to
+    `max_context` when the split count depends on the KV block count (too few work items to fill the CTA
+    slots), else none. Between two of them the launch (splits, waves, fill) is fixed and the time is convex
+    in the context (a smooth max of a constant and a linear term)."""
+    work = max(batch * kv_heads, 1.0)
+    if work >= 0.8 * int(hw.sms * a["ctas_per_sm"]):  # fa_splits: one split whatever the blocks
+        return np.zeros(0)
+    chunk = a["chunk_tokens"]
+    return chunk * np.arange(1, int(np.ceil(max_context / chunk)) + 1)
+
+
 def attention_time_s(
     a: Mapping[str, float], hw: Hardware, batch, context, heads, kv_heads, head_dim, elem_bytes: float = 2.0,
     ws_bytes=None,

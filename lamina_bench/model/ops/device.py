@@ -16,7 +16,7 @@ import numpy as np
 from lamina_bench.catalog.devices import DeviceSpec
 from lamina_bench.catalog.models import DTYPE_BYTES, ModelSpec
 from lamina_bench.errors import UserInputError
-from lamina_bench.model.ops.attention import attention_bytes, attention_time_s
+from lamina_bench.model.ops.attention import attention_bytes, attention_time_s, split_breaks
 from lamina_bench.model.ops.cache import working_set
 from lamina_bench.model.ops.calibration import Calibration, GpuConstants, gpu_constants, load_calibration
 from lamina_bench.model.ops.collectives import (
@@ -116,6 +116,10 @@ class GpuModel:
             return t
         n = int(ATTENTION_KERNELS.value)
         return sequence_time_s([t] + [0.0] * (n - 1), self.mode, self.graph_gap_s)
+
+    def attention_breaks(self, batch: float, kv_heads: float, max_context: float) -> np.ndarray:
+        """Contexts where `attention`'s time may jump (attention.split_breaks)."""
+        return split_breaks(self._v("attention"), self.hw, batch, kv_heads, max_context)
 
     # ---- communication ------------------------------------------------------------------------------
 
