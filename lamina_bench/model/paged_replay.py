@@ -35,17 +35,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 
 from lamina_bench.model.paged_python import STATE_ROWS, PagedLoop
 from lamina_bench.model.scheduler import Scheduler
 from lamina_bench.model.serving_time import ServingTimeTable
-
-try:  # the compiled loop (model/paged_kernel.py); without numba, the Python one
-    from lamina_bench.model import paged_kernel
-except ImportError:  # pragma: no cover - numba is a dependency; a copy without it still replays
-    paged_kernel = None
 
 # time_fn(batch, sum_context, prefill_tokens, prefill_pairs, prefill_seqs, first_tokens) -> seconds; a
 # time_fn with a `decode_run(batch, sum_context, steps, t, stop)` method gives a run's times itself, cut
@@ -112,17 +108,9 @@ def paged_replay(
     loop_time = time_fn if follow_arrivals else None
     max_seqs = min(policy.max_num_seqs, max_batch_size or policy.max_num_seqs)
     if compiled(loop_time):
-        table = loop_time
-        if table is not None and (
-            len(p) and (int((p + o).max()) > table.max_context or max_seqs > table.max_batch)
-        ):
-            raise ValueError("the time table does not cover this trace's contexts or batch cap")
         knobs = (capacity_blocks, bs, policy.max_num_batched_tokens, max_seqs, int(policy.prefill == "chunked"),
-                 int(concurrency is not None), concurrency or 0, int(prefilled), int(table is not None))  # fmt: skip
-        tab, line, layer, head = _table_arrays(table)
-        rec, pairs, growth, times, t0, R = paged_kernel.replay_kernel(p, o, a, knobs, tab, line, layer, head)
-        k = paged_kernel
-        state = R[:, [k.ADMIT, k.FIRST, k.FINISH, k.PREEMPTED, k.RELEASE]].T
+                 int(concurrency is not None), concurrency or 0, int(prefilled), int(loop_time is not None))  # fmt: skip
+        rec, pairs, growth, times, t0, state = _compiled_loop(p, o, a, knobs, loop_time)
     else:
         loop = PagedLoop(p.tolist(), o.tolist(), a.tolist(), capacity_blocks, policy, max_batch_size, loop_time,
                          concurrency, prefilled)  # fmt: skip
@@ -135,14 +123,36 @@ def paged_replay(
 USE_COMPILED = True  # False: always the Python loop (tests compare the two)
 
 
+@cache
+def _kernel():
+    """The compiled loop's module, imported on first use (importing numba takes ~0.7 s); None without numba."""
+    try:
+        from lamina_bench.model import paged_kernel
+    except ImportError:  # numba is a dependency; a copy without it still replays, in Python
+        return None
+    return paged_kernel
+
+
 def compiled(time_fn) -> bool:
-    """The compiled loop runs when numba is installed and times are either computed after the loop (None)
-    or come from a time table."""
-    return (
-        USE_COMPILED
-        and paged_kernel is not None
-        and (time_fn is None or isinstance(time_fn, ServingTimeTable))
-    )
+    """The compiled loop runs when numba is installed and the times are either computed after the loop
+    (`time_fn` None) or read from a time table."""
+    if not USE_COMPILED or not (time_fn is None or isinstance(time_fn, ServingTimeTable)):
+        return False
+    return _kernel() is not None
+
+
+def _compiled_loop(p, o, a, knobs, table: ServingTimeTable | None):
+    """`PagedLoop(...).run()` then `.arrays()`, compiled (model/paged_kernel.py)."""
+    max_seqs = knobs[3]
+    if (
+        table is not None
+        and len(p)
+        and (int((p + o).max()) > table.max_context or max_seqs > table.max_batch)
+    ):
+        raise ValueError("the time table does not cover this trace's contexts or batch cap")
+    k = _kernel()
+    rec, pairs, growth, times, t0, R = k.replay_kernel(p, o, a, knobs, *_table_arrays(table))
+    return rec, pairs, growth, times, t0, R[:, [k.ADMIT, k.FIRST, k.FINISH, k.PREEMPTED, k.RELEASE]].T
 
 
 def _table_arrays(table: ServingTimeTable | None):
