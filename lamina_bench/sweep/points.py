@@ -5,7 +5,10 @@ A point is one of three kinds:
     prediction   the performance model predicts a measured configuration from this machine's profile
     modeled      the simulator replays a trace on a device mix (`ModeledConfig`)
 Its id is the first 16 hex digits of the sha256 of its identity (a canonical JSON object of the
-configuration), so resume, shards and `compare` match points across runs and versions.
+configuration), so resume, shards and `compare` match points across runs and versions. Optional knobs
+enter the identity only when they differ from their default (a modeled point's batch cap, scheduler
+and serving keys; a measured point's prefill workers), so adding a knob never changes the ids of the
+points that leave it at its default.
 """
 
 from __future__ import annotations
@@ -135,6 +138,7 @@ class Point:
             "compute": c.compute_mix,
             "attention": c.attention_mix or "",
             "pipeline_batches": c.pipeline_batches,
+            **({"prefill_workers": c.prefill_workers} if c.prefill_workers else {}),  # ids stay stable
         }
         return {**out, "predicts": "measured"} if self.kind == "prediction" else out
 
@@ -163,4 +167,6 @@ class Point:
             knobs += [f"B={c.batch_size}", f"ctx={c.context_len}"]
         if c.system in ("lamina", "afd"):
             knobs.append(f"n={c.pipeline_batches}")
+        if isinstance(c, MeasuredConfig) and c.prefill_workers:
+            knobs.append(f"pw={c.prefill_workers}")
         return f"{self.source}:" + " ".join(str(k) for k in knobs if k)

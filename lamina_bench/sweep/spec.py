@@ -15,6 +15,7 @@ configuration, so resume, shard and compare match points across runs). Example:
     context_lens = [128]              # prompt tokens per request
     new_tokens = 16                   # decode steps measured per request
     pipeline_batches = [1, 2]         # lamina only: 1 = no overlap, 2 = ping-pong
+    prefill_workers = [0, 1]          # lamina only: processes that only prefill (0 = the compute worker does)
     predict = true                    # also model each point from the local profile (model error)
 
     [[modeled]]
@@ -24,7 +25,11 @@ configuration, so resume, shard and compare match points across runs). Example:
     homogeneous = ["2xH100"]          # mixes for the baseline
     lamina = [{ compute = "1xH100", attention = "2xH20", pipeline_batches = 2 }]
 
-Unknown keys, unknown names and impossible mixes fail before any work with a one-line error.
+Lamina-only knobs (`pipeline_batches`, `prefill_workers`) are expanded for the lamina system; the
+homogeneous points of the same block run one batch in flight and prefill on the processes that decode.
+A measured point records the decode TBT figures (prefill excluded) and each request's ttft, tpot, itl
+and e2el (prefill included; measure/run.py). Unknown keys, unknown names, impossible mixes and prefill
+workers asked of homogeneous systems only fail before any work with a one-line error.
 """
 
 from __future__ import annotations
@@ -59,6 +64,7 @@ _MEASURED_KEYS: dict[str, tuple[type, Any]] = {
     "compute_workers": (int, 1),
     "attention_workers": (int, 1),
     "pipeline_batches": (list, [1]),
+    "prefill_workers": (list, [0]),
     "predict": (bool, True),
 }
 _TOP_KEYS = ("name", "repeats", "measured", "modeled")
@@ -131,6 +137,12 @@ def _measured_points(b: dict) -> list[Point]:
         positive_ints(b[key], key, where)
     for key in ("new_tokens", "tp", "compute_workers", "attention_workers"):
         positive_ints([b[key]], key, where)
+    positive_ints(b["prefill_workers"], "prefill_workers", where, zero_ok=True)
+    if any(b["prefill_workers"]) and "lamina" not in b["systems"]:
+        raise UserInputError(
+            f"{where}: prefill_workers {b['prefill_workers']} apply to the lamina system only (the homogeneous "
+            "engine prefills on its own processes); add 'lamina' to systems or leave prefill_workers out"
+        )
     if b["new_tokens"] < 2:
         raise UserInputError(
             f"{where}: new_tokens must be >= 2 (the first comes from the prefill; decode is measured)"
@@ -149,9 +161,10 @@ def _measured_points(b: dict) -> list[Point]:
         )
     points = []
     for system, batch, ctx in itertools.product(b["systems"], b["batch_sizes"], b["context_lens"]):
-        for depth in b["pipeline_batches"] if system == "lamina" else [1]:
+        lamina_knobs = itertools.product(b["pipeline_batches"], b["prefill_workers"])
+        for depth, prefill in lamina_knobs if system == "lamina" else [(1, 0)]:
             if system == "lamina":
-                _check_lamina_layout(b["compute_workers"], b["attention_workers"], depth, where)
+                _check_lamina_layout(b["compute_workers"], b["attention_workers"], depth, prefill, where)
             config = MeasuredConfig(
                 model=model,
                 system=system,
@@ -164,6 +177,7 @@ def _measured_points(b: dict) -> list[Point]:
                 compute_workers=b["compute_workers"],
                 attention_workers=b["attention_workers"],
                 pipeline_batches=depth,
+                prefill_workers=prefill,
             )
             points.append(Point("measured", config))
             if b["predict"]:
@@ -171,10 +185,10 @@ def _measured_points(b: dict) -> list[Point]:
     return points
 
 
-def _check_lamina_layout(compute: int, attention: int, depth: int, where: str) -> None:
-    """The runtime's own rule for worker counts and pipeline depth, checked before any work."""
+def _check_lamina_layout(compute: int, attention: int, depth: int, prefill: int, where: str) -> None:
+    """The runtime's own rule for worker counts, pipeline depth and prefill workers, checked before any work."""
     try:
-        Layout(compute, attention, depth)
+        Layout(compute, attention, depth, prefill)
     except ConfigError as exc:
         raise UserInputError(f"{where}: {exc}") from None
 
