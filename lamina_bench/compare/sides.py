@@ -65,6 +65,9 @@ def point_label(row: PointRow) -> str:
             knobs.append(f"{short}={value}")
     if row.system in ("lamina", "afd") and row.pipeline_batches is not None:
         knobs.append(f"{'m' if row.system == 'afd' else 'n'}={row.pipeline_batches}")
+    for key, short in (("prefill_workers", "pw"), ("max_batch", "cap")):  # optional knobs, when set
+        if row.settings.get(key):
+            knobs.append(f"{short}={row.settings[key]}")
     return " ".join(str(k) for k in knobs if k) + f" ({row.source})"
 
 

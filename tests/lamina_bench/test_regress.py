@@ -302,3 +302,12 @@ def test_point_labels_name_each_pool():
     afd = make_row(2, system="afd", compute="8xH100", attention="4xH20", pipeline_batches=3)
     assert point_label(lamina) == "llama-33b lamina 1xH100+2xH20 azure-conv B=1 n=2 (modeled)"
     assert point_label(afd) == "llama-33b afd 4xH20 attn + 8xH100 experts azure-conv B=2 m=3 (modeled)"
+
+
+def test_point_labels_show_optional_knobs_when_set():
+    """Points that differ only in prefill workers or a batch cap get different labels."""
+    plain = make_row(1, pipeline_batches=2, attention="2xH20")
+    pw = make_row(1, pipeline_batches=2, attention="2xH20", settings={"prefill_workers": 2})
+    capped = make_row(1, settings={"max_batch": 32})
+    assert point_label(pw) == point_label(plain).replace(" (modeled)", " pw=2 (modeled)")
+    assert point_label(capped).endswith(" cap=32 (modeled)")
