@@ -118,6 +118,15 @@ def prefill_pool(
     )  # fmt: skip
 
 
+def _count_at_or_before(ts: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """For each t, how many of the sorted `ts` are <= t (searchsorted right). When `t` is sorted too (the
+    windows of a replay) the few `ts` are placed among the many `t` instead, and the counts accumulated."""
+    if len(t) > 4 * len(ts) and np.all(t[1:] >= t[:-1]):
+        first = np.searchsorted(t, ts, side="left")  # the first t each ts is <= to
+        return np.cumsum(np.bincount(first, minlength=len(t) + 1))[: len(t)]
+    return np.searchsorted(ts, t, side="right")
+
+
 def link_bytes_in_windows(
     bytes_: np.ndarray, start_s: np.ndarray, end_s: np.ndarray, win_start: np.ndarray, win_end: np.ndarray
 ) -> np.ndarray:
@@ -131,7 +140,7 @@ def link_bytes_in_windows(
         order = np.argsort(times, kind="stable")
         ts, rs = times[order], rate[order]
         cr, crt = np.concatenate([[0.0], np.cumsum(rs)]), np.concatenate([[0.0], np.cumsum(rs * ts)])
-        j = np.searchsorted(ts, t, side="right")
+        j = _count_at_or_before(ts, t)
         return t * cr[j] - crt[j]
 
     def cumulative(t: np.ndarray) -> np.ndarray:

@@ -309,3 +309,14 @@ def test_sweep_serving_keys_refuse_bad_input(extra, message):
         parse_spec(
             tomllib.loads(block.replace("llama3.1-8b", "llama3-70b").replace("1xH100", "4xH100") + extra)
         )
+
+
+def test_counts_at_or_before_equal_searchsorted_on_sorted_windows():
+    """The merge used for a replay's sorted windows against numpy's searchsorted, ties included."""
+    from lamina_bench.model.prefill_pool import _count_at_or_before
+
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        ts = np.sort(rng.choice(rng.uniform(0, 10, 50), rng.integers(1, 60)))
+        t = np.sort(np.concatenate([rng.uniform(-1, 11, rng.integers(0, 400)), ts[:5]]))
+        assert np.array_equal(_count_at_or_before(ts, t), np.searchsorted(ts, t, side="right"))
