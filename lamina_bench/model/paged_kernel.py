@@ -56,7 +56,7 @@ from lamina_bench.model.paged_state import (
 # ---- bookkeeping --------------------------------------------------------------------------------------
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _start_decoding(st, R, hist, hk, hr, bs, r):
     p, g, c = R[r, P], R[r, G], st[CLOCK]
     R[r, ANCHOR] = c
@@ -69,7 +69,7 @@ def _start_decoding(st, R, hist, hk, hr, bs, r):
     heap_push(st, hk, hr, R, R[r, FIN], r)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _done(st, R, wq, bs, closed_loop, m, r):
     st[USED] -= cdiv(R[r, P] + R[r, O] - 1, bs)
     run_remove(st, R, r)
@@ -80,7 +80,7 @@ def _done(st, R, wq, bs, closed_loop, m, r):
         st[NEXT] += 1
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _preempt_tail(st, R, hist, wq, bs, clock):
     """Preempt the most recently admitted running request; returns 1 if it needed a block at `clock`."""
     r = st[TAIL]
@@ -104,7 +104,7 @@ def _preempt_tail(st, R, hist, wq, bs, clock):
     return needed
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _admit_blocks(R, r, budget, bs, chunked):
     if R[r, REMOTE]:
         return cdiv(R[r, P], bs)
@@ -112,14 +112,14 @@ def _admit_blocks(R, r, budget, bs, chunked):
     return cdiv(min(total, budget) if chunked else total, bs)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _head_admissible(st, R, wq, budget, bs, chunked, cap, max_seqs):
     if st[WLEN] == 0 or budget <= 0 or st[NRUN] >= max_seqs:
         return False
     return _admit_blocks(R, wq[st[WHEAD]], budget, bs, chunked) <= cap - st[USED]
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _finish_decoders(st, R, hist, wq, hk, hr, bs, closed_loop, m, clock):
     """Decoders whose last decode was at `clock` leave."""
     if next_finish(st, hk, hr, R) != clock:
@@ -139,7 +139,7 @@ def _finish_decoders(st, R, hist, wq, hk, hr, bs, closed_loop, m, clock):
 # ---- one iteration in full ----------------------------------------------------------------------------
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _continue_partial(st, R, hist, wq, bs, chunked, cap, budget, clock, work, completed):
     """The request in the middle of its prefill computes its next chunk; True if it preempted itself."""
     r = st[PARTIAL]
@@ -159,7 +159,7 @@ def _continue_partial(st, R, hist, wq, bs, chunked, cap, budget, clock, work, co
     return False
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _admit(st, R, wq, bs, chunked, cap, max_seqs, budget, work, completed):
     """Admit from the queue head while the budget, max_num_seqs and the free blocks allow."""
     while st[WLEN] > 0 and budget > 0 and st[NRUN] < max_seqs:
@@ -197,20 +197,20 @@ def _admit(st, R, wq, bs, chunked, cap, max_seqs, budget, work, completed):
             st[PARTIAL] = r
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _arrivals(st, a, wq, t):
+    """Requests that have arrived by `t` join the queue (arrivals are sorted: a scan from the next one,
+    the Python loop's bisect_right from it)."""
     m = len(a)
-    if st[NEXT] < m:
-        j = st[NEXT] + np.searchsorted(a[st[NEXT] :], t, side="right")
-        for r in range(st[NEXT], j):
-            wpush(st, wq, r, False)
-        st[NEXT] = j
+    while st[NEXT] < m and a[st[NEXT]] <= t:
+        wpush(st, wq, st[NEXT], False)
+        st[NEXT] += 1
 
 
 # ---- the loop ----------------------------------------------------------------------------------------
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _run_length(st, hist, prefix, bs, cap, f):
     """Decode iterations that can run before the next event (`prefix`: new blocks over the next bs decodes)."""
     c, b = st[CLOCK], st[B]
@@ -222,7 +222,7 @@ def _run_length(st, hist, prefix, bs, cap, f):
     return min(f - c + 1, short - 1)  # (the decode short of blocks is run in full)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _run_times(st, tab, times, steps, t, stop):
     """Times of up to `steps` decodes appended to `times` (returned, maybe grown), ending with the first that
     ends at or after `stop`: ServingTimeTable.decode_run, the knot interval walked forward as S grows."""
@@ -250,7 +250,7 @@ def _run_times(st, tab, times, steps, t, stop):
     return times
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _schedule(st, R, hist, wq, bs, chunked, cap, max_seqs, budget, work, completed):
     """The scheduling of one iteration in full (paged_python.PagedLoop._step up to its record): returns
     (decodes, preempted, batch, context); the prefill work is in `work`, the completed prefills in
@@ -283,7 +283,7 @@ def _schedule(st, R, hist, wq, bs, chunked, cap, max_seqs, budget, work, complet
     return decodes, preempted, batch, context
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _after(st, R, hist, wq, hk, hr, bs, closed_loop, m, decodes, completed, n_completed):
     """The end of an iteration in full: the decode clock moves, completed prefills finish or decode, and
     decoders whose last token this was leave."""

@@ -24,7 +24,7 @@ P, O, G, ANCHOR, PHASE, DONE, FIN, ADMIT, FIRST, FINISH, PREEMPTED, REMOTE, RELE
 NFIELDS = 8  # steps, batch, sum_context, prefill_tokens, prefill_pairs (in `pairs`), seqs, first, kv
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def cdiv(a, b):
     return -(-a // b)
 
@@ -32,7 +32,7 @@ def cdiv(a, b):
 # ---- queues -------------------------------------------------------------------------------------------
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def wpush(st, wq, r, front):
     n = len(wq)
     if front:
@@ -43,7 +43,7 @@ def wpush(st, wq, r, front):
     st[WLEN] += 1
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def wpop(st, wq):
     r = wq[st[WHEAD]]
     st[WHEAD] = (st[WHEAD] + 1) % len(wq)
@@ -51,7 +51,7 @@ def wpop(st, wq):
     return r
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def run_add(st, R, r):
     R[r, PREV], R[r, NEXTR] = st[TAIL], -1
     if st[TAIL] >= 0:
@@ -60,7 +60,7 @@ def run_add(st, R, r):
     st[NRUN] += 1
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def run_remove(st, R, r):
     prev, nxt = R[r, PREV], R[r, NEXTR]
     if prev >= 0:
@@ -72,7 +72,7 @@ def run_remove(st, R, r):
     st[NRUN] -= 1
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def sift_up(hk, hr, i, key, r):
     while i > 0:
         parent = (i - 1) // 2
@@ -83,7 +83,7 @@ def sift_up(hk, hr, i, key, r):
     hk[i], hr[i] = key, r
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def heap_push(st, hk, hr, R, key, r):
     if st[HLEN] == len(hk):  # full: keep the entries of decoders still finishing at their clock, re-heap
         n = 0
@@ -99,7 +99,7 @@ def heap_push(st, hk, hr, R, key, r):
     sift_up(hk, hr, st[HLEN] - 1, key, r)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def heap_pop(st, hk, hr):
     st[HLEN] -= 1
     n = st[HLEN]
@@ -119,7 +119,7 @@ def heap_pop(st, hk, hr):
         hk[i], hr[i] = key, r
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def next_finish(st, hk, hr, R):
     """The next decode clock at which a decoder finishes; -1 if none."""
     while st[HLEN] > 0 and R[hr[0], FIN] != hk[0]:  # the decoder was preempted since
@@ -130,7 +130,7 @@ def next_finish(st, hk, hr, R):
 # ---- the tabulated time (model/serving_time.py, ServingTimeTable) ---------------------------------------
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def decode_s(offsets, ks, kt, b, s):
     lo, hi = offsets[b], offsets[b + 1]
     j = lo + np.searchsorted(ks[lo:hi], s, side="right")
@@ -142,7 +142,7 @@ def decode_s(offsets, ks, kt, b, s):
     return kt[j - 1] + (kt[j] - kt[j - 1]) * (s - s0) / (ks[j] - s0)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def iteration_s(tab, line, layer, head, b, s, tokens, pairs, seqs, first):
     """ServingTimeTable.__call__; `tab` = (offsets, S, time), `line` = (prefill line, lamina, L, KV s per
     token, latency, CPU s per request)."""
@@ -164,7 +164,7 @@ def iteration_s(tab, line, layer, head, b, s, tokens, pairs, seqs, first):
 # ---- growable arrays ----------------------------------------------------------------------------------
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def grow(x):
     out = np.zeros((2 * x.shape[0],) + x.shape[1:], dtype=x.dtype)
     out[: x.shape[0]] = x
