@@ -5,15 +5,21 @@ resources, shared by every Ray test of a session (Ray starts slowly on small mac
     node     2 CPUs, {"H20": 4}    the "attention" node type
 Both listen on 127.0.0.1 only, without a dashboard. `add_node` starts a further node process (a test
 that kills one starts its own); `shutdown` stops every process of the cluster.
+
+`without_ray(*argv)` runs the CLI in a fresh Python where importing Ray fails, and counts the attempts.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from reference_impl.ray_cluster import stay_on_loopback
 
+REPO = Path(__file__).resolve().parents[1]
 HEAD_RESOURCES = {"H100": 4.0}
 NODE_RESOURCES = {"H20": 4.0}
 NODE_ARGS = {"node_ip_address": "127.0.0.1", "include_dashboard": False}
@@ -144,3 +150,28 @@ def running(pid: int) -> bool:
             return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
         return False
+
+
+_NO_RAY = """
+import sys
+
+class NoRay:
+    attempts = []
+    def find_spec(self, name, path=None, target=None):
+        if name == "ray" or name.startswith("ray."):
+            NoRay.attempts.append(name)
+            raise ImportError(f"No module named {name!r}")
+        return None
+
+sys.meta_path.insert(0, NoRay())
+from lamina_bench.cli import main
+rc = main(sys.argv[1:])
+print("RAY-IMPORTS", len(NoRay.attempts), sum(m == "ray" or m.startswith("ray.") for m in sys.modules))
+sys.exit(rc)
+"""
+
+
+def without_ray(*argv: str) -> subprocess.CompletedProcess:
+    """`lamina-bench ARGV` where Ray cannot be imported; stdout ends with "RAY-IMPORTS <attempts> <loaded>"."""
+    return subprocess.run([sys.executable, "-c", _NO_RAY, *argv], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip

@@ -4,8 +4,6 @@ local executor, a node killed mid-sweep, resume, and Ray never imported on the d
 from __future__ import annotations
 
 import io
-import subprocess
-import sys
 import threading
 import time
 import tomllib
@@ -18,10 +16,16 @@ from lamina_bench.results.store import RunStore
 from lamina_bench.sweep.points import Point
 from lamina_bench.sweep.run import LocalExecutor, Progress, run_sweep
 from lamina_bench.sweep.spec import QUICK_SPEC, parse_spec
-from tests.ray_support import command_line, descendants, is_loopback_hex, listening_addresses, running
+from tests.ray_support import (
+    command_line,
+    descendants,
+    is_loopback_hex,
+    listening_addresses,
+    running,
+    without_ray,
+)
 
 ray_executor = pytest.importorskip("lamina_bench.sweep.ray_executor", reason="Ray is not installed")
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _quick_raw(predict: bool = True, systems=("homogeneous", "lamina")) -> dict:
@@ -183,29 +187,6 @@ def test_the_cluster_listens_on_loopback_only(ray_cluster):
 
 # ---- without Ray ------------------------------------------------------------------------------------
 
-_NO_RAY = """
-import sys
-
-class NoRay:
-    attempts = []
-    def find_spec(self, name, path=None, target=None):
-        if name == "ray" or name.startswith("ray."):
-            NoRay.attempts.append(name)
-            raise ImportError(f"No module named {name!r}")
-        return None
-
-sys.meta_path.insert(0, NoRay())
-from lamina_bench.cli import main
-rc = main(sys.argv[1:])
-print("RAY-IMPORTS", len(NoRay.attempts), sum(m == "ray" or m.startswith("ray.") for m in sys.modules))
-sys.exit(rc)
-"""
-
-
-def _without_ray(*argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", _NO_RAY, *argv], cwd=REPO, capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
-
 
 @pytest.mark.parametrize(
     "argv",
@@ -219,7 +200,7 @@ def test_without_ray_the_ray_options_say_how_to_install_it(argv, tmp_path):
     """The check comes before the model is read, so "m" need not exist."""
     if argv[0] == "run":
         argv = [*argv, "--out", str(tmp_path)]
-    done = _without_ray(*argv)
+    done = without_ray(*argv)
     assert done.returncode == 2, done.stderr
     (line,) = done.stderr.strip().splitlines()
     assert "needs Ray" in line and "pip install 'lamina-bench[ray]'" in line
@@ -234,6 +215,6 @@ def test_the_default_path_never_imports_ray(tmp_path):
         + QUICK_SPEC.read_text().split("[[modeled]]")[1]
     )
     spec.write_text(raw)
-    done = _without_ray("run", str(spec), "--out", str(tmp_path / "out"), "--no-report")
+    done = without_ray("run", str(spec), "--out", str(tmp_path / "out"), "--no-report")
     assert done.returncode == 0, done.stderr
     assert "RAY-IMPORTS 0 0" in done.stdout  # not even an attempt to import it
