@@ -175,3 +175,18 @@ def without_ray(*argv: str) -> subprocess.CompletedProcess:
     """`lamina-bench ARGV` where Ray cannot be imported; stdout ends with "RAY-IMPORTS <attempts> <loaded>"."""
     return subprocess.run([sys.executable, "-c", _NO_RAY, *argv], cwd=REPO, capture_output=True, text=True,
                           timeout=300)  # fmt: skip
+
+
+def exit_once(marker: str, value):
+    """`value`, except in the first call of all (the one that creates the file `marker`), which ends its
+    own process at once, as a worker whose machine goes away."""
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))  # exactly one caller creates it
+    except FileExistsError:
+        return value
+    os._exit(1)
+
+
+def exit_always(value):
+    """Ends its own process at once, every time."""
+    os._exit(1)
