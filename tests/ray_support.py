@@ -6,6 +6,7 @@ resources, shared by every Ray test of a session (Ray starts slowly on small mac
 Both listen on 127.0.0.1 only, without a dashboard. `add_node` starts a further node process (a test
 that kills one starts its own); `shutdown` stops every process of the cluster.
 
+`held_on(node_id, gate)` is a sweep task body that holds a task on one node until the node is killed.
 `without_ray(*argv)` runs the CLI in a fresh Python where importing Ray fails, and counts the attempts.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -190,3 +192,27 @@ def exit_once(marker: str, value):
 def exit_always(value):
     """Ends its own process at once, every time."""
     os._exit(1)
+
+
+def held_on(node_id: str, gate: str):
+    """A sweep task body (ray_executor.run_points, then the same) that first records where it runs (an
+    empty file `<node id>-<pid>` in folder `gate`); on node `node_id` it then waits for its process to be
+    killed, elsewhere for the file `gate/killed` (at most 60 s) before it runs its points. With more tasks
+    than the other nodes have CPUs, some task is surely held on node `node_id` when the test kills it."""
+
+    def body(points, job):
+        import ray
+
+        from lamina_bench.sweep.ray_executor import run_points
+
+        here = ray.get_runtime_context().get_node_id()
+        Path(gate, f"{here}-{os.getpid()}").touch()
+        if here == node_id:
+            time.sleep(120)  # killed with its node long before
+            raise RuntimeError(f"node {node_id} was not killed")
+        deadline = time.monotonic() + 60
+        while not Path(gate, "killed").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return run_points(points, job)
+
+    return body

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import ray
@@ -134,10 +134,16 @@ class RayExecutor:
 
     name = "ray"
 
-    def __init__(self, address: str | None = None, device_resources: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        address: str | None = None,
+        device_resources: Mapping[str, str] | None = None,
+        body: Callable[[tuple[Point, ...], SweepJob], tuple] = run_points,
+    ) -> None:
         check_address(address)
         self.address = address
         self.devices = dict(device_resources or {})
+        self.body = body  # what each task runs on its worker: run_points, or a function that calls it
         self.lost = 0  # tasks lost (worker or node died) and run again, over this executor's sweeps
 
     def run(self, todo: Sequence[Point], job: SweepJob, recorder) -> None:
@@ -147,7 +153,7 @@ class RayExecutor:
             nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
             cpus = sum(n.get("CPU", 0.0) for n in nodes)
             print(f"ray: {len(nodes)} nodes, {cpus:g} CPUs", file=sys.stderr, flush=True)
-            driver = _Driver(job, recorder, nodes)
+            driver = _Driver(job, recorder, nodes, self.body)
             try:
                 driver.run(plan_tasks(todo, self.devices, cpus))
             finally:
@@ -157,9 +163,11 @@ class RayExecutor:
 class _Driver:
     """Submits tasks, collects their results as they finish, and retries a lost task once."""
 
-    def __init__(self, job: SweepJob, recorder, nodes: Sequence[Mapping[str, float]]) -> None:
+    def __init__(
+        self, job: SweepJob, recorder, nodes: Sequence[Mapping[str, float]], body=run_points
+    ) -> None:
         self.job, self.recorder, self.nodes = job, recorder, nodes
-        self.remote = ray.remote(run_points)
+        self.remote = ray.remote(body)
         self.pending: dict = {}  # ObjectRef -> (Task, submitted at)
         self.lost = 0
 
