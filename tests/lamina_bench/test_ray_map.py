@@ -32,6 +32,14 @@ def test_an_empty_map_joins_no_cluster():
     assert mapper([].__getitem__, []) == [] and mapper.remote is None and stream.getvalue() == ""
 
 
+def test_a_bad_address_is_one_line_before_any_work(capsys):
+    assert cli.main([*SEARCH_ARGS, "--executor", "ray", "--address", "nowhere"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == (
+        "lamina-bench: error: --address must be HOST:PORT of the Ray head (e.g. 127.0.0.1:6379), got 'nowhere'\n"
+    )
+
+
 def test_items_come_back_in_order_from_batches_of_tasks(ray_cluster):
     stream = io.StringIO()
     with ray_map.cluster_map(ray_cluster.address, stream) as mapper:
