@@ -5,15 +5,23 @@ resources, shared by every Ray test of a session (Ray starts slowly on small mac
     node     2 CPUs, {"H20": 4}    the "attention" node type
 Both listen on 127.0.0.1 only, without a dashboard. `add_node` starts a further node process (a test
 that kills one starts its own); `shutdown` stops every process of the cluster.
+
+`held_on(node_id, gate)` is a sweep task body that holds a task on one node until the node is killed.
+`without_ray(*argv)` runs the CLI in a fresh Python where importing Ray fails, and counts the attempts.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from reference_impl.ray_cluster import stay_on_loopback
 
+REPO = Path(__file__).resolve().parents[1]
 HEAD_RESOURCES = {"H100": 4.0}
 NODE_RESOURCES = {"H20": 4.0}
 NODE_ARGS = {"node_ip_address": "127.0.0.1", "include_dashboard": False}
@@ -144,3 +152,67 @@ def running(pid: int) -> bool:
             return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
         return False
+
+
+_NO_RAY = """
+import sys
+
+class NoRay:
+    attempts = []
+    def find_spec(self, name, path=None, target=None):
+        if name == "ray" or name.startswith("ray."):
+            NoRay.attempts.append(name)
+            raise ImportError(f"No module named {name!r}")
+        return None
+
+sys.meta_path.insert(0, NoRay())
+from lamina_bench.cli import main
+rc = main(sys.argv[1:])
+print("RAY-IMPORTS", len(NoRay.attempts), sum(m == "ray" or m.startswith("ray.") for m in sys.modules))
+sys.exit(rc)
+"""
+
+
+def without_ray(*argv: str) -> subprocess.CompletedProcess:
+    """`lamina-bench ARGV` where Ray cannot be imported; stdout ends with "RAY-IMPORTS <attempts> <loaded>"."""
+    return subprocess.run([sys.executable, "-c", _NO_RAY, *argv], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+
+
+def exit_once(marker: str, value):
+    """`value`, except in the first call of all (the one that creates the file `marker`), which ends its
+    own process at once, as a worker whose machine goes away."""
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))  # exactly one caller creates it
+    except FileExistsError:
+        return value
+    os._exit(1)
+
+
+def exit_always(value):
+    """Ends its own process at once, every time."""
+    os._exit(1)
+
+
+def held_on(node_id: str, gate: str):
+    """A sweep task body (ray_executor.run_points, then the same) that first records where it runs (an
+    empty file `<node id>-<pid>` in folder `gate`); on node `node_id` it then waits for its process to be
+    killed, elsewhere for the file `gate/killed` (at most 60 s) before it runs its points. With more tasks
+    than the other nodes have CPUs, some task is surely held on node `node_id` when the test kills it."""
+
+    def body(points, job):
+        import ray
+
+        from lamina_bench.sweep.ray_executor import run_points
+
+        here = ray.get_runtime_context().get_node_id()
+        Path(gate, f"{here}-{os.getpid()}").touch()
+        if here == node_id:
+            time.sleep(120)  # killed with its node long before
+            raise RuntimeError(f"node {node_id} was not killed")
+        deadline = time.monotonic() + 60
+        while not Path(gate, "killed").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return run_points(points, job)
+
+    return body

@@ -29,6 +29,7 @@ from lamina_bench.report.text import (
     result_table,
     search_table,
 )
+from lamina_bench.sweep.mappers import mapper_named
 
 # ---- catalogs ------------------------------------------------------------------------------------
 
@@ -385,6 +386,13 @@ def add_search(sub) -> None:
     )
     p.add_argument("--ttft-slo-ms", type=float, help="--rank-by capacity: p99 TTFT SLO, ms")
     p.add_argument("--tpot-slo-ms", type=float, help="--rank-by capacity: p99 TPOT SLO, ms")
+    p.add_argument(
+        "--executor",
+        default="local",
+        help="where the estimates, replays and capacities run: local (default: this process) | ray (a Ray "
+        "cluster, in batches of tasks; same result; needs lamina-bench[ray])",
+    )
+    p.add_argument("--address", help="--executor ray: HOST:PORT of the Ray head (default: a private cluster)")
     add_catalog_arguments(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_run_search)
@@ -402,13 +410,15 @@ def _run_search(args) -> int:
         args, tbt_slo_ms="tbt_slo_ms", budget_usd_per_hour="budget_usd_per_hour", requests="requests",
         rank_by="rank_by", ttft_slo_ms="ttft_slo_ms", tpot_slo_ms="tpot_slo_ms",
     )  # fmt: skip
-    result = search(
-        get_model(args.model),
-        load_trace(args.trace),
-        devices=devices,
-        catalog=catalog_of(args),
-        price_set=args.prices or DEFAULT_PRICE_SET,
-        **limits,
-    )
+    with mapper_named(args.executor, args.address) as map_fn:  # Ray, if chosen, joins at the first map
+        result = search(
+            get_model(args.model),
+            load_trace(args.trace),
+            devices=devices,
+            catalog=catalog_of(args),
+            price_set=args.prices or DEFAULT_PRICE_SET,
+            map_fn=map_fn,
+            **limits,
+        )
     print(json.dumps(result.to_dict()) if args.json else search_table(result, args.top))
     return 0

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -49,6 +50,8 @@ DEFAULT_SIMULATE_TOP = 12
 RANKINGS = ("tokens_per_usd", "capacity")
 SLO_RETRIES = 4  # batch-cap reductions (10% each) when the replayed p99 still misses the SLO
 _NEEDED = ("bf16_flops_per_s", "mem_bandwidth_bytes_per_s", "usd_per_hour")
+# map(fn, items) -> fn of each item, in order: the built-in map, or one that spreads the items over workers
+Mapper = Callable[[Callable, Iterable], Iterable]
 
 
 @dataclass(frozen=True)
@@ -277,23 +280,36 @@ def _replay_under_slo(
     return result if _meets(result, slo_ms) else None
 
 
-def _screen(configs, trace, slo_ms, budget, dropped) -> list[tuple[float, int | None, SystemConfig]]:
-    stats = _trace_stats(trace)
-    slo_s = None if slo_ms is None else slo_ms / 1e3
+def _cost_usd_per_hour(cfg: SystemConfig) -> float:
+    return cfg.compute.cost_usd_per_hour + (cfg.attention.cost_usd_per_hour if cfg.attention else 0.0)
+
+
+def _screen_one(
+    cfg: SystemConfig, stats: _TraceStats, slo_ms: float | None
+) -> tuple[tuple[float, int | None] | None, str | None]:
+    """(estimate, None) of one configuration, or (None, why it is dropped)."""
+    try:
+        estimate = _estimate(cfg, stats, None if slo_ms is None else slo_ms / 1e3)
+    except UserInputError as exc:
+        return None, f"{cfg.label()}: {exc}"
+    if estimate is None:
+        return None, f"{cfg.label()}: one iteration at batch 1 exceeds the {slo_ms:g} ms SLO"
+    return estimate, None
+
+
+def _screen(
+    configs, trace, slo_ms, budget, dropped, map_fn: Mapper = map
+) -> list[tuple[float, int | None, SystemConfig]]:
+    """(estimate, batch cap, config) of each configuration within budget that can run; the others' reasons
+    go to `dropped` (over budget: not reported one by one, there are many)."""
+    affordable = [cfg for cfg in configs if budget is None or _cost_usd_per_hour(cfg) <= budget]
+    screened = map_fn(partial(_screen_one, stats=_trace_stats(trace), slo_ms=slo_ms), affordable)
     scored = []
-    for cfg in configs:
-        cost = cfg.compute.cost_usd_per_hour + (cfg.attention.cost_usd_per_hour if cfg.attention else 0.0)
-        if budget is not None and cost > budget:
-            continue  # over budget: not reported one by one (there are many)
-        try:
-            estimate = _estimate(cfg, stats, slo_s)
-        except UserInputError as exc:
-            dropped.append(f"{cfg.label()}: {exc}")
-            continue
+    for cfg, (estimate, reason) in zip(affordable, screened, strict=True):
         if estimate is None:
-            dropped.append(f"{cfg.label()}: one iteration at batch 1 exceeds the {slo_ms:g} ms SLO")
-            continue
-        scored.append((*estimate, cfg))
+            dropped.append(reason)
+        else:
+            scored.append((*estimate, cfg))
     return scored
 
 
@@ -310,9 +326,12 @@ def search(
     rank_by: str = "tokens_per_usd",
     ttft_slo_ms: float | None = None,
     tpot_slo_ms: float | None = None,
+    map_fn: Mapper = map,
 ) -> SearchResult:
     """Best tokens per dollar for `model` on `trace` (module doc). Devices default to every catalog
-    device with a bf16 peak, a memory bandwidth and a price in `price_set` (which priced `catalog`)."""
+    device with a bf16 peak, a memory bandwidth and a price in `price_set` (which priced `catalog`).
+    `map_fn` (like the built-in `map`, which it defaults to) runs the work done once per configuration,
+    the screening estimates, the replays and the capacities, e.g. on a cluster; the result is the same."""
     if rank_by not in RANKINGS:
         raise UserInputError(f"unknown ranking {rank_by!r}; valid: {', '.join(RANKINGS)}")
     if rank_by == "capacity" and (ttft_slo_ms is None or tpot_slo_ms is None):
@@ -329,10 +348,11 @@ def search(
     specs = _search_devices(devices, catalog, price_set)
     subset = trace.head(requests)
     dropped: list[str] = []
-    scored = _screen(_candidate_configs(model, specs), subset, tbt_slo_ms, budget_usd_per_hour, dropped)
-    ranked = _replay_best(scored, subset, tbt_slo_ms, simulate_top, dropped)
+    configs = _candidate_configs(model, specs)
+    scored = _screen(configs, subset, tbt_slo_ms, budget_usd_per_hour, dropped, map_fn)
+    ranked = _replay_best(scored, subset, tbt_slo_ms, simulate_top, dropped, map_fn)
     if rank_by == "capacity":
-        ranked = rank_by_capacity(ranked, subset, ttft_slo_ms, tpot_slo_ms)
+        ranked = _rank_by_capacity(ranked, subset, ttft_slo_ms, tpot_slo_ms, map_fn)
     best_h = next((c for c in ranked if c.config.system == "homogeneous"), None)
     best_l = next((c for c in ranked if c.config.system == "lamina"), None)
     best_a = next((c for c in ranked if c.config.system == "afd"), None)
@@ -371,20 +391,46 @@ def _search_devices(
     return specs
 
 
-def _replay_best(scored, trace: Trace, slo_ms: float | None, top: int, dropped: list[str]) -> list[Candidate]:
+def _replay_best(
+    scored, trace: Trace, slo_ms: float | None, top: int, dropped: list[str], map_fn: Mapper = map
+) -> list[Candidate]:
     """Replay the `top` best-estimated configurations of each system; best saturated tokens/$ first."""
+    best = [
+        s
+        for system in SEARCH_SYSTEMS
+        for s in sorted((s for s in scored if s[2].system == system), key=lambda s: -s[0])[:top]
+    ]
+    replay = partial(_replay_scored, trace=trace, slo_ms=slo_ms)
     ranked = []
-    for system in SEARCH_SYSTEMS:
-        best = sorted((s for s in scored if s[2].system == system), key=lambda s: -s[0])[:top]
-        for score, cap, cfg in best:
-            result = _replay_under_slo(cfg, trace, cap, slo_ms)
-            if result is None:
-                dropped.append(
-                    f"{cfg.label()}: p99 TBT misses the {slo_ms:g} ms SLO at every batch cap tried"
-                )
-                continue
-            ranked.append(
-                Candidate(dataclasses.replace(cfg, max_batch_size=result.max_batch_limit), score, result)
-            )
+    for (score, _, cfg), result in zip(best, map_fn(replay, best), strict=True):
+        if result is None:
+            dropped.append(f"{cfg.label()}: p99 TBT misses the {slo_ms:g} ms SLO at every batch cap tried")
+            continue
+        ranked.append(
+            Candidate(dataclasses.replace(cfg, max_batch_size=result.max_batch_limit), score, result)
+        )
     ranked.sort(key=lambda c: -(c.tokens_per_usd or 0.0))
     return ranked
+
+
+def _replay_scored(scored, trace: Trace, slo_ms: float | None) -> SimulationResult | None:
+    _, cap, cfg = scored
+    return _replay_under_slo(cfg, trace, cap, slo_ms)
+
+
+def _with_capacity(cand: Candidate, trace: Trace, ttft_slo_ms: float, tpot_slo_ms: float) -> Candidate:
+    (found,) = rank_by_capacity([cand], trace, ttft_slo_ms, tpot_slo_ms)
+    return found
+
+
+def _rank_by_capacity(ranked, trace: Trace, ttft_slo_ms: float, tpot_slo_ms: float, map_fn: Mapper = map):
+    """`rank_by_capacity` (model/capacity.py) with each candidate's capacity found through `map_fn`, in
+    its order: cheapest USD per M output tokens at capacity first, those without one last (stable)."""
+    found = map_fn(
+        partial(_with_capacity, trace=trace, ttft_slo_ms=ttft_slo_ms, tpot_slo_ms=tpot_slo_ms), ranked
+    )
+
+    def cost(c: Candidate) -> float:
+        return math.inf if c.capacity is None or c.capacity.usd_per_mtok is None else c.capacity.usd_per_mtok
+
+    return sorted(found, key=cost)

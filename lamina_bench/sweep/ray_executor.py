@@ -7,7 +7,8 @@ Tasks and what each asks the cluster for (Ray resources):
                  as the point has workers of that role (a node started with --resources '{"H100": 8}')
     prediction   one task per (model, device, dtype): the profile it is calibrated from is taken once,
                  on a node like the measured points' (1 CPU, or 1 GPU of the compute device type)
-    modeled      batches of about ceil(points / (2 x cluster CPUs)) points (at most MAX_BATCH), 1 CPU each
+    modeled      batches of about ceil(points / (2 x cluster CPUs)) points (at most ray_map.MAX_BATCH),
+                 1 CPU each
 A task runs `run.execute` for each of its points on the worker and returns the rows, the telemetry
 samples and the profiles it took; nothing is written on the workers (no shared file system needed).
 The driver stores each row through the Recorder, the moment its task ends, so --resume works as with
@@ -22,10 +23,9 @@ exactly one row.
 
 from __future__ import annotations
 
-import math
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import ray
@@ -34,10 +34,9 @@ from ray.exceptions import RayError, RayTaskError
 from lamina_bench.measure.nvml import TelemetrySampler
 from lamina_bench.sweep import run as sweep_run
 from lamina_bench.sweep.points import Point
+from lamina_bench.sweep.ray_map import batch_size, first_line
 from lamina_bench.sweep.run import SweepJob
 from reference_impl.ray_cluster import check_address, connect
-
-MAX_BATCH = 64  # modeled points per task: a lost task costs at most this many reruns
 
 
 @dataclass(frozen=True)
@@ -92,11 +91,11 @@ def prediction_tasks(points: Sequence[Point], devices: Mapping[str, str]) -> lis
 
 
 def modeled_tasks(points: Sequence[Point], cluster_cpus: float) -> list[Task]:
-    """Modeled points in batches of ceil(n / (2 x cluster CPUs)), at most MAX_BATCH: two waves of tasks
+    """Modeled points in batches of ceil(n / (2 x cluster CPUs)), at most ray_map.MAX_BATCH: two waves of tasks
     keep every CPU busy while a slow batch finishes."""
     if not points:
         return []
-    size = min(MAX_BATCH, max(1, math.ceil(len(points) / max(1.0, 2 * cluster_cpus))))
+    size = batch_size(len(points), cluster_cpus)
     return [Task(tuple(points[i : i + size]), num_cpus=1) for i in range(0, len(points), size)]
 
 
@@ -135,10 +134,16 @@ class RayExecutor:
 
     name = "ray"
 
-    def __init__(self, address: str | None = None, device_resources: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        address: str | None = None,
+        device_resources: Mapping[str, str] | None = None,
+        body: Callable[[tuple[Point, ...], SweepJob], tuple] = run_points,
+    ) -> None:
         check_address(address)
         self.address = address
         self.devices = dict(device_resources or {})
+        self.body = body  # what each task runs on its worker: run_points, or a function that calls it
         self.lost = 0  # tasks lost (worker or node died) and run again, over this executor's sweeps
 
     def run(self, todo: Sequence[Point], job: SweepJob, recorder) -> None:
@@ -148,7 +153,7 @@ class RayExecutor:
             nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
             cpus = sum(n.get("CPU", 0.0) for n in nodes)
             print(f"ray: {len(nodes)} nodes, {cpus:g} CPUs", file=sys.stderr, flush=True)
-            driver = _Driver(job, recorder, nodes)
+            driver = _Driver(job, recorder, nodes, self.body)
             try:
                 driver.run(plan_tasks(todo, self.devices, cpus))
             finally:
@@ -158,9 +163,11 @@ class RayExecutor:
 class _Driver:
     """Submits tasks, collects their results as they finish, and retries a lost task once."""
 
-    def __init__(self, job: SweepJob, recorder, nodes: Sequence[Mapping[str, float]]) -> None:
+    def __init__(
+        self, job: SweepJob, recorder, nodes: Sequence[Mapping[str, float]], body=run_points
+    ) -> None:
         self.job, self.recorder, self.nodes = job, recorder, nodes
-        self.remote = ray.remote(run_points)
+        self.remote = ray.remote(body)
         self.pending: dict = {}  # ObjectRef -> (Task, submitted at)
         self.lost = 0
 
@@ -190,16 +197,16 @@ class _Driver:
         try:
             rows, samples, profiles = ray.get(ref)
         except RayTaskError as exc:  # the task itself raised (execute turns point errors into rows)
-            self._fail(task, t0, f"Ray task failed: {_first_line(exc)}")
+            self._fail(task, t0, f"Ray task failed: {first_line(exc)}")
             return
         except RayError as exc:  # lost: a worker or node died, the result is gone, ...
             self.lost += 1
             if task.attempt == 0:
-                print(f"ray: task of {len(task.points)} points lost ({_first_line(exc)}); running it again",
+                print(f"ray: task of {len(task.points)} points lost ({first_line(exc)}); running it again",
                       file=sys.stderr, flush=True)  # fmt: skip
                 self._submit(Task(task.points, task.num_cpus, task.num_gpus, task.resources, attempt=1))
             else:
-                self._fail(task, t0, f"Ray task lost twice: {_first_line(exc)}")
+                self._fail(task, t0, f"Ray task lost twice: {first_line(exc)}")
             return
         for name, profile in profiles.items():
             self.recorder.profile(name, profile)
@@ -213,8 +220,3 @@ class _Driver:
             self.recorder.row(
                 point, sweep_run.failed_row(point, self.job.spec_path, error).replace(wall_s=wall_s)
             )
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"[:300]
