@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from functools import partial
 
 import numpy as np
 
@@ -174,20 +175,25 @@ def _bracket(probe, guess: float) -> tuple[float | None, float | None]:
 RANK_REQUESTS = 500  # requests per capacity search when ranking a search's candidates
 
 
-def rank_by_capacity(candidates, trace: Trace, ttft_slo_ms: float, tpot_slo_ms: float) -> list:
+def rank_by_capacity(candidates, trace: Trace, ttft_slo_ms: float, tpot_slo_ms: float, map_fn=map) -> list:
     """Search candidates (model/search.py) with their capacity under the vLLM scheduler (default knobs,
     colocated chunked prefill, no batch cap), cheapest USD per M output tokens at capacity first; those
-    without a capacity last."""
-    out = []
-    for cand in candidates:
-        config = replace(cand.config, scheduler=Scheduler("vllm"), max_batch_size=None)
-        try:
-            found = capacity(config, trace, ttft_slo_ms, tpot_slo_ms, requests=min(RANK_REQUESTS, len(trace)))
-        except UserInputError:  # e.g. the weights fit the reserve-all budget but not vLLM's
-            found = None
-        out.append(replace(cand, capacity=found))
+    without a capacity last (stable). Each candidate's search goes through `map_fn` (any map: the built-in
+    one, or a cluster's, sweep/ray_map.py)."""
+    found = list(map_fn(partial(_with_capacity, trace=trace, ttft_slo_ms=ttft_slo_ms, tpot_slo_ms=tpot_slo_ms),
+                        candidates))  # fmt: skip
 
     def cost(c) -> float:
         return math.inf if c.capacity is None or c.capacity.usd_per_mtok is None else c.capacity.usd_per_mtok
 
-    return sorted(out, key=cost)
+    return sorted(found, key=cost)
+
+
+def _with_capacity(cand, trace: Trace, ttft_slo_ms: float, tpot_slo_ms: float):
+    """`cand` with its capacity (None where vLLM's scheduler cannot run its configuration)."""
+    config = replace(cand.config, scheduler=Scheduler("vllm"), max_batch_size=None)
+    try:
+        found = capacity(config, trace, ttft_slo_ms, tpot_slo_ms, requests=min(RANK_REQUESTS, len(trace)))
+    except UserInputError:  # e.g. the weights fit the reserve-all budget but not vLLM's
+        found = None
+    return replace(cand, capacity=found)

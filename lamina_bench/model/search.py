@@ -352,7 +352,7 @@ def search(
     scored = _screen(configs, subset, tbt_slo_ms, budget_usd_per_hour, dropped, map_fn)
     ranked = _replay_best(scored, subset, tbt_slo_ms, simulate_top, dropped, map_fn)
     if rank_by == "capacity":
-        ranked = _rank_by_capacity(ranked, subset, ttft_slo_ms, tpot_slo_ms, map_fn)
+        ranked = rank_by_capacity(ranked, subset, ttft_slo_ms, tpot_slo_ms, map_fn)
     best_h = next((c for c in ranked if c.config.system == "homogeneous"), None)
     best_l = next((c for c in ranked if c.config.system == "lamina"), None)
     best_a = next((c for c in ranked if c.config.system == "afd"), None)
@@ -416,21 +416,3 @@ def _replay_best(
 def _replay_scored(scored, trace: Trace, slo_ms: float | None) -> SimulationResult | None:
     _, cap, cfg = scored
     return _replay_under_slo(cfg, trace, cap, slo_ms)
-
-
-def _with_capacity(cand: Candidate, trace: Trace, ttft_slo_ms: float, tpot_slo_ms: float) -> Candidate:
-    (found,) = rank_by_capacity([cand], trace, ttft_slo_ms, tpot_slo_ms)
-    return found
-
-
-def _rank_by_capacity(ranked, trace: Trace, ttft_slo_ms: float, tpot_slo_ms: float, map_fn: Mapper = map):
-    """`rank_by_capacity` (model/capacity.py) with each candidate's capacity found through `map_fn`, in
-    its order: cheapest USD per M output tokens at capacity first, those without one last (stable)."""
-    found = map_fn(
-        partial(_with_capacity, trace=trace, ttft_slo_ms=ttft_slo_ms, tpot_slo_ms=tpot_slo_ms), ranked
-    )
-
-    def cost(c: Candidate) -> float:
-        return math.inf if c.capacity is None or c.capacity.usd_per_mtok is None else c.capacity.usd_per_mtok
-
-    return sorted(found, key=cost)

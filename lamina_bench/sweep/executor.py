@@ -15,9 +15,8 @@ that says how to install it.
 from __future__ import annotations
 
 from lamina_bench.errors import UserInputError
+from lamina_bench.sweep.mappers import SEARCH_EXECUTORS as EXECUTORS  # one list of names for run and search
 from lamina_bench.sweep.run import Executor, LocalExecutor
-
-EXECUTORS = ("local", "ray")
 
 
 def executor_named(name: str, address: str | None = None, device_resources: str | None = None) -> Executor:

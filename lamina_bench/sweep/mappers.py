@@ -15,7 +15,7 @@ from contextlib import contextmanager
 
 from lamina_bench.errors import UserInputError
 
-SEARCH_EXECUTORS = ("local", "ray")  # the names `run --executor` takes (sweep/executor.py)
+SEARCH_EXECUTORS = ("local", "ray")  # also the names `run --executor` takes (sweep/executor.py)
 
 
 @contextmanager

@@ -58,7 +58,8 @@ class Task:
 def _processes(point: Point) -> dict[str, int]:
     c = point.config
     if c.system == "lamina":
-        return {"compute": c.compute_workers, "attention": c.attention_workers}
+        # prefill workers run the compute pool's kind of work (dense GEMMs): they take compute devices
+        return {"compute": c.compute_workers + c.prefill_workers, "attention": c.attention_workers}
     return {"compute": c.tp}
 
 

@@ -11,7 +11,7 @@ from lamina_bench.catalog.devices import load_catalog
 from lamina_bench.catalog.models import get_model
 from lamina_bench.catalog.workloads import load_trace
 from lamina_bench.model.capacity import rank_by_capacity
-from lamina_bench.model.search import _rank_by_capacity, search
+from lamina_bench.model.search import search
 from tests.ray_support import without_ray
 
 PAPER = load_catalog(prices="paper-2025")  # H100 $11.06/h, H20 $4.63/h
@@ -51,10 +51,10 @@ def test_search_through_another_map_gives_the_same_result(plain):
     assert backwards.calls[1][1] == 4 == len(plain.ranked) + len(plain.dropped) - len(screen_drops)
 
 
-def test_the_capacity_ranking_through_a_map_is_rank_by_capacity(plain):
+def test_the_capacity_ranking_through_a_map_is_the_one_without(plain):
     candidates, subset = plain.ranked[:2], TRACE.head(40)  # the two best by tokens/$ (few requests: fast)
     direct = rank_by_capacity(candidates, subset, 3000.0, 60.0)
-    mapped = _rank_by_capacity(candidates, subset, 3000.0, 60.0, BackwardsMap())
+    mapped = rank_by_capacity(candidates, subset, 3000.0, 60.0, BackwardsMap())
     assert [c.to_dict() for c in mapped] == [c.to_dict() for c in direct]
     costs = [c.capacity.usd_per_mtok for c in mapped]
     assert all(c is not None for c in costs) and costs == sorted(costs)  # cheapest at capacity first
