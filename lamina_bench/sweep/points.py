@@ -20,7 +20,7 @@ from typing import Any
 from lamina_bench.catalog.devices import DeviceSpec, load_catalog, parse_mix
 from lamina_bench.catalog.models import get_model
 from lamina_bench.catalog.prices import DEFAULT_PRICE_SET
-from lamina_bench.measure.run import MeasuredConfig
+from lamina_bench.measure.config import MeasuredConfig
 from lamina_bench.model.scheduler import RESERVE_ALL, Scheduler
 from lamina_bench.model.system import SystemConfig
 from lamina_bench.results.row import CONFIG_FIELDS, PointRow, point_id

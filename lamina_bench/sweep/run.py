@@ -19,9 +19,8 @@ from pathlib import Path
 from typing import Protocol
 
 from lamina_bench.catalog.workloads import load_trace
+from lamina_bench.measure.config import MeasuredConfig
 from lamina_bench.measure.nvml import TelemetrySampler
-from lamina_bench.measure.profile import ProfileSettings, profile_device
-from lamina_bench.measure.run import MeasuredConfig, predict_measured, run_measured
 from lamina_bench.measure.telemetry import combine_summaries
 from lamina_bench.model.capacity import capacity
 from lamina_bench.model.profiles import Profile, write_profile
@@ -104,6 +103,8 @@ class _Context:
                 file=sys.stderr,
                 flush=True,
             )
+            from lamina_bench.measure.profile import ProfileSettings, profile_device  # torch: measured only
+
             profile = profile_device(ProfileSettings(model=key[0], device=key[1], dtype=key[2]))
             name = f"profile-{profile.name}-{Path(key[0]).name}-{key[2]}.json"
             if self.store is not None:
@@ -139,12 +140,16 @@ def _simulated(base: PointRow, config: ModeledConfig) -> PointRow:
 
 
 def _predicted(base: PointRow, config: MeasuredConfig, ctx: _Context) -> PointRow:
+    from lamina_bench.measure.run import predict_measured  # torch: measured points only
+
     prediction = predict_measured(config, ctx.local_profile(config))
     return base.replace(profile=prediction.profile, metrics=prediction.metrics())
 
 
 def _measured(base: PointRow, config: MeasuredConfig, ctx: _Context, repeats: int) -> PointRow:
     """One row of `repeats` runs (median and CI from 3 on), with telemetry of the whole point."""
+    from lamina_bench.measure.run import run_measured  # torch and the reference implementation
+
     rows, pools = [], {}
     with ctx.sampler.window(base.point_id):
         for i in range(repeats):

@@ -43,13 +43,11 @@ from typing import Any
 
 from lamina_bench.catalog.benchmodels import local_model_spec, resolve_local_model
 from lamina_bench.errors import UserInputError
-from lamina_bench.measure.run import MeasuredConfig
+from lamina_bench.measure.config import MeasuredConfig
 from lamina_bench.results.store import check_run_id
 from lamina_bench.sweep.blocks import check_keys, check_systems, positive_ints, with_defaults
 from lamina_bench.sweep.modeled import modeled_block, modeled_points
 from lamina_bench.sweep.points import Point
-from reference_impl.errors import ConfigError
-from reference_impl.lamina import Layout
 
 # key -> (type, default); list-valued keys are expanded. A key given as a scalar is a one-element list.
 _MEASURED_KEYS: dict[str, tuple[type, Any]] = {
@@ -186,7 +184,11 @@ def _measured_points(b: dict) -> list[Point]:
 
 
 def _check_lamina_layout(compute: int, attention: int, depth: int, prefill: int, where: str) -> None:
-    """The runtime's own rule for worker counts, pipeline depth and prefill workers, checked before any work."""
+    """The runtime's own rule for worker counts, pipeline depth and prefill workers, checked before any work
+    (imported here: the runtime's package imports torch, which modeled-only sweeps never need)."""
+    from reference_impl.errors import ConfigError
+    from reference_impl.lamina.layout import Layout
+
     try:
         Layout(compute, attention, depth, prefill)
     except ConfigError as exc:

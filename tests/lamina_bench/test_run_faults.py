@@ -246,7 +246,9 @@ def test_nvml_failing_mid_run_keeps_the_points_and_says_why(tmp_path, monkeypatc
         broken["now"] = True
         return types.SimpleNamespace(metrics=lambda: {"throughput_tok_per_s": 100.0}, breakdown_ms=None)
 
-    monkeypatch.setattr(sweep_run, "run_measured", measured)
+    monkeypatch.setattr(
+        "lamina_bench.measure.run.run_measured", measured
+    )  # sweep/run.py imports it per point
     spec = parse_spec(tomllib.loads(MEASURED))
     store = RunStore.create(tmp_path, "nvml", devices=[])
     outcome = sweep_run.run_sweep(
