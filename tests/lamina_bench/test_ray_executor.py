@@ -135,7 +135,6 @@ def test_resume_on_a_cluster_runs_only_what_is_missing(ray_cluster, tmp_path):
     assert sorted(r.point_id for r in store.rows()) == sorted(p.point_id for p in points)
 
 
-@pytest.mark.slow  # ~13 s: a new node, whose workers start and import the sweep runner (torch) first
 def test_a_node_killed_mid_sweep_leaves_every_point_exactly_once(ray_cluster, tmp_path):
     """A task is held on an extra node until the node is killed (tests/ray_support.held_on): its points
     run again elsewhere, and every point has one row."""

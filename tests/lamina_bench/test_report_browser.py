@@ -285,6 +285,7 @@ def _with_before_body_end(html: Path, out: Path, snippet: str) -> Path:
     return out
 
 
+@pytest.mark.slow  # the checker itself; `make test-slow`
 def test_console_errors_fail_the_check(browser, reports, tmp_path):
     snippet = (
         "<script>console.error('logged error'); console.assert(false, 'failed assertion');"
