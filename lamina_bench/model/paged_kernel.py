@@ -394,3 +394,32 @@ def replay_kernel(p, o, a, knobs, tab, line, layer, head):
         _after(st, R, hist, wq, hk, hr, bs, closed_loop, m, decodes, completed, work[3])
     n = st[NREC]
     return rec[:n], pairs[:n], growth[:n], times[: st[NIT]], t0[:n], R[:m]
+
+
+@njit(cache=True)
+def expand(rec, pairs, growth, times, t0, bs, timed):
+    """paged_replay._expand in compiled code, the same operations in the same order: (batch, sum_context,
+    prefill_tokens, prefill_pairs, prefill_seqs, first, kv blocks, start) per iteration."""
+    n = 0
+    for r in range(rec.shape[0]):
+        n += rec[r, 0]
+    batch, context, tokens = np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.int64)
+    seqs, first, kv = np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.int64)
+    pair, start = np.empty(n), np.zeros(n)
+    i, cum = 0, 0.0
+    for r in range(rec.shape[0]):
+        run = growth[r, 0] >= 0
+        b0 = 0.0
+        for k in range(rec[r, 0]):
+            batch[i], context[i], tokens[i] = rec[r, 1], rec[r, 2] + rec[r, 1] * k, rec[r, 3]
+            pair[i], seqs[i], first[i] = pairs[r], rec[r, 5], rec[r, 6]
+            j = k + 1
+            kv[i] = rec[r, 7] + (j // bs) * growth[r, bs] + growth[r, j % bs] if run else rec[r, 7]
+            if timed:  # numpy's cumsum adds one after the other too
+                cum += times[i]
+                before = cum - times[i]
+                if k == 0:
+                    b0 = before
+                start[i] = t0[r] + before - b0
+            i += 1
+    return batch, context, tokens, pair, seqs, first, kv, start

@@ -107,17 +107,22 @@ def paged_replay(
     a = np.asarray(arrival_s, dtype=float)[runnable]
     loop_time = time_fn if follow_arrivals else None
     max_seqs = min(policy.max_num_seqs, max_batch_size or policy.max_num_seqs)
+    timed = loop_time is not None
     if compiled(loop_time):
         knobs = (capacity_blocks, bs, policy.max_num_batched_tokens, max_seqs, int(policy.prefill == "chunked"),
-                 int(concurrency is not None), concurrency or 0, int(prefilled), int(loop_time is not None))  # fmt: skip
+                 int(concurrency is not None), concurrency or 0, int(prefilled), int(timed))  # fmt: skip
         rec, pairs, growth, times, t0, state = _compiled_loop(p, o, a, knobs, loop_time)
+        *columns, start = _kernel().expand(rec, pairs, growth, times, t0, bs, timed)
+        arrays = dict(zip(FIELDS, columns, strict=True))
+        start = start if timed else None
     else:
         loop = PagedLoop(p.tolist(), o.tolist(), a.tolist(), capacity_blocks, policy, max_batch_size, loop_time,
                          concurrency, prefilled)  # fmt: skip
         loop.run()
         rec, pairs, growth, times, t0, state = loop.arrays()
-    return _assemble(rec, pairs, growth, times if loop_time is not None else None, t0, state, runnable, len(prompt),
-                     time_fn, bs, concurrency is not None)  # fmt: skip
+        arrays, start = _expand(rec, pairs, growth, times if timed else None, t0, bs)
+    return _assemble(arrays, times if timed else None, start, state, runnable, len(prompt), time_fn, bs,
+                     concurrency is not None)  # fmt: skip
 
 
 USE_COMPILED = True  # False: always the Python loop (tests compare the two)
@@ -165,8 +170,12 @@ def _table_arrays(table: ServingTimeTable | None):
     return (table.offsets, table.knot_s, table.knot_t), line, table.layer, table.head
 
 
-def _assemble(rec, pairs, growth, times, t0, state, runnable, n, time_fn, bs, closed_loop) -> ServingReplay:
-    """The per-iteration arrays and per-request results of a loop's records (either loop)."""
+FIELDS = ("batch", "sum_context", "prefill_tokens", "prefill_pairs", "prefill_seqs", "first", "kv")
+
+
+def _expand(rec, pairs, growth, times, t0, bs) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """The per-iteration arrays (FIELDS, kv in blocks) of a loop's records, and each iteration's start when
+    the loop timed them (`times` not None); paged_state.expand does the same in compiled code."""
     rec = {k: rec[:, i] for i, k in enumerate(("steps", "batch", "sum_context", "prefill_tokens", "prefill_pairs",
                                                "prefill_seqs", "first", "kv"))}  # fmt: skip
     rec["prefill_pairs"] = pairs
@@ -185,13 +194,17 @@ def _assemble(rec, pairs, growth, times, t0, state, runnable, n, time_fn, bs, cl
     if times is not None:
         before = np.cumsum(times) - times
         start = np.repeat(t0, steps) + before - np.repeat(before[starts], steps)
-    elif len(steps):
+    return arrays, start
+
+
+def _assemble(arrays, times, start, state, runnable, n, time_fn, bs, closed_loop) -> ServingReplay:
+    """The replay of the per-iteration arrays (`times` None: computed here with `time_fn`, vectorised) and
+    the per-request results."""
+    if times is None:
         times = np.asarray(
             time_fn(arrays["batch"], arrays["sum_context"], arrays["prefill_tokens"], arrays["prefill_pairs"],
                     arrays["prefill_seqs"], arrays["first"]), dtype=np.float64,
-        )  # fmt: skip
-    else:
-        times = np.zeros(0)
+        ) if len(arrays["batch"]) else np.zeros(0)  # fmt: skip
     per_request = {}
     for i, name in enumerate(STATE_ROWS):
         out = np.full(n, -1 if name != "preempted" else 0, dtype=np.int64)
