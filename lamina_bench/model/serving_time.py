@@ -15,8 +15,9 @@ model/paged_kernel.py):
       Knots: a geometric grid, the declared steps (S - 1, S, S + 1 each), then rounds of bisection: an
       interval whose midpoint is off the chord by more than `TABLE_RTOL` of the time is split there, until
       every interval passes or holds no integer inside. The time of every decode iteration is therefore
-      within 3 x `TABLE_RTOL` of the exact model's (relative); where the model is piecewise linear (the
-      roofline, profiles) bisection isolates the kinks and the table equals it up to float rounding.
+      within 3 x `TABLE_RTOL` of the exact model's (relative). Where the model is piecewise linear (the
+      roofline, profiles) bisection closes in on each kink that moves a midpoint by more than that, and
+      the table is exact on the linear pieces (the tests find it equal to rounding on random points).
   prefill part (T prompt tokens, `pairs` attention pairs, n first tokens, q requests with a chunk): exact,
       from tables over integer rows of one layer's dense part with its all-reduces and of the head, and the
       prefill attention's closed form (model/prefill.py, `prefill_attention_line`), composed as
