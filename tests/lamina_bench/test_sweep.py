@@ -289,13 +289,34 @@ def test_shard_arguments():
             parse_shard(bad)
 
 
+@pytest.mark.slow  # ~30 s, most of it the full CPU profile; the in-process test below runs a small one
 def test_measured_points_with_predictions_and_lamina_breakdown(tmp_path):
     spec = _spec(tmp_path, MEASURED)
     proc = _run(
         "run", spec, "--out", tmp_path / "out", "--no-report", env={"LAMINA_BENCH_CACHE": str(tmp_path)}
     )
     assert proc.returncode == 0, proc.stderr + proc.stdout
-    rows = RunStore.open(_only_run(tmp_path / "out")).rows()
+    _check_measured_and_predicted(RunStore.open(_only_run(tmp_path / "out")).rows())
+
+
+def test_measured_points_with_predictions_in_process(tmp_path, monkeypatch):
+    """The same sweep run in this process, its local profile taken on a small grid without the whole-step
+    measurements (the link is kept: the Lamina prediction needs it)."""
+    import lamina_bench.measure.profile as profile
+    import lamina_bench.sweep.run as sweep_run
+
+    full = profile.profile_device
+    small = dict(batches=(1, 2), contexts=(16, 64), repeats=1, warmup=0, lamina=False, overhead=False)
+    monkeypatch.setattr(profile, "profile_device", lambda s, *a: full(dataclasses.replace(s, **small), *a))
+    monkeypatch.setenv("LAMINA_BENCH_CACHE", str(tmp_path))
+    spec = parse_spec(tomllib.loads(MEASURED))
+    store = RunStore.create(tmp_path, "m", devices=[])
+    outcome = sweep_run.run_sweep(spec, store, list(spec.points), progress=Progress(4, io.StringIO()))
+    assert outcome.failed == 0
+    _check_measured_and_predicted(store.rows())
+
+
+def _check_measured_and_predicted(rows):
     measured = {r.point_id: r for r in rows if r.source == "measured"}
     modeled = [r for r in rows if r.source == "modeled"]
     assert len(measured) == 2 and len(modeled) == 2 and all(r.ok for r in rows)
