@@ -100,7 +100,7 @@ def split_breaks(a: Mapping[str, float], hw: Hardware, batch: float, kv_heads: f
     `max_context` when the split count depends on the KV block count (too few work items to fill the CTA
     slots), else none. Between two of them the launch (splits, waves, fill) is fixed and the time is convex
     in the context (a smooth max of a constant and a linear term)."""
-    work = max(batch * kv_heads, 1.0)
+    work = int(max(batch * kv_heads, 1.0))  # as attention_waves counts the work items
     if work >= 0.8 * int(hw.sms * a["ctas_per_sm"]):  # fa_splits: one split whatever the blocks
         return np.zeros(0)
     chunk = a["chunk_tokens"]
