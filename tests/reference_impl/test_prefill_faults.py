@@ -67,9 +67,8 @@ def test_a_prefill_worker_lost_at_shutdown_leaves_the_tokens(model_dir, referenc
     base._assert_nothing_left(mark)
 
 
-@pytest.mark.parametrize(
-    "fault", ["2:decode=2:KILL", pytest.param("1:prefill=2:KILL", marks=pytest.mark.slow)]
-)
+@pytest.mark.slow  # replacing an attention worker runs in make test without prefill workers (test_lamina.py)
+@pytest.mark.parametrize("fault", ["2:decode=2:KILL", "1:prefill=2:KILL"])
 def test_an_attention_worker_beside_prefill_workers_is_replaced(
     fault, model_dir, reference, mark, monkeypatch
 ):

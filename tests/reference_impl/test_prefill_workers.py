@@ -124,7 +124,7 @@ PROCESS_CASES = {
         {"prefill_workers": 1, "attention_workers": 2, "compute_workers": 2, "pipeline_batches": 3},
     ),
 }
-SLOW_PROCESS_CASES = ("gqa-g2-3l 1p 2a tp2", "gqa-g4-2l 1p 2a rotational")
+SLOW_PROCESS_CASES = ("gqa-g2-3l 1p 2a tp2", "gqa-g4-2l 1p 2a rotational", "mha-4h-4l 2p 2a")
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +156,7 @@ def test_processes_with_prefill_workers_give_transformers_tokens(case, process_r
     assert [s.kind for s in compute.steps if s.kind == "prefill"] == []  # the compute worker never prefilled
 
 
-@pytest.mark.parametrize("case", [c for c in PROCESS_CASES if c not in SLOW_PROCESS_CASES])
+@pytest.mark.parametrize("case", ["gqa-g2-3l 1p 2a", pytest.param("mha-4h-4l 2p 2a", marks=pytest.mark.slow)])
 def test_prompt_kv_bytes_per_prefilled_token_are_the_kv_bytes_per_token(case, process_runs):
     """Prompt KV moved to the attention pool: 2 L Hkv D e bytes per prompt token (fp32: e = 4), once.
 
